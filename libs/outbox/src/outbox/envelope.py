@@ -1,0 +1,149 @@
+"""The event envelope: CloudEvents 1.0 in Kafka binary mode.
+
+Headers carry the attributes (`ce_id`, `ce_type`, `ce_source`, `ce_subject` = aggregate id, `ce_time`,
+`ce_specversion`, the extension `ce_aggregateversion`), `traceparent`/`tracestate` and `content-type`;
+the value is the JSON `data`. The Kafka key is the aggregate id, so one aggregate maps to one partition.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_type", "ce_source")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event to record in the outbox, inside the caller's transaction.
+
+    `topic` is the aggregate type (e.g. `console.document`), `type` the CloudEvents type
+    (e.g. `console.document.enabled`), `aggregate_id` the Kafka key, `version` the aggregate's version
+    after the change (consumers use it to drop stale events). `data` must be JSON-serialisable.
+    """
+
+    topic: str
+    type: str
+    aggregate_id: str
+    data: Mapping[str, Any]
+    version: int | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    time: datetime = field(default_factory=_now)
+
+
+class MalformedMessage(ValueError):
+    """A Kafka record that is not a valid event envelope; consumers dead-letter it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """An event as a consumer sees it, parsed from a Kafka record."""
+
+    id: uuid.UUID
+    type: str
+    source: str
+    subject: str | None
+    time: datetime | None
+    version: int | None
+    data: dict[str, Any]
+    headers: dict[str, str]
+    topic: str
+    partition: int
+    offset: int
+
+
+def encode_headers(
+    *,
+    event_id: uuid.UUID,
+    event_type: str,
+    source: str,
+    subject: str,
+    time: datetime,
+    version: int | None,
+    trace_context: Mapping[str, str],
+) -> list[tuple[str, bytes]]:
+    headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", str(event_id).encode()),
+        ("ce_type", event_type.encode()),
+        ("ce_source", source.encode()),
+        ("ce_subject", subject.encode()),
+        ("ce_time", time.isoformat().encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    if version is not None:
+        headers.append(("ce_aggregateversion", str(version).encode()))
+    headers.extend((k, v.encode()) for k, v in trace_context.items() if k in ("traceparent", "tracestate"))
+    return headers
+
+
+def encode_value(data: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(data)
+
+
+def decode_record(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    headers: Sequence[tuple[str, bytes]] | None,
+    value: bytes | None,
+) -> ReceivedEvent:
+    """Parse a Kafka record into a ReceivedEvent or raise MalformedMessage saying why."""
+    try:
+        hdrs = {k: v.decode() for k, v in (headers or ())}
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage(f"header is not UTF-8: {exc}") from exc
+    missing = [h for h in REQUIRED_HEADERS if not hdrs.get(h)]
+    if missing:
+        raise MalformedMessage(f"missing CloudEvents headers: {', '.join(missing)}")
+    if hdrs["ce_specversion"] != SPEC_VERSION:
+        raise MalformedMessage(f"unsupported ce_specversion {hdrs['ce_specversion']!r}")
+    try:
+        event_id = uuid.UUID(hdrs["ce_id"])
+    except ValueError as exc:
+        raise MalformedMessage(f"ce_id is not a UUID: {hdrs['ce_id']!r}") from exc
+    if value is None:
+        raise MalformedMessage("record has no value")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"value is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"value is JSON {type(data).__name__}, expected an object")
+    version: int | None = None
+    if "ce_aggregateversion" in hdrs:
+        try:
+            version = int(hdrs["ce_aggregateversion"])
+        except ValueError as exc:
+            raise MalformedMessage(f"ce_aggregateversion is not an integer: {hdrs['ce_aggregateversion']!r}") from exc
+    when: datetime | None = None
+    if hdrs.get("ce_time"):
+        try:
+            when = datetime.fromisoformat(hdrs["ce_time"])
+        except ValueError as exc:
+            raise MalformedMessage(f"ce_time is not ISO 8601: {hdrs['ce_time']!r}") from exc
+    return ReceivedEvent(
+        id=event_id,
+        type=hdrs["ce_type"],
+        source=hdrs["ce_source"],
+        subject=hdrs.get("ce_subject"),
+        time=when,
+        version=version,
+        data=data,
+        headers=hdrs,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+    )

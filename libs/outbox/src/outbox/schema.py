@@ -1,0 +1,87 @@
+"""Tables the library owns. Each service includes `metadata` in its own Alembic migrations.
+
+`outbox`   events waiting for (or retained after) publication; written in the caller's transaction.
+`inbox`    one row per (consumer, event id) applied: the idempotency record of the consumer.
+`consumer_versions`  highest aggregate version a consumer applied: the stale-event guard.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+
+metadata = MetaData()
+
+_PENDING = text("published_at IS NULL AND dead_at IS NULL")
+
+outbox_table = Table(
+    "outbox",
+    metadata,
+    # Identity order is insert order, not commit order: the relay never remembers a "last id seen".
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("aggregate_id", Text, nullable=False),
+    Column("aggregate_version", BigInteger, nullable=True),
+    Column("payload", JSONB, nullable=False),
+    Column("trace_context", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("occurred_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("available_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text, nullable=True),
+    Column("published_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("dead_at", TIMESTAMP(timezone=True), nullable=True),
+    Index("ix_outbox_pending", "id", postgresql_where=_PENDING),
+    Index("ix_outbox_pending_aggregate", "topic", "aggregate_id", "id", postgresql_where=_PENDING),
+    Index("ix_outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")),
+    Index("ix_outbox_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
+)
+
+inbox_table = Table(
+    "inbox",
+    metadata,
+    Column("consumer", Text, nullable=False),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("aggregate_id", Text, nullable=True),
+    Column("aggregate_version", BigInteger, nullable=True),
+    Column("outcome", Text, nullable=False),  # applied | stale
+    Column("processed_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("consumer", "event_id", name="pk_inbox"),
+    Index("ix_inbox_processed_at", "processed_at"),
+)
+
+consumer_versions_table = Table(
+    "consumer_versions",
+    metadata,
+    Column("consumer", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("aggregate_id", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    PrimaryKeyConstraint("consumer", "topic", "aggregate_id", name="pk_consumer_versions"),
+)
+
+
+def create_tables(connection: object) -> None:
+    """Create the library's tables; call from an Alembic migration: `create_tables(op.get_bind())`."""
+    metadata.create_all(connection)  # type: ignore[arg-type]
+
+
+def drop_tables(connection: object) -> None:
+    metadata.drop_all(connection)  # type: ignore[arg-type]

