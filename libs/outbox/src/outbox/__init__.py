@@ -1,0 +1,33 @@
+"""kafka-txoutbox: transactional outbox for SQLAlchemy 2 + PostgreSQL, relayed to Kafka, consumed idempotently.
+
+Public API:
+    Event, OutboxWriter                   record events in the caller's transaction
+    Relay, RelaySettings                  publish outbox rows to Kafka in per-aggregate order
+    IdempotentConsumer, ConsumerSettings, EventContext, ReceivedEvent
+                                          apply each event once in effect (inbox + effect in one transaction)
+    metadata, create_tables               the library's tables, for each service's Alembic migrations
+    setup_tracing                         OTEL_* configured tracing for a process
+"""
+
+from outbox.consumer import ConsumerSettings, EventContext, IdempotentConsumer
+from outbox.envelope import Event, MalformedMessage, ReceivedEvent
+
+from outbox.schema import consumer_versions_table, create_tables, inbox_table, metadata, outbox_table
+from outbox.tracing import setup_tracing
+from outbox.writer import OutboxWriter
+
+__all__ = [
+    "ConsumerSettings",
+    "Event",
+    "EventContext",
+    "IdempotentConsumer",
+    "MalformedMessage",
+    "OutboxWriter",
+    "ReceivedEvent",
+    "consumer_versions_table",
+    "create_tables",
+    "inbox_table",
+    "metadata",
+    "outbox_table",
+    "setup_tracing",
+]

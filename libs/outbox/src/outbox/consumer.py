@@ -1,0 +1,424 @@
+"""The idempotent consumer: each event applied exactly once in effect.
+
+Per partition batch, one database transaction; per message, a savepoint holding the inbox row
+(consumer, event id) and the handler's effect. Duplicates hit the inbox primary key and are skipped.
+The Kafka offset is committed only after the database commit, so a crash anywhere replays the batch and
+the inbox absorbs what was already applied. Handler errors retry with backoff; after `max_attempts` the
+event goes to the dead-letter topic with the error and the partition moves on. Malformed records
+(not JSON, missing headers, no handler) are dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from outbox.envelope import MalformedMessage, ReceivedEvent, decode_record
+from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer
+from outbox.schema import inbox_table
+from outbox.tracing import context_from, tracer
+
+log = logging.getLogger("outbox.consumer")
+
+Handler = Callable[["EventContext"], Awaitable[None]]
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, str(default)))
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    bootstrap: str = field(default_factory=bootstrap_from_env)
+    max_attempts: int = 5
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 2.0
+    max_batch: int = 500
+    poll_timeout_ms: int = 200
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    # Must exceed half the session timeout: some brokers hold JoinGroup that long.
+    request_timeout_ms: int = 20_000
+    # How long to wait before retrying a batch whose transaction failed (database down, say).
+    outage_backoff_max_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> ConsumerSettings:
+        return cls(
+            max_attempts=_env_int("OUTBOX_CONSUMER_MAX_ATTEMPTS", 5),
+            retry_initial_s=_env_float("OUTBOX_CONSUMER_RETRY_INITIAL_S", 0.05),
+            retry_max_s=_env_float("OUTBOX_CONSUMER_RETRY_MAX_S", 2.0),
+            max_batch=_env_int("OUTBOX_CONSUMER_MAX_BATCH", 500),
+            session_timeout_ms=_env_int("OUTBOX_CONSUMER_SESSION_TIMEOUT_MS", 10_000),
+        )
+
+
+@dataclass(slots=True)
+class EventContext:
+    """What a handler gets: the event and the session of the transaction that also holds the inbox row.
+
+    Handlers change state through `session` (flush, never commit) and may record events of their own
+    with an OutboxWriter on the same session: they commit together with the effect.
+    """
+
+    event: ReceivedEvent
+    session: AsyncSession
+    consumer: str
+    attempt: int
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    applied: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    batch_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    pattern: str
+    handler: Handler
+    version_guard: bool
+
+
+class _DeadLetter(Exception):
+    def __init__(self, reason: str, attempts: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+
+
+class IdempotentConsumer:
+    """A consumer group member that applies events through registered handlers, exactly once in effect.
+
+    `name` is both the Kafka consumer group and the inbox key. Handlers register per CloudEvents type
+    (`fnmatch` patterns allowed, e.g. `console.document.*`). With `version_guard`, an event whose aggregate
+    version is lower than the highest this consumer applied for that aggregate is recorded as stale and
+    skipped (equal versions pass: several event types may share one version).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        topics: Sequence[str],
+        session_factory: async_sessionmaker[AsyncSession],
+        settings: ConsumerSettings | None = None,
+        *,
+        dead_letter_topic: str | None = None,
+    ) -> None:
+        self.name = name
+        self.topics = list(topics)
+        self.sessions = session_factory
+        self.settings = settings or ConsumerSettings.from_env()
+        self.dead_letter_topic = dead_letter_topic or f"{name}.dlq"
+        self.stats = ConsumerStats()
+        self._routes: list[_Route] = []
+        self._ignored: list[str] = []
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    # -- registration -------------------------------------------------------------------------------------
+    def handler(self, *types: str, version_guard: bool = True) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            for t in types:
+                self._routes.append(_Route(t, fn, version_guard))
+            return fn
+
+        return register
+
+    def ignore(self, *types: str) -> None:
+        """Types this consumer deliberately skips (recorded in the inbox, not dead-lettered)."""
+        self._ignored.extend(types)
+
+    def _route(self, event_type: str) -> _Route | None:
+        for route in self._routes:
+            if route.pattern == event_type or fnmatch.fnmatchcase(event_type, route.pattern):
+                return route
+        return None
+
+    def _is_ignored(self, event_type: str) -> bool:
+        return any(fnmatch.fnmatchcase(event_type, p) for p in self._ignored)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        await ensure_topics(s.bootstrap, [*self.topics, self.dead_letter_topic])
+        self._producer = await start_producer(s.bootstrap, idempotent=True)
+        self._consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=s.bootstrap,
+            group_id=self.name,
+            enable_auto_commit=False,
+            # "latest" can skip or replay on some brokers; earliest + the inbox is always correct.
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            request_timeout_ms=s.request_timeout_ms,
+            max_poll_records=s.max_batch,
+            metadata_max_age_ms=5_000,
+        )
+        await self._consumer.start()
+        log.info("consumer %s subscribed to %s", self.name, ", ".join(self.topics))
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def run(self) -> None:
+        """Consume until `stop()`; starts and closes the Kafka clients itself."""
+        await self.start()
+        try:
+            await self._loop()
+        finally:
+            await self.close()
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        backoff = self.settings.retry_initial_s
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(
+                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
+            )
+            for tp, records in batches.items():
+                if not records:
+                    continue
+                try:
+                    await self._process_batch(records)
+                except Exception:
+                    # The transaction failed as a whole (database unreachable, say): nothing was committed.
+                    # Rewind this partition so the same records come again, back off, go on.
+                    self.stats.batch_failures += 1
+                    log.exception(
+                        "consumer %s: batch %s[%d] offsets %d..%d failed; retrying in %.2fs",
+                        self.name, tp.topic, tp.partition, records[0].offset, records[-1].offset, backoff,
+                    )
+                    consumer.seek(tp, records[0].offset)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.settings.outage_backoff_max_s)
+                    continue
+                backoff = self.settings.retry_initial_s
+                await self._commit_offset(tp, records[-1].offset + 1)
+
+    async def _commit_offset(self, tp: TopicPartition, offset: int) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit({tp: offset})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partition moved to another member during a rebalance: it will redeliver from the last
+            # committed offset and the inbox absorbs what this member already applied.
+            log.warning("consumer %s: offset commit for %s lost to a rebalance (%s)", self.name, tp, exc)
+
+    async def _process_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        async with self.sessions() as session, session.begin():
+            for record in records:
+                await self._process_record(session, record)
+
+    async def _process_record(self, session: AsyncSession, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            event = decode_record(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                headers=record.headers,
+                value=record.value,
+            )
+        except MalformedMessage as exc:
+            await self._dead_letter(record, f"malformed: {exc}", attempts=0)
+            return
+        route = self._route(event.type)
+        if route is None and not self._is_ignored(event.type):
+            await self._dead_letter(record, f"no handler for event type {event.type!r}", attempts=0)
+            return
+        span = tracer().start_span(
+            f"{event.type} process",
+            context=context_from(event.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation": "process",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.partition": record.partition,
+                "messaging.kafka.offset": record.offset,
+                "messaging.message.id": str(event.id),
+                "messaging.consumer.group.name": self.name,
+            },
+        )
+        with trace.use_span(span, end_on_exit=True):
+            try:
+                outcome = await self._apply_with_retries(session, event, route)
+                span.set_attribute("outbox.outcome", outcome)
+            except _DeadLetter as dead:
+                span.set_status(Status(StatusCode.ERROR, dead.reason))
+                await self._dead_letter(record, dead.reason, attempts=dead.attempts)
+
+    async def _apply_with_retries(self, session: AsyncSession, event: ReceivedEvent, route: _Route | None) -> str:
+        s = self.settings
+        attempt = 0
+        last_error: BaseException | None = None
+        try:
+            async for attempt_state in AsyncRetrying(
+                stop=stop_after_attempt(s.max_attempts),
+                wait=wait_exponential_jitter(initial=s.retry_initial_s, max=s.retry_max_s),
+                retry=retry_if_exception(lambda e: not isinstance(e, _FatalDatabaseError)),
+                reraise=True,
+            ):
+                with attempt_state:
+                    attempt = attempt_state.retry_state.attempt_number
+                    if attempt > 1:
+                        self.stats.retries += 1
+                    return await self._apply_once(session, event, route, attempt)
+        except _FatalDatabaseError:
+            raise
+        except Exception as exc:
+            last_error = exc
+        reason = f"handler failed after {attempt} attempts: {type(last_error).__name__}: {last_error}"
+        log.error("consumer %s: dead-lettering %s (%s): %s", self.name, event.id, event.type, reason)
+        raise _DeadLetter(reason, attempt)
+
+    async def _apply_once(
+        self, session: AsyncSession, event: ReceivedEvent, route: _Route | None, attempt: int
+    ) -> str:
+        try:
+            async with session.begin_nested():
+                outcome = await self._apply_in_savepoint(session, event, route, attempt)
+        except _Duplicate:
+            outcome = "duplicate"
+        except Exception as exc:
+            if _connection_lost(session):
+                raise _FatalDatabaseError(str(exc)) from exc
+            raise
+        if outcome == "applied":
+            self.stats.applied += 1
+        elif outcome == "duplicate":
+            self.stats.duplicates += 1
+        elif outcome == "stale":
+            self.stats.stale += 1
+        else:
+            self.stats.ignored += 1
+        return outcome
+
+    async def _apply_in_savepoint(
+        self, session: AsyncSession, event: ReceivedEvent, route: _Route | None, attempt: int
+    ) -> str:
+        guarded = route is not None and route.version_guard and event.version is not None
+        stale = False
+        if guarded:
+            stale = not await self._advance_version(session, event)
+        outcome = "ignored" if route is None else "stale" if stale else "applied"
+        inserted = await session.execute(
+            pg_insert(inbox_table)
+            .values(
+                consumer=self.name,
+                event_id=event.id,
+                event_type=event.type,
+                topic=event.topic,
+                partition=event.partition,
+                offset=event.offset,
+                aggregate_id=event.subject,
+                aggregate_version=event.version,
+                outcome=outcome,
+            )
+            .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+            .returning(inbox_table.c.event_id)
+        )
+        if inserted.first() is None:
+            raise _Duplicate
+        if outcome == "applied":
+            assert route is not None
+            await route.handler(EventContext(event=event, session=session, consumer=self.name, attempt=attempt))
+        return outcome
+
+    async def _advance_version(self, session: AsyncSession, event: ReceivedEvent) -> bool:
+        """Record the event's version as the aggregate's highest; False when a higher one was applied."""
+        row = await session.execute(
+            text(
+                "INSERT INTO consumer_versions (consumer, topic, aggregate_id, version) "
+                "VALUES (:c, :t, :a, :v) "
+                "ON CONFLICT (consumer, topic, aggregate_id) DO UPDATE SET version = EXCLUDED.version "
+                "WHERE consumer_versions.version <= EXCLUDED.version RETURNING version"
+            ),
+            {"c": self.name, "t": event.topic, "a": event.subject or "", "v": event.version},
+        )
+        return row.first() is not None
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, *, attempts: int) -> None:
+        assert self._producer is not None
+        headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")]
+        headers += [
+            ("dlq_reason", reason.encode()[:4000]),
+            ("dlq_consumer", self.name.encode()),
+            ("dlq_original_topic", record.topic.encode()),
+            ("dlq_original_partition", str(record.partition).encode()),
+            ("dlq_original_offset", str(record.offset).encode()),
+            ("dlq_attempts", str(attempts).encode()),
+            ("dlq_time", datetime.now(UTC).isoformat().encode()),
+        ]
+        # Awaited before the offset commit: a dead letter is never lost, at worst written twice.
+        started = time.monotonic()
+        while True:
+            try:
+                fut = await self._producer.send(
+                    self.dead_letter_topic, value=record.value, key=record.key, headers=headers
+                )
+                await fut
+                break
+            except KafkaError as exc:
+                if time.monotonic() - started > 60:
+                    raise
+                log.warning("consumer %s: dead-letter publish failed (%s); retrying", self.name, exc)
+                await asyncio.sleep(0.5)
+        self.stats.dead_lettered += 1
+        log.warning(
+            "consumer %s: dead-lettered %s[%d]@%d to %s: %s",
+            self.name, record.topic, record.partition, record.offset, self.dead_letter_topic, reason,
+        )
+
+
+class _Duplicate(Exception):
+    """The inbox already holds this event: raised inside the savepoint so nothing of it persists."""
+
+
+class _FatalDatabaseError(Exception):
+    """The connection itself failed: retrying inside this transaction cannot help."""
+
+
+def _connection_lost(session: AsyncSession) -> bool:
+    try:
+        conn = session.sync_session.connection()
+    except Exception:
+        return True
+    return bool(conn.invalidated or conn.closed)

@@ -1,0 +1,67 @@
+"""Kafka plumbing shared by the relay and the consumer: bootstrap address, topic creation, producers.
+
+Code only ever sees a bootstrap address; nothing here knows which broker implementation answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = logging.getLogger("outbox.kafka")
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def bootstrap_from_env() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+
+
+def default_partitions() -> int:
+    return int(os.environ.get("OUTBOX_TOPIC_PARTITIONS", "8"))
+
+
+async def ensure_topics(bootstrap: str, topics: list[str], *, partitions: int | None = None) -> None:
+    """Create missing topics (idempotent). Replication factor 1 locally; compose's Kafka sets its own default."""
+    if not topics:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if not missing:
+            return
+        replication = int(os.environ.get("OUTBOX_TOPIC_REPLICATION", "1"))
+        try:
+            await admin.create_topics(
+                [NewTopic(t, partitions or default_partitions(), replication) for t in missing]
+            )
+        except TopicAlreadyExistsError:
+            pass
+        log.info("created topics %s", ", ".join(missing))
+    finally:
+        await admin.close()
+
+
+async def start_producer(bootstrap: str, *, idempotent: bool = True, **options: object) -> AIOKafkaProducer:
+    """Start an acks=all producer; idempotent when the broker supports it, with a warning when it does not."""
+    if idempotent:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, **options)
+        try:
+            await producer.start()
+            return producer
+        except KafkaError as exc:
+            await producer.stop()
+            log.warning(
+                "broker refused the idempotent producer (%s): falling back to acks=all without idempotence; "
+                "duplicates on retry are absorbed by the consumers' inbox",
+                exc,
+            )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **options)
+    await producer.start()
+    return producer

@@ -1,0 +1,73 @@
+"""Database wiring shared by the services: one engine per process, a unit of work per request or message.
+
+Services never commit. The unit of work writes the aggregate changes **and** the events they recorded
+into the outbox, then commits once (`commit()`), or rolls everything back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from outbox import Event, OutboxWriter
+
+
+def normalise_url(url: str) -> str:
+    """Accept postgres:// and postgresql:// URLs and pin the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+asyncpg://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(normalise_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+class UnitOfWork:
+    """A session plus the events the service recorded while changing state."""
+
+    def __init__(self, session: AsyncSession, writer: OutboxWriter) -> None:
+        self.session = session
+        self.writer = writer
+        self._events: list[Event] = []
+
+    def emit(self, *events: Event) -> None:
+        self._events.extend(events)
+
+    async def flush_events(self) -> None:
+        """Write the recorded events into the outbox in the current transaction (idempotent)."""
+        events, self._events = self._events, []
+        await self.writer.add(self.session, *events)
+
+    async def commit(self) -> None:
+        await self.flush_events()
+        await self.session.commit()
+
+    async def rollback(self) -> None:
+        self._events.clear()
+        await self.session.rollback()
+
+
+class Database:
+    def __init__(self, url: str, writer: OutboxWriter, *, pool_size: int = 10) -> None:
+        self.engine = make_engine(url, pool_size=pool_size)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.writer = writer
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """Commit on success, roll back on any exception; the one place that commits."""
+        async with self.sessions() as session:
+            uow = UnitOfWork(session, self.writer)
+            try:
+                yield uow
+                await uow.commit()
+            except BaseException:
+                await uow.rollback()
+                raise
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
