@@ -10,4 +10,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 for ini in sorted(ROOT.glob("services/*/alembic.ini")):
     print(f"[migrate] {ini.parent.name}: upgrade head", flush=True)
-    subprocess.run([sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"], check=True, cwd=ini.parent)
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"], check=True, cwd=ini.parent
+    )

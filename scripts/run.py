@@ -7,6 +7,7 @@ every process it started (SIGTERM, then SIGKILL after a grace period); so does a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -28,7 +29,9 @@ def parse(path: Path) -> list[tuple[str, str]]:
 
 
 async def pump(name: str, color: int, width: int, stream: asyncio.StreamReader) -> None:
-    prefix = f"\x1b[{color}m{name.ljust(width)} |\x1b[0m " if sys.stdout.isatty() else f"{name.ljust(width)} | "
+    prefix = (
+        f"\x1b[{color}m{name.ljust(width)} |\x1b[0m " if sys.stdout.isatty() else f"{name.ljust(width)} | "
+    )
     while line := await stream.readline():
         sys.stdout.write(prefix + line.decode(errors="replace"))
         sys.stdout.flush()
@@ -45,8 +48,13 @@ async def main(procfile: Path) -> int:
     pumps = []
     for i, (name, cmd) in enumerate(procs):
         proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", f"exec {cmd}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            "bash",
+            "-c",
+            f"exec {cmd}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         children[name] = proc
         assert proc.stdout is not None
@@ -60,22 +68,18 @@ async def main(procfile: Path) -> int:
         if task in waits:
             print(f"[run] {waits[task]} exited with {task.result()}: stopping everything", flush=True)
             code = 1
-    for name, proc in children.items():
+    for proc in children.values():
         if proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     try:
         await asyncio.wait_for(asyncio.gather(*(p.wait() for p in children.values())), GRACE_SECONDS)
     except TimeoutError:
         for name, proc in children.items():
             if proc.returncode is None:
                 print(f"[run] {name} ignored SIGTERM for {GRACE_SECONDS}s: SIGKILL", flush=True)
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
     await asyncio.gather(*pumps, return_exceptions=True)
     print("[run] all processes stopped", flush=True)
     return code

@@ -58,9 +58,7 @@ def ensure_postgres() -> None:
     if shutil.which("pg_ctlcluster") and Path("/etc/postgresql").is_dir():
         version = sorted(os.listdir("/etc/postgresql"))[-1]
         log(f"postgresql is stopped: starting cluster {version}/main")
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False
-        )
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
         if wait_port(PG_HOST, PG_PORT, 20):
             return
     sys.exit(
@@ -77,8 +75,19 @@ def ensure_redis() -> None:
     if shutil.which("redis-server"):
         log("redis is stopped: starting redis-server")
         subprocess.run(
-            ["redis-server", "--daemonize", "yes", "--bind", REDIS_HOST, "--port", str(REDIS_PORT),
-             "--save", "", "--appendonly", "no"],
+            [
+                "redis-server",
+                "--daemonize",
+                "yes",
+                "--bind",
+                REDIS_HOST,
+                "--port",
+                str(REDIS_PORT),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             check=False,
         )
         if wait_port(REDIS_HOST, REDIS_PORT, 10):
@@ -135,11 +144,21 @@ def ensure_broker() -> None:
         if broker_answers(BROKER):
             log(f"broker answers on {BROKER}")
             return
-        sys.exit(f"[stack] something listens on {BROKER} but does not speak Kafka; free the port or set KAFKA_BOOTSTRAP")
+        sys.exit(
+            f"[stack] something listens on {BROKER} but does not speak Kafka; free the port or set KAFKA_BOOTSTRAP"
+        )
     STATE.mkdir(parents=True, exist_ok=True)
     storage = os.environ.get("BROKER_STORAGE", "memory://tansu/")
-    cmd = [broker_binary(), "broker", "--listener-url", f"tcp://{BROKER}",
-           "--advertised-listener-url", f"tcp://{BROKER}", "--storage-engine", storage]
+    cmd = [
+        broker_binary(),
+        "broker",
+        "--listener-url",
+        f"tcp://{BROKER}",
+        "--advertised-listener-url",
+        f"tcp://{BROKER}",
+        "--storage-engine",
+        storage,
+    ]
     logf = open(STATE / "broker.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     (STATE / "broker.pid").write_text(str(proc.pid))

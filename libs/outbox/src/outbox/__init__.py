@@ -11,7 +11,7 @@ Public API:
 
 from outbox.consumer import ConsumerSettings, EventContext, IdempotentConsumer
 from outbox.envelope import Event, MalformedMessage, ReceivedEvent
-
+from outbox.relay import Relay, RelaySettings
 from outbox.schema import consumer_versions_table, create_tables, inbox_table, metadata, outbox_table
 from outbox.tracing import setup_tracing
 from outbox.writer import OutboxWriter
@@ -24,6 +24,8 @@ __all__ = [
     "MalformedMessage",
     "OutboxWriter",
     "ReceivedEvent",
+    "Relay",
+    "RelaySettings",
     "consumer_versions_table",
     "create_tables",
     "inbox_table",

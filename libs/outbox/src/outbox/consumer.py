@@ -224,7 +224,12 @@ class IdempotentConsumer:
                     self.stats.batch_failures += 1
                     log.exception(
                         "consumer %s: batch %s[%d] offsets %d..%d failed; retrying in %.2fs",
-                        self.name, tp.topic, tp.partition, records[0].offset, records[-1].offset, backoff,
+                        self.name,
+                        tp.topic,
+                        tp.partition,
+                        records[0].offset,
+                        records[-1].offset,
+                        backoff,
                     )
                     consumer.seek(tp, records[0].offset)
                     await asyncio.sleep(backoff)
@@ -285,7 +290,9 @@ class IdempotentConsumer:
                 span.set_status(Status(StatusCode.ERROR, dead.reason))
                 await self._dead_letter(record, dead.reason, attempts=dead.attempts)
 
-    async def _apply_with_retries(self, session: AsyncSession, event: ReceivedEvent, route: _Route | None) -> str:
+    async def _apply_with_retries(
+        self, session: AsyncSession, event: ReceivedEvent, route: _Route | None
+    ) -> str:
         s = self.settings
         attempt = 0
         last_error: BaseException | None = None
@@ -359,7 +366,9 @@ class IdempotentConsumer:
             raise _Duplicate
         if outcome == "applied":
             assert route is not None
-            await route.handler(EventContext(event=event, session=session, consumer=self.name, attempt=attempt))
+            await route.handler(
+                EventContext(event=event, session=session, consumer=self.name, attempt=attempt)
+            )
         return outcome
 
     async def _advance_version(self, session: AsyncSession, event: ReceivedEvent) -> bool:
@@ -404,7 +413,12 @@ class IdempotentConsumer:
         self.stats.dead_lettered += 1
         log.warning(
             "consumer %s: dead-lettered %s[%d]@%d to %s: %s",
-            self.name, record.topic, record.partition, record.offset, self.dead_letter_topic, reason,
+            self.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            self.dead_letter_topic,
+            reason,
         )
 
 

@@ -127,7 +127,9 @@ def decode_record(
         try:
             version = int(hdrs["ce_aggregateversion"])
         except ValueError as exc:
-            raise MalformedMessage(f"ce_aggregateversion is not an integer: {hdrs['ce_aggregateversion']!r}") from exc
+            raise MalformedMessage(
+                f"ce_aggregateversion is not an integer: {hdrs['ce_aggregateversion']!r}"
+            ) from exc
     when: datetime | None = None
     if hdrs.get("ce_time"):
         try:

@@ -5,6 +5,7 @@ Code only ever sees a bootstrap address; nothing here knows which broker impleme
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -37,12 +38,10 @@ async def ensure_topics(bootstrap: str, topics: list[str], *, partitions: int | 
         if not missing:
             return
         replication = int(os.environ.get("OUTBOX_TOPIC_REPLICATION", "1"))
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(
                 [NewTopic(t, partitions or default_partitions(), replication) for t in missing]
             )
-        except TopicAlreadyExistsError:
-            pass
         log.info("created topics %s", ", ".join(missing))
     finally:
         await admin.close()

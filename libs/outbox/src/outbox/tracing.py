@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 TRACER_NAME = "outbox"
 
@@ -54,20 +56,16 @@ def setup_tracing(service_name: str) -> None:
     trace.set_tracer_provider(provider)
 
 
-class JsonLinesSpanExporter:
+class JsonLinesSpanExporter(SpanExporter):
     """Appends finished spans as one JSON object per line; several processes may share the file."""
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._lock = threading.Lock()
 
-    def export(self, spans: Sequence[object]) -> object:
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = []
         for span in spans:
-            assert isinstance(span, ReadableSpan)
             ctx = span.get_span_context()
             assert ctx is not None
             lines.append(

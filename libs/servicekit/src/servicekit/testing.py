@@ -58,7 +58,11 @@ def run_migrations(alembic_ini: Path, url: str) -> None:
 
 
 async def wait_until(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
 ) -> T:
     """Poll `probe` until it returns a truthy value; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -84,7 +88,9 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     @property
@@ -119,10 +125,22 @@ class ServiceProcess:
 class HttpService(ServiceProcess):
     """A uvicorn app on a free port; `start()` returns once /healthz answers."""
 
-    def __init__(self, name: str, app: str, *, env: Mapping[str, str], log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, name: str, app: str, *, env: Mapping[str, str], log_dir: Path, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         super().__init__(name, argv, env=env, log_dir=log_dir)
 
     def start(self, timeout: float = 30.0) -> HttpService:

@@ -1,0 +1,115 @@
+"""`outbox` command: run a relay, inspect an outbox, replay retained events, redrive dead-lettered rows.
+
+    outbox relay   --database-url URL [--name NAME]
+    outbox status  --database-url URL
+    outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since ISO] [--until ISO] [--yes]
+    outbox redrive --database-url URL [--id N ...] [--yes]
+
+The database URL may also come from OUTBOX_DATABASE_URL; the broker from KAFKA_BOOTSTRAP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from outbox import admin
+from outbox.relay import Relay, RelaySettings
+from outbox.tracing import setup_tracing
+
+
+def _normalise(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outbox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--database-url", default=os.environ.get("OUTBOX_DATABASE_URL"), help="SQLAlchemy or libpq URL"
+        )
+        return p
+
+    relay = with_db(sub.add_parser("relay", help="publish this database's outbox to Kafka until SIGTERM"))
+    relay.add_argument("--name", default="relay", help="service name, for logs and traces")
+    with_db(sub.add_parser("status", help="pending, oldest pending age, dead-lettered, retained rows"))
+    replay = with_db(
+        sub.add_parser("replay", help="publish retained (already published) events again, in order")
+    )
+    replay.add_argument("--topic")
+    replay.add_argument("--type", dest="event_type")
+    replay.add_argument("--aggregate-id")
+    replay.add_argument("--since", type=datetime.fromisoformat)
+    replay.add_argument("--until", type=datetime.fromisoformat)
+    replay.add_argument("--yes", action="store_true", help="do it (without: count what would be replayed)")
+    redrive = with_db(sub.add_parser("redrive", help="send dead-lettered rows through the relay again"))
+    redrive.add_argument(
+        "--id", dest="ids", type=int, action="append", help="row id (repeatable); default all"
+    )
+    redrive.add_argument("--yes", action="store_true", help="do it (without: count what would be redriven)")
+    return parser
+
+
+async def _run_relay(url: str, name: str) -> None:
+    setup_tracing(name + "-relay")
+    relay = Relay(url, RelaySettings.from_env(), name=name)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, relay.stop)
+    logging.getLogger("outbox.relay").info("relay %s starting (broker %s)", name, relay.settings.bootstrap)
+    await relay.run()
+
+
+async def _admin(args: argparse.Namespace) -> dict[str, Any]:
+    engine = create_async_engine(_normalise(args.database_url))
+    try:
+        if args.command == "status":
+            return await admin.status(engine)
+        if args.command == "replay":
+            selection = admin.Selection(
+                topic=args.topic,
+                event_type=args.event_type,
+                aggregate_id=args.aggregate_id,
+                since=args.since,
+                until=args.until,
+            )
+            return await admin.replay(engine, selection, dry_run=not args.yes)
+        return await admin.redrive(engine, ids=args.ids, dry_run=not args.yes)
+    finally:
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args.database_url:
+        print("outbox: --database-url or OUTBOX_DATABASE_URL is required", file=sys.stderr)
+        return 2
+    args.database_url = _normalise(args.database_url)
+    if args.command == "relay":
+        asyncio.run(_run_relay(args.database_url, args.name))
+        return 0
+    print(json.dumps(asyncio.run(_admin(args)), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""The relay: publishes committed outbox rows to Kafka, in order per aggregate, at least once.
+
+One batch = one database transaction:
+  1. claim up to `batch_size` pending rows, oldest first, `FOR UPDATE SKIP LOCKED` (several relays share
+     the work without blocking each other);
+  2. keep, per aggregate, only the rows that continue the aggregate's pending sequence from its head:
+     a row whose predecessor is pending and not in this batch (held by another relay, or waiting on a
+     retry) must wait, so two relays can never reorder one aggregate;
+  3. send them all (key = aggregate id, so one aggregate = one partition) and wait for every ack once;
+  4. mark the acked rows published; record per-row failures (attempts, error, backoff) and dead-letter a
+     row after `max_attempts` non-retriable failures; commit.
+A crash anywhere before the commit leaves the rows pending: they are published again (at least once) and
+the consumers' inbox makes that exactly once in effect. Broker outages (retriable errors) roll back and
+retry with backoff, never counting against a row.
+
+Wake-ups: adaptive polling (immediately again after a full batch, then 1 ms doubling up to
+`idle_poll_max_s`), and, when `notify_channel` is set, a LISTEN connection that wakes the relay the moment
+a writer's transaction commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from outbox.envelope import encode_headers, encode_value
+from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer
+from outbox.tracing import capture_context, context_from, tracer
+from outbox.writer import DEFAULT_NOTIFY_CHANNEL
+
+log = logging.getLogger("outbox.relay")
+
+_CLAIM = text(
+    """
+    SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version, payload,
+           trace_context, occurred_at, attempts
+    FROM outbox
+    WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
+    ORDER BY id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+# Every pending row of the claimed aggregates up to the batch's last id: the sequence each aggregate's
+# claimed rows must continue without a gap.
+_PENDING_SEQUENCE = text(
+    """
+    SELECT topic, aggregate_id, id
+    FROM outbox
+    WHERE published_at IS NULL AND dead_at IS NULL
+      AND aggregate_id = ANY(:aggregate_ids) AND id <= :max_id
+    ORDER BY id
+    """
+)
+
+_MARK_PUBLISHED = text("UPDATE outbox SET published_at = now(), last_error = NULL WHERE id = ANY(:ids)")
+
+_MARK_FAILED = text(
+    """
+    UPDATE outbox
+    SET attempts = attempts + 1,
+        last_error = :error,
+        available_at = now() + make_interval(secs => :backoff_s),
+        dead_at = CASE WHEN attempts + 1 >= :max_attempts THEN now() END
+    WHERE id = :id
+    RETURNING dead_at IS NOT NULL AS dead
+    """
+)
+
+_CLEANUP = text(
+    """
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox
+        WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => :retention_s)
+        ORDER BY published_at
+        LIMIT :limit
+    )
+    """
+)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    bootstrap: str = field(default_factory=bootstrap_from_env)
+    batch_size: int = 1000
+    # Non-retriable publish failures of one row before it is dead-lettered (kept in the table, dead_at set).
+    max_attempts: int = 5
+    row_backoff_initial_s: float = 0.5
+    row_backoff_max_s: float = 60.0
+    idle_poll_min_s: float = 0.001
+    idle_poll_max_s: float = 0.5
+    notify_channel: str | None = DEFAULT_NOTIFY_CHANNEL
+    retention: timedelta = timedelta(days=7)
+    cleanup_interval_s: float = 60.0
+    cleanup_batch: int = 5000
+    outage_backoff_max_s: float = 5.0
+    max_message_bytes: int = 1_048_576
+    linger_ms: int = 2
+    compression: str | None = None
+
+    @classmethod
+    def from_env(cls) -> RelaySettings:
+        channel = _env("OUTBOX_NOTIFY_CHANNEL", DEFAULT_NOTIFY_CHANNEL)
+        return cls(
+            batch_size=int(_env("OUTBOX_RELAY_BATCH_SIZE", "1000")),
+            max_attempts=int(_env("OUTBOX_RELAY_MAX_ATTEMPTS", "5")),
+            idle_poll_max_s=float(_env("OUTBOX_RELAY_IDLE_POLL_MAX_S", "0.5")),
+            notify_channel=channel or None,
+            retention=timedelta(hours=float(_env("OUTBOX_RETENTION_HOURS", str(7 * 24)))),
+            cleanup_interval_s=float(_env("OUTBOX_CLEANUP_INTERVAL_S", "60")),
+            max_message_bytes=int(_env("OUTBOX_MAX_MESSAGE_BYTES", "1048576")),
+            compression=_env("OUTBOX_COMPRESSION", "") or None,
+        )
+
+
+@dataclass(slots=True)
+class RelayStats:
+    batches: int = 0
+    published: int = 0
+    failed_attempts: int = 0
+    dead_lettered: int = 0
+    outages: int = 0
+    cleaned: int = 0
+
+
+class TransientPublishError(Exception):
+    """The broker could not take the batch (unreachable, no leader, timeout): retry the whole batch later."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    row: Row[Any]
+    span: Span
+    future: asyncio.Future[Any] | None = None
+    error: BaseException | None = None
+
+
+class Relay:
+    """Publishes one database's outbox. Run several processes for availability; order per aggregate holds."""
+
+    def __init__(
+        self, database: str | AsyncEngine, settings: RelaySettings | None = None, *, name: str = "relay"
+    ) -> None:
+        self.engine = create_async_engine(database, pool_size=2) if isinstance(database, str) else database
+        self._owns_engine = isinstance(database, str)
+        self.settings = settings or RelaySettings.from_env()
+        self.name = name
+        self.stats = RelayStats()
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._known_topics: set[str] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self._producer = await start_producer(
+            s.bootstrap,
+            idempotent=True,
+            linger_ms=s.linger_ms,
+            max_request_size=s.max_message_bytes,
+            compression_type=s.compression,
+            request_timeout_ms=15_000,
+        )
+
+    def stop(self) -> None:
+        """Finish the batch in flight, then return from `run()`."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def run(self) -> None:
+        await self.start()
+        background = [asyncio.create_task(self._cleanup_loop(), name="outbox-cleanup")]
+        if self.settings.notify_channel:
+            background.append(asyncio.create_task(self._listen_loop(), name="outbox-listen"))
+        try:
+            await self._publish_loop()
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.close()
+        log.info("relay %s stopped: %s", self.name, self.stats)
+
+    # -- publishing ---------------------------------------------------------------------------------------
+    async def _publish_loop(self) -> None:
+        s = self.settings
+        idle = s.idle_poll_min_s
+        while not self._stopping.is_set():
+            claimed = await self.publish_batch_with_retries()
+            if claimed >= s.batch_size:
+                idle = s.idle_poll_min_s
+                continue
+            if claimed:
+                idle = s.idle_poll_min_s
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), idle)
+            idle = min(idle * 2, s.idle_poll_max_s)
+
+    async def publish_batch_with_retries(self) -> int:
+        """One batch; broker or database outages are retried with backoff until it goes through or we stop."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((TransientPublishError, OSError, psycopg.OperationalError))
+            | retry_if_exception_type(_DatabaseUnavailable),
+            wait=wait_exponential_jitter(initial=0.05, max=self.settings.outage_backoff_max_s),
+            before_sleep=self._log_outage,
+            reraise=True,
+        ):
+            with attempt:
+                if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
+                    return 0
+                return await self.publish_batch()
+        return 0  # pragma: no cover - AsyncRetrying either returns or raises
+
+    def _log_outage(self, retry_state: Any) -> None:
+        self.stats.outages += 1
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        log.warning(
+            "relay %s: batch not published (%s: %s); retry %d in %.2fs, rows stay pending",
+            self.name,
+            type(exc).__name__,
+            exc,
+            retry_state.attempt_number,
+            retry_state.next_action.sleep,
+        )
+
+    async def publish_batch(self) -> int:
+        """Claim, publish and mark one batch; returns how many rows were claimed."""
+        try:
+            async with self.engine.begin() as conn:
+                rows = (await conn.execute(_CLAIM, {"limit": self.settings.batch_size})).all()
+                if not rows:
+                    return 0
+                publishable = await self._in_aggregate_order(conn, rows)
+                if publishable:
+                    await self._publish(conn, publishable)
+                self.stats.batches += 1
+                return len(rows)
+        except TransientPublishError:
+            raise
+        except Exception as exc:
+            if _is_database_outage(exc):
+                raise _DatabaseUnavailable(str(exc)) from exc
+            raise
+
+    async def _in_aggregate_order(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+        claimed = {r.id: r for r in rows}
+        sequence = await conn.execute(
+            _PENDING_SEQUENCE,
+            {"aggregate_ids": list({r.aggregate_id for r in rows}), "max_id": max(claimed)},
+        )
+        blocked: set[tuple[str, str]] = set()
+        keep: list[Row[Any]] = []
+        for topic, aggregate_id, row_id in sequence:
+            key = (topic, aggregate_id)
+            if key in blocked:
+                continue
+            row = claimed.get(row_id)
+            if row is None or row.topic != topic:
+                blocked.add(key)  # a predecessor we do not hold: the rest of this aggregate waits
+                continue
+            keep.append(row)
+        return keep
+
+    async def _publish(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
+        producer = self._producer
+        assert producer is not None, "Relay.start() not called"
+        await self._ensure_topics({r.topic for r in rows})
+        pending: list[_Pending] = []
+        for row in rows:
+            span = tracer().start_span(
+                f"{row.topic} publish",
+                context=context_from(row.trace_context or {}),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation": "publish",
+                    "messaging.destination.name": row.topic,
+                    "messaging.message.id": str(row.event_id),
+                    "messaging.kafka.message.key": row.aggregate_id,
+                    "outbox.id": row.id,
+                },
+            )
+            item = _Pending(row=row, span=span)
+            with trace.use_span(span, end_on_exit=False):
+                headers = encode_headers(
+                    event_id=row.event_id,
+                    event_type=row.event_type,
+                    source=row.source,
+                    subject=row.aggregate_id,
+                    time=row.occurred_at,
+                    version=row.aggregate_version,
+                    trace_context=capture_context(),
+                )
+            try:
+                item.future = await producer.send(
+                    row.topic, value=encode_value(row.payload), key=row.aggregate_id.encode(), headers=headers
+                )
+            except KafkaError as exc:
+                item.error = exc
+            pending.append(item)
+        futures = [p.future for p in pending if p.future is not None]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        it = iter(results)
+        for p in pending:
+            if p.future is not None:
+                result = next(it)
+                if isinstance(result, BaseException):
+                    p.error = result
+        await self._record_outcomes(conn, pending)
+
+    async def _record_outcomes(self, conn: AsyncConnection, pending: list[_Pending]) -> None:
+        s = self.settings
+        published: list[int] = []
+        transient = 0
+        failed_aggregates: set[tuple[str, str]] = set()
+        for p in pending:
+            key = (p.row.topic, p.row.aggregate_id)
+            if p.error is None and key not in failed_aggregates:
+                published.append(p.row.id)
+                p.span.end()
+                continue
+            if p.error is None:
+                # Acked, but an earlier row of its aggregate failed: publish it again after that one,
+                # so the aggregate's last delivery is in order (consumers drop the duplicate).
+                p.span.end()
+                continue
+            failed_aggregates.add(key)
+            p.span.record_exception(p.error)
+            p.span.set_status(Status(StatusCode.ERROR, type(p.error).__name__))
+            p.span.end()
+            if _is_retriable(p.error):
+                transient += 1
+                continue
+            self.stats.failed_attempts += 1
+            backoff = min(s.row_backoff_initial_s * 2**p.row.attempts, s.row_backoff_max_s)
+            dead = (
+                await conn.execute(
+                    _MARK_FAILED,
+                    {
+                        "id": p.row.id,
+                        "error": f"{type(p.error).__name__}: {p.error}"[:2000],
+                        "backoff_s": backoff,
+                        "max_attempts": s.max_attempts,
+                    },
+                )
+            ).scalar_one()
+            if dead:
+                self.stats.dead_lettered += 1
+                log.error(
+                    "relay %s: outbox row %d (%s %s) dead-lettered after %d attempts: %s",
+                    self.name,
+                    p.row.id,
+                    p.row.event_type,
+                    p.row.event_id,
+                    p.row.attempts + 1,
+                    p.error,
+                )
+            else:
+                log.warning(
+                    "relay %s: outbox row %d failed (%s); retry in %.1fs",
+                    self.name,
+                    p.row.id,
+                    p.error,
+                    backoff,
+                )
+        if published:
+            await conn.execute(_MARK_PUBLISHED, {"ids": published})
+            self.stats.published += len(published)
+        if transient and not published:
+            raise TransientPublishError(f"{transient} rows not acked by the broker")
+
+    async def _ensure_topics(self, topics: set[str]) -> None:
+        missing = topics - self._known_topics
+        if missing:
+            try:
+                await ensure_topics(self.settings.bootstrap, sorted(missing))
+            except KafkaError as exc:
+                raise TransientPublishError(f"cannot create topics {sorted(missing)}: {exc}") from exc
+            self._known_topics |= missing
+
+    # -- wake-ups and housekeeping ------------------------------------------------------------------------
+    async def _listen_loop(self) -> None:
+        """LISTEN for writers' commits; reconnects with backoff. Polling still covers any missed wake-up."""
+        channel = self.settings.notify_channel
+        assert channel is not None
+        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                    await conn.execute(f'LISTEN "{channel}"')
+                    delay = 0.1
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("relay %s: LISTEN connection lost (%s); polling meanwhile", self.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _cleanup_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.cleanup_published()
+            except Exception as exc:
+                log.warning("relay %s: retention cleanup failed (%s); will retry", self.name, exc)
+            await asyncio.sleep(self.settings.cleanup_interval_s)
+
+    async def cleanup_published(self) -> int:
+        """Delete published rows older than the retention window, in bounded batches; returns rows deleted."""
+        total = 0
+        while True:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    _CLEANUP,
+                    {
+                        "retention_s": self.settings.retention.total_seconds(),
+                        "limit": self.settings.cleanup_batch,
+                    },
+                )
+            deleted = result.rowcount or 0
+            total += deleted
+            if deleted < self.settings.cleanup_batch or self._stopping.is_set():
+                break
+            await asyncio.sleep(0)  # let the publish loop run between batches
+        self.stats.cleaned += total
+        return total
+
+
+class _DatabaseUnavailable(Exception):
+    pass
+
+
+def _is_retriable(exc: BaseException) -> bool:
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in {
+            "KafkaTimeoutError",
+            "KafkaConnectionError",
+            "NodeNotReadyError",
+            "RequestTimedOutError",
+        }
+    return isinstance(exc, (OSError, asyncio.TimeoutError))
+
+
+def _is_database_outage(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, OSError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
