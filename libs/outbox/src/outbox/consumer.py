@@ -299,7 +299,9 @@ class IdempotentConsumer:
         try:
             async for attempt_state in AsyncRetrying(
                 stop=stop_after_attempt(s.max_attempts),
-                wait=wait_exponential_jitter(initial=s.retry_initial_s, max=s.retry_max_s),
+                wait=wait_exponential_jitter(
+                    multiplier=s.retry_initial_s, max=s.retry_max_s, jitter=s.retry_initial_s
+                ),
                 retry=retry_if_exception(lambda e: not isinstance(e, _FatalDatabaseError)),
                 reraise=True,
             ):

@@ -233,7 +233,9 @@ class Relay:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((TransientPublishError, OSError, psycopg.OperationalError))
             | retry_if_exception_type(_DatabaseUnavailable),
-            wait=wait_exponential_jitter(initial=0.05, max=self.settings.outage_backoff_max_s),
+            wait=wait_exponential_jitter(
+                multiplier=0.05, max=self.settings.outage_backoff_max_s, jitter=0.05
+            ),
             before_sleep=self._log_outage,
             reraise=True,
         ):

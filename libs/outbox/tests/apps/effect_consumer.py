@@ -1,0 +1,40 @@
+"""A consumer process for crash tests: applies each event as one row in `effects` (no unique key there,
+so an event applied twice would show as two rows). Run: python effect_consumer.py DB_URL GROUP TOPIC [DELAY_S]"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from outbox import ConsumerSettings, EventContext, IdempotentConsumer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+
+async def main(url: str, group: str, topic: str, delay_s: float) -> None:
+    engine = create_async_engine(url)
+    consumer = IdempotentConsumer(
+        group,
+        [topic],
+        async_sessionmaker(engine, expire_on_commit=False),
+        ConsumerSettings(max_batch=200, session_timeout_ms=6000, request_timeout_ms=10000),
+    )
+
+    @consumer.handler("*", version_guard=False)
+    async def apply(ctx: EventContext) -> None:
+        await ctx.session.execute(
+            text("INSERT INTO effects (consumer, event_id, aggregate_id, version) VALUES (:c, :e, :a, :v)"),
+            {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version},
+        )
+        if delay_s:
+            await asyncio.sleep(delay_s)
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, consumer.stop)
+    await consumer.run()
+    await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 0.0))

@@ -1,0 +1,76 @@
+"""Fixtures for the library's tests: a real PostgreSQL database and the real broker, nothing mocked."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from outbox import OutboxWriter, create_tables
+from outbox.kafka import bootstrap_from_env
+from servicekit.testing import recreate_database
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+DB_NAME = os.environ.get("OUTBOX_TEST_DB", "outbox_lib_test")
+
+EFFECTS_DDL = """
+CREATE TABLE IF NOT EXISTS effects (
+    seq bigserial PRIMARY KEY,
+    consumer text NOT NULL,
+    event_id uuid NOT NULL,
+    aggregate_id text NOT NULL,
+    version bigint,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    url = recreate_database(DB_NAME)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url, pool_size=10)
+    async with engine.begin() as conn:
+        await conn.run_sync(create_tables)
+        await conn.execute(text(EFFECTS_DDL))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def clean(engine: AsyncEngine) -> None:
+    """Every test starts from empty tables (they share one database)."""
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE outbox, inbox, consumer_versions, effects RESTART IDENTITY"))
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def writer() -> OutboxWriter:
+    return OutboxWriter(source="test")
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"test.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def bootstrap() -> str:
+    return bootstrap_from_env()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs"

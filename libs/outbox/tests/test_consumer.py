@@ -1,0 +1,284 @@
+"""The idempotent consumer against the real broker and PostgreSQL: duplicates, stale versions, poison
+messages, handler failures, and a SIGKILL in the middle of a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from outbox import (
+    ConsumerSettings,
+    Event,
+    EventContext,
+    IdempotentConsumer,
+    OutboxWriter,
+    Relay,
+    RelaySettings,
+)
+from outbox.envelope import encode_headers
+from outbox.testing import headers_of, read_topic
+from servicekit.testing import ServiceProcess, wait_until
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+APPS = Path(__file__).parent / "apps"
+FAST = ConsumerSettings(
+    max_attempts=3, retry_initial_s=0.01, retry_max_s=0.05, session_timeout_ms=6000, request_timeout_ms=10000
+)
+
+
+async def effects(engine: AsyncEngine, consumer: str | None = None) -> list[tuple[str, str, int | None]]:
+    sql = "SELECT event_id::text, aggregate_id, version FROM effects"
+    params = {}
+    if consumer:
+        sql += " WHERE consumer = :c"
+        params["c"] = consumer
+    async with engine.connect() as conn:
+        return [tuple(r) for r in await conn.execute(text(sql + " ORDER BY seq"), params)]  # type: ignore[misc]
+
+
+async def publish_all(engine: AsyncEngine, bootstrap: str) -> None:
+    relay = Relay(engine, RelaySettings(bootstrap=bootstrap))
+    await relay.start()
+    try:
+        while await relay.publish_batch_with_retries():
+            pass
+    finally:
+        await relay.close()
+
+
+async def write(sessions: async_sessionmaker[AsyncSession], writer: OutboxWriter, *events: Event) -> None:
+    async with sessions() as session, session.begin():
+        await writer.add(session, *events)
+
+
+@pytest.fixture
+async def run_consumer(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[Callable[[IdempotentConsumer], None]]:
+    tasks: list[tuple[IdempotentConsumer, asyncio.Task[None]]] = []
+
+    def start(consumer: IdempotentConsumer) -> None:
+        tasks.append((consumer, asyncio.create_task(consumer.run())))
+
+    yield start
+    for consumer, _task in tasks:
+        consumer.stop()
+    for _, task in tasks:
+        await asyncio.wait_for(task, 30)
+
+
+def recording_consumer(
+    sessions: async_sessionmaker[AsyncSession], topic: str, **kw: object
+) -> IdempotentConsumer:
+    consumer = IdempotentConsumer(f"g-{uuid.uuid4().hex[:8]}", [topic], sessions, FAST, **kw)  # type: ignore[arg-type]
+
+    @consumer.handler(f"{topic}.*")
+    async def apply(ctx: EventContext) -> None:
+        if ctx.event.data.get("poison"):
+            raise ValueError("this handler cannot apply a poisoned event")
+        await ctx.session.execute(
+            text("INSERT INTO effects (consumer, event_id, aggregate_id, version) VALUES (:c, :e, :a, :v)"),
+            {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version},
+        )
+
+    return consumer
+
+
+async def test_redelivered_events_are_applied_once(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+    run_consumer: Callable[[IdempotentConsumer], None],
+) -> None:
+    events = [
+        Event(topic=topic, type=f"{topic}.changed", aggregate_id=f"a{i % 3}", data={"i": i}, version=i)
+        for i in range(1, 10)
+    ]
+    await write(sessions, writer, *events)
+    await publish_all(engine, bootstrap)
+    # The broker delivers every record a second time (a relay retry, a replay): copy them verbatim.
+    records = await read_topic(bootstrap, topic, expect=9)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    for r in records:
+        await producer.send_and_wait(topic, r.value, key=r.key, headers=list(r.headers))
+    await producer.stop()
+
+    consumer = recording_consumer(sessions, topic)
+    run_consumer(consumer)
+    await wait_until(lambda: _at_least(consumer, "duplicates", 9), timeout=30, what="duplicates seen")
+    applied = await effects(engine, consumer.name)
+    assert sorted(e[0] for e in applied) == sorted(str(e.id) for e in events)
+    assert consumer.stats.applied == 9
+
+
+async def _at_least(consumer: IdempotentConsumer, stat: str, n: int) -> bool:
+    return int(getattr(consumer.stats, stat)) >= n
+
+
+async def test_version_guard_drops_stale_events(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+    run_consumer: Callable[[IdempotentConsumer], None],
+) -> None:
+    # Written out of version order on purpose: 1, 3, 2 (as a replay or a reordering broker would deliver).
+    for v in (1, 3, 2):
+        await write(
+            sessions,
+            writer,
+            Event(topic=topic, type=f"{topic}.changed", aggregate_id="doc", data={}, version=v),
+        )
+    await publish_all(engine, bootstrap)
+    consumer = recording_consumer(sessions, topic)
+    run_consumer(consumer)
+    await wait_until(lambda: _at_least(consumer, "stale", 1), timeout=30, what="stale event")
+    assert [e[2] for e in await effects(engine, consumer.name)] == [1, 3]
+    async with engine.connect() as conn:
+        outcomes = dict(
+            (
+                await conn.execute(
+                    text("SELECT aggregate_version, outcome FROM inbox WHERE consumer = :c"),
+                    {"c": consumer.name},
+                )
+            ).all()
+        )
+    assert outcomes == {1: "applied", 3: "applied", 2: "stale"}
+
+
+async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+    run_consumer: Callable[[IdempotentConsumer], None],
+) -> None:
+    key = b"same-key"  # everything on one partition: a stuck poison message would block the good ones
+    good_before = Event(topic=topic, type=f"{topic}.changed", aggregate_id="same-key", data={}, version=1)
+    failing = Event(
+        topic=topic, type=f"{topic}.changed", aggregate_id="same-key", data={"poison": True}, version=2
+    )
+    good_after = Event(topic=topic, type=f"{topic}.changed", aggregate_id="same-key", data={}, version=3)
+    await write(sessions, writer, good_before, failing)
+    await publish_all(engine, bootstrap)
+    valid_headers = encode_headers(
+        event_id=uuid.uuid4(),
+        event_type=f"{topic}.changed",
+        source="test",
+        subject="same-key",
+        time=good_before.time,
+        version=None,
+        trace_context={},
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await producer.send_and_wait(topic, b"{not json", key=key, headers=valid_headers)
+    await producer.send_and_wait(topic, orjson.dumps({"x": 1}), key=key, headers=[("ce_type", b"x")])
+    unknown = encode_headers(
+        event_id=uuid.uuid4(),
+        event_type="somebody.else.event",
+        source="test",
+        subject="same-key",
+        time=good_before.time,
+        version=None,
+        trace_context={},
+    )
+    await producer.send_and_wait(topic, b"{}", key=key, headers=unknown)
+    await producer.stop()
+    await write(sessions, writer, good_after)
+    await publish_all(engine, bootstrap)
+
+    consumer = recording_consumer(sessions, topic)
+    run_consumer(consumer)
+    await wait_until(lambda: _at_least(consumer, "applied", 2), timeout=30, what="good events applied")
+    assert [e[2] for e in await effects(engine, consumer.name)] == [1, 3]
+
+    dead = await read_topic(bootstrap, consumer.dead_letter_topic, expect=4, timeout=15)
+    reasons = sorted(headers_of(r)["dlq_reason"].split(":")[0] for r in dead)
+    assert len(dead) == 4, reasons
+    assert reasons == [
+        "handler failed after 3 attempts",
+        "malformed",
+        "malformed",
+        "no handler for event type 'somebody.else.event'",
+    ]
+    by_reason = {headers_of(r)["dlq_reason"]: r for r in dead}
+    handler_failure = next(r for reason, r in by_reason.items() if reason.startswith("handler failed"))
+    assert (
+        "ValueError: this handler cannot apply a poisoned event" in headers_of(handler_failure)["dlq_reason"]
+    )
+    assert headers_of(handler_failure)["ce_id"] == str(failing.id)
+    assert headers_of(handler_failure)["dlq_original_topic"] == topic
+    assert consumer.stats.dead_lettered == 4
+
+
+async def test_consumer_killed_mid_batch_applies_every_event_exactly_once(
+    engine: AsyncEngine,
+    database_url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+    log_dir: Path,
+) -> None:
+    total = 600
+    for chunk in range(0, total, 100):
+        await write(
+            sessions,
+            writer,
+            *(
+                Event(
+                    topic=topic, type=f"{topic}.changed", aggregate_id=f"a{i % 20}", data={"i": i}, version=i
+                )
+                for i in range(chunk, chunk + 100)
+            ),
+        )
+    await publish_all(engine, bootstrap)
+    group = f"crash-{uuid.uuid4().hex[:8]}"
+    argv = [sys.executable, str(APPS / "effect_consumer.py"), database_url, group, topic, "0.002"]
+    kills = 0
+    for round_ in range(3):
+        proc = ServiceProcess(f"consumer-{round_}", argv, env={}, log_dir=log_dir).start()
+        already = len(await effects(engine, group))
+        # Let it apply part of the backlog, then kill it without warning, mid-batch.
+        await wait_until(
+            lambda already=already: _grown(engine, group, already + 60), timeout=60, what="progress"
+        )
+        proc.kill()
+        kills += 1
+    final = ServiceProcess("consumer-final", argv, env={}, log_dir=log_dir).start()
+    try:
+        await wait_until(lambda: _grown(engine, group, total), timeout=90, what="all events applied")
+        async with engine.connect() as conn:
+            inbox = (
+                await conn.execute(text("SELECT count(*) FROM inbox WHERE consumer = :c"), {"c": group})
+            ).scalar_one()
+    finally:
+        final.terminate()
+    applied = await effects(engine, group)
+    assert kills == 3
+    assert len(applied) == total, "an event was applied twice or lost"
+    assert len({e[0] for e in applied}) == total
+    assert inbox == total
+
+
+async def _grown(engine: AsyncEngine, consumer: str, n: int) -> bool:
+    async with engine.connect() as conn:
+        count = (
+            await conn.execute(text("SELECT count(*) FROM effects WHERE consumer = :c"), {"c": consumer})
+        ).scalar_one()
+    return int(count) >= n
