@@ -1,0 +1,73 @@
+"""Settings from the environment (prefix AUTH_). Secrets that are obviously defaults are refused outside local."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from servicekit.db import normalise_url
+
+log = logging.getLogger("auth.settings")
+
+DEFAULT_SECRET = "changethis"
+_OBVIOUS_SECRETS = {DEFAULT_SECRET, "secret", "changeme", "password", "test", ""}
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
+
+    environment: Literal["local", "test", "production"] = "local"
+    port: int = 8001
+    log_level: str = "INFO"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/auth"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis key auth writes starts with this (the verifiers in other services read the same prefix).
+    redis_prefix: str = "auth:"
+    max_body_bytes: int = 64 * 1024
+
+    jwt_issuer: str = "auth"
+    jwt_audience: str = "outbox-reference"
+    access_token_ttl_seconds: int = Field(300, ge=30, le=3600)
+    refresh_token_ttl_seconds: int = Field(14 * 24 * 3600, ge=60)
+    clock_leeway_seconds: int = Field(10, ge=0, le=120)
+    # Encrypts signing private keys at rest and keys the reset-code HMAC. High entropy, never logged.
+    key_encryption_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    # How long a process trusts its in-memory keyring before rereading signing keys from the database.
+    key_cache_seconds: float = Field(30.0, gt=0)
+
+    login_window_seconds: float = Field(300.0, gt=0)
+    login_max_failures: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(50, ge=1)
+
+    reset_code_ttl_seconds: int = Field(900, ge=60)
+    reset_max_attempts: int = Field(5, ge=1)
+    reset_window_seconds: float = Field(900.0, gt=0)
+    reset_max_requests: int = Field(3, ge=1)
+
+    # Argon2id cost (argon2-cffi defaults: RFC 9106 low-memory profile) and how many hashes run at once.
+    argon2_time_cost: int = 3
+    argon2_memory_cost_kib: int = 65536
+    argon2_parallelism: int = 4
+    hash_concurrency: int = Field(4, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_db_url(cls, value: str) -> str:
+        return normalise_url(value)
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        secret = self.key_encryption_key.get_secret_value()
+        weak = secret.strip().lower() in _OBVIOUS_SECRETS or len(secret) < MIN_SECRET_LENGTH
+        if weak:
+            if self.environment != "local":
+                raise ValueError(
+                    f"AUTH_KEY_ENCRYPTION_KEY is a default or shorter than {MIN_SECRET_LENGTH} characters; "
+                    "set a random value (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+            log.warning("AUTH_KEY_ENCRYPTION_KEY is a default value: acceptable for local runs only")
+        return self
