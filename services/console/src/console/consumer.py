@@ -1,0 +1,71 @@
+"""`python -m console.consumer`: console's idempotent consumer.
+
+- `auth.account.registered` → create the account's workspace (a no-op when its first request already did).
+- `indexer.document.*` → move `indexing_status` (version-guarded).
+SIGTERM/SIGINT → `consumer.stop()`: the batch in hand finishes and its offsets are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+
+from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, setup_tracing
+from servicekit.db import Database
+
+from console.indexing.service import apply_report
+from console.settings import Settings, get_settings
+from console.workspaces.service import ensure_workspace
+
+log = logging.getLogger("console.consumer")
+
+TOPICS = ("auth.account", "indexer.document")
+
+
+def build_consumer(
+    db: Database, settings: Settings, consumer_settings: ConsumerSettings | None = None
+) -> IdempotentConsumer:
+    consumer = IdempotentConsumer(settings.consumer_name, TOPICS, db.sessions, consumer_settings)
+
+    # Creation is idempotent by itself (unique owner), so no version guard is needed.
+    @consumer.handler("auth.account.registered", version_guard=False)
+    async def account_registered(ctx: EventContext) -> None:
+        # Canonical UUID text, the same form a token's `sub` takes on the lazy path.
+        account_id = str(uuid.UUID(str(ctx.event.data.get("account_id") or ctx.event.subject)))
+        await ensure_workspace(ctx.session, account_id, str(ctx.event.data.get("email") or ""))
+
+    # The library's guard drops reports older than one already applied for the document; apply_report
+    # also compares with the document's own version, which moves without any report.
+    @consumer.handler("indexer.document.*", version_guard=True)
+    async def index_report(ctx: EventContext) -> None:
+        event = ctx.event
+        document_id = event.data.get("document_id") or event.subject
+        version = event.version if event.version is not None else event.data.get("version")
+        if document_id is None or not isinstance(version, int):
+            raise ValueError(f"{event.type} without document_id/version")
+        await apply_report(ctx.session, event.type, uuid.UUID(str(document_id)), version, event.data)
+
+    consumer.ignore("auth.account.*")
+    return consumer
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    setup_tracing("console-consumer")
+    db = Database(settings.database_url, OutboxWriter(source="console"), pool_size=2)
+    consumer = build_consumer(db, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.stop)
+    try:
+        await consumer.run()
+    finally:
+        await db.dispose()
+        log.info("console consumer stopped: %s", consumer.stats)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
