@@ -1,0 +1,1 @@
+"""Indexer: applies console's document events to a PostgreSQL full-text index and reports back."""

@@ -1,0 +1,92 @@
+"""Applies a document's state from console's events to the index, once and in version order.
+
+The inbox already drops redelivered events and the library's version guard drops older ones; the
+document row's own version is the domain's guard (it also survives a renamed consumer group): an event
+whose version is not newer than what is indexed changes nothing.
+
+Disabled or archived documents keep their segments but are not searchable; a deleted document loses its
+segments and stays as a tombstone. Each applied version is reported back in the same transaction.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from outbox import Event, OutboxWriter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from indexer.indexing import repository
+from indexer.indexing.reports import ReportType, report
+from indexer.indexing.schemas import DocumentState
+from indexer.indexing.segmentation import split, text_sha256
+from indexer.models import IndexedDocument, utcnow
+
+NO_TEXT_REASON = "the document has no indexable text"
+
+
+class Outcome(StrEnum):
+    STALE = "stale"
+    REMOVED = "removed"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+async def apply(session: AsyncSession, writer: OutboxWriter, state: DocumentState) -> Outcome:
+    current = await repository.lock(session, state.document_id)
+    if current is not None and (current.version >= state.version or current.deleted):
+        return Outcome.STALE
+    if state.deleted:
+        await _remove(session, current, state)
+        return Outcome.REMOVED
+
+    reports: list[Event] = []
+    if current is None:
+        current = IndexedDocument(id=state.document_id, text_sha256="", segment_count=0)
+        session.add(current)
+    _copy_state(current, state)
+    digest = text_sha256(state.text)
+    if current.text_sha256 != digest:
+        reports.append(report(state, ReportType.INDEXING))
+        segments = split(state.document_id, state.text)
+        await session.flush()  # the document row exists before its segments reference it
+        await repository.replace_segments(session, state.document_id, segments)
+        current.text_sha256 = digest
+        current.segment_count = len(segments)
+    await session.flush()
+    if current.segment_count == 0:
+        reports.append(report(state, ReportType.INDEX_FAILED, reason=NO_TEXT_REASON))
+        outcome = Outcome.FAILED
+    else:
+        reports.append(
+            report(
+                state, ReportType.INDEXED, segment_count=current.segment_count, searchable=current.searchable
+            )
+        )
+        outcome = Outcome.INDEXED
+    await writer.add(session, *reports)
+    return outcome
+
+
+def _copy_state(document: IndexedDocument, state: DocumentState) -> None:
+    document.dataset_id = state.dataset_id
+    document.workspace_id = state.workspace_id
+    document.owner_account_id = state.owner_account_id
+    document.name = state.name
+    document.version = state.version
+    document.enabled = state.enabled
+    document.archived = state.archived
+    document.deleted = False
+    document.updated_at = utcnow()
+
+
+async def _remove(session: AsyncSession, current: IndexedDocument | None, state: DocumentState) -> None:
+    if current is None:
+        current = IndexedDocument(id=state.document_id)
+        session.add(current)
+    else:
+        await repository.delete_segments(session, state.document_id)
+    _copy_state(current, state)
+    current.deleted = True
+    current.text_sha256 = ""
+    current.segment_count = 0
+    await session.flush()
