@@ -154,7 +154,10 @@ class JwksKeySource:
 
     async def _refetch(self) -> None:
         async with self._lock:
-            if self._attempted_at is not None and self.clock() - self._attempted_at < self.min_refetch_seconds:
+            if (
+                self._attempted_at is not None
+                and self.clock() - self._attempted_at < self.min_refetch_seconds
+            ):
                 return  # someone just fetched (or failed to): use what we have
             self._attempted_at = self.clock()
             try:

@@ -64,7 +64,9 @@ class SigningKey(Base):
     __tablename__ = "signing_keys"
     __table_args__ = (
         # At most one active (signing) key, even with several auth processes starting at once.
-        Index("uq_signing_keys_active", text("(true)"), unique=True, postgresql_where=text("retired_at IS NULL")),
+        Index(
+            "uq_signing_keys_active", text("(true)"), unique=True, postgresql_where=text("retired_at IS NULL")
+        ),
     )
 
     kid: Mapped[str] = mapped_column(Text, primary_key=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from servicekit.db import normalise_url
 
 log = logging.getLogger("auth.settings")
@@ -31,28 +31,35 @@ class Settings(BaseSettings):
 
     jwt_issuer: str = "auth"
     jwt_audience: str = "outbox-reference"
-    access_token_ttl_seconds: int = Field(300, ge=30, le=3600)
-    refresh_token_ttl_seconds: int = Field(14 * 24 * 3600, ge=60)
-    clock_leeway_seconds: int = Field(10, ge=0, le=120)
+    access_token_ttl_seconds: int = Field(default=300, ge=30, le=3600)
+    refresh_token_ttl_seconds: int = Field(default=14 * 24 * 3600, ge=60)
+    clock_leeway_seconds: int = Field(default=10, ge=0, le=120)
     # Encrypts signing private keys at rest and keys the reset-code HMAC. High entropy, never logged.
     key_encryption_key: SecretStr = SecretStr(DEFAULT_SECRET)
     # How long a process trusts its in-memory keyring before rereading signing keys from the database.
-    key_cache_seconds: float = Field(30.0, gt=0)
+    key_cache_seconds: float = Field(default=30.0, gt=0)
 
-    login_window_seconds: float = Field(300.0, gt=0)
-    login_max_failures: int = Field(5, ge=1)
-    login_max_failures_per_address: int = Field(50, ge=1)
+    login_window_seconds: float = Field(default=300.0, gt=0)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_max_failures_per_address: int = Field(default=50, ge=1)
 
-    reset_code_ttl_seconds: int = Field(900, ge=60)
-    reset_max_attempts: int = Field(5, ge=1)
-    reset_window_seconds: float = Field(900.0, gt=0)
-    reset_max_requests: int = Field(3, ge=1)
+    reset_code_ttl_seconds: int = Field(default=900, ge=60)
+    reset_max_attempts: int = Field(default=5, ge=1)
+    reset_window_seconds: float = Field(default=900.0, gt=0)
+    reset_max_requests: int = Field(default=3, ge=1)
 
     # Argon2id cost (argon2-cffi defaults: RFC 9106 low-memory profile) and how many hashes run at once.
     argon2_time_cost: int = 3
     argon2_memory_cost_kib: int = 65536
     argon2_parallelism: int = 4
-    hash_concurrency: int = Field(4, ge=1)
+    hash_concurrency: int = Field(default=4, ge=1)
+
+    @property
+    def retired_key_grace(self) -> timedelta:
+        """How long a retired key stays published: its last token's lifetime plus other processes' caches."""
+        return timedelta(
+            seconds=self.access_token_ttl_seconds + self.key_cache_seconds + self.clock_leeway_seconds
+        )
 
     @field_validator("database_url")
     @classmethod
