@@ -1,0 +1,53 @@
+"""The events auth publishes on topic `auth.account` (key = account id). Payloads are typed and versioned."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import ClassVar
+
+from outbox import Event
+from pydantic import BaseModel
+
+TOPIC = "auth.account"
+
+
+class AccountEvent(BaseModel):
+    TYPE: ClassVar[str]
+
+    account_id: uuid.UUID
+    email: str
+    version: int
+
+    def to_event(self) -> Event:
+        return Event(
+            topic=TOPIC,
+            type=self.TYPE,
+            aggregate_id=str(self.account_id),
+            data=self.model_dump(mode="json"),
+            version=self.version,
+        )
+
+
+class AccountRegistered(AccountEvent):
+    TYPE: ClassVar[str] = "auth.account.registered"
+
+    name: str
+
+
+class PasswordResetRequested(AccountEvent):
+    """For the mail sender. Carries the raw code on purpose (see services/auth/README.md): it is single-use,
+    attempt-limited and dead after `expires_at`, so the copy in the log is worthless soon after delivery."""
+
+    TYPE: ClassVar[str] = "auth.account.password_reset_requested"
+
+    name: str
+    reset_id: uuid.UUID
+    code: str
+    expires_at: datetime
+
+
+class PasswordChanged(AccountEvent):
+    TYPE: ClassVar[str] = "auth.account.password_changed"
+
+    reason: str
