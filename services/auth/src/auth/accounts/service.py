@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from servicekit.db import UnitOfWork
+from servicekit.errors import Conflict, Unauthorized
+
+from auth.accounts.repository import AccountRepository
+from auth.events import AccountRegistered
+from auth.models import Account
+from auth.passwords import PasswordHasher
+
+log = logging.getLogger("auth.accounts")
+
+
+class AccountService:
+    def __init__(self, uow: UnitOfWork, hasher: PasswordHasher) -> None:
+        self.uow = uow
+        self.accounts = AccountRepository(uow.session)
+        self.hasher = hasher
+
+    async def register(self, *, email: str, password: str, name: str) -> Account:
+        """Create the account and record `auth.account.registered` in the same transaction."""
+        if await self.accounts.get_by_email(email) is not None:
+            raise Conflict("an account with this email already exists")
+        now = datetime.now(UTC)
+        account = Account(
+            id=uuid.uuid4(),
+            email=email,
+            name=name,
+            password_hash=await self.hasher.hash(password),
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        if not await self.accounts.add(account):  # lost a race with a concurrent registration
+            raise Conflict("an account with this email already exists")
+        self.uow.emit(
+            AccountRegistered(
+                account_id=account.id, email=email, name=name, version=account.version
+            ).to_event()
+        )
+        log.info("account %s registered", account.id)
+        return account
+
+    async def get(self, account_id: uuid.UUID) -> Account:
+        account = await self.accounts.get(account_id)
+        if account is None:
+            raise Unauthorized("account no longer exists")
+        return account

@@ -1,0 +1,107 @@
+"""Password reset by emailed code: request (emits the event a mail sender consumes), then confirm."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from servicekit.db import UnitOfWork
+
+from auth.accounts.repository import AccountRepository
+from auth.errors import InvalidResetCode
+from auth.events import PasswordChanged, PasswordResetRequested
+from auth.keys.crypto import CodeHasher
+from auth.models import PasswordReset
+from auth.password_reset.repository import PasswordResetRepository
+from auth.passwords import PasswordHasher
+from auth.sessions.service import SessionService
+from auth.settings import Settings
+from auth.throttle import Limit, Throttle
+
+log = logging.getLogger("auth.password_reset")
+
+CODE_DIGITS = 8
+
+
+class PasswordResetService:
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        *,
+        settings: Settings,
+        hasher: PasswordHasher,
+        codes: CodeHasher,
+        throttle: Throttle,
+        sessions: SessionService,
+    ) -> None:
+        self.uow = uow
+        self.settings = settings
+        self.hasher = hasher
+        self.codes = codes
+        self.throttle = throttle
+        self.sessions = sessions
+        self.accounts = AccountRepository(uow.session)
+        self.resets = PasswordResetRepository(uow.session)
+
+    async def request(self, email: str) -> None:
+        """Same answer whether or not the account exists; the code only travels in the event."""
+        s = self.settings
+        await self.throttle.reserve(
+            [Limit(self.throttle.key("reset-request", email), s.reset_max_requests)],
+            window_seconds=s.reset_window_seconds,
+            message="too many reset requests, retry later",
+        )
+        account = await self.accounts.get_by_email(email)
+        if account is None:
+            return
+        now = datetime.now(UTC)
+        await self.resets.invalidate_open(account.id, now)
+        code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+        reset = PasswordReset(
+            id=uuid.uuid4(),
+            account_id=account.id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=s.reset_code_ttl_seconds),
+            attempts=0,
+        )
+        reset.code_hash = self.codes.digest(reset.id.bytes, code)
+        await self.resets.add(reset)
+        self.uow.emit(
+            PasswordResetRequested(
+                account_id=account.id,
+                email=account.email,
+                name=account.name,
+                version=account.version,
+                reset_id=reset.id,
+                code=code,
+                expires_at=reset.expires_at,
+            ).to_event()
+        )
+        log.info("password reset %s requested for account %s", reset.id, account.id)
+
+    async def confirm(self, *, email: str, code: str, new_password: str) -> None:
+        now = datetime.now(UTC)
+        account = await self.accounts.get_by_email(email, for_update=True)
+        reset = await self.resets.open_for_update(account.id, now) if account else None
+        if account is None or reset is None:
+            raise InvalidResetCode()
+        if not self.codes.matches(reset.id.bytes, code, reset.code_hash):
+            reset.attempts += 1
+            if reset.attempts >= self.settings.reset_max_attempts:
+                reset.invalidated_at = now  # guessing budget spent: a new code must be requested
+            log.info("wrong reset code for reset %s (attempt %d)", reset.id, reset.attempts)
+            raise InvalidResetCode()  # commits the attempt count (CommitsChanges)
+        reset.used_at = now
+        account.password_hash = await self.hasher.hash(new_password)
+        account.version += 1
+        account.updated_at = now
+        revoked = await self.sessions.revoke_all(account.id, reason="password_reset")
+        await self.throttle.clear(self.sessions.account_limit_key(account.email))
+        self.uow.emit(
+            PasswordChanged(
+                account_id=account.id, email=account.email, version=account.version, reason="reset"
+            ).to_event()
+        )
+        log.info("password of account %s reset; %d session(s) revoked", account.id, revoked)

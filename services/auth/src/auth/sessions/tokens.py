@@ -1,0 +1,57 @@
+"""Minting tokens: EdDSA access JWTs and opaque refresh tokens (only their SHA-256 digest is stored)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import jwt
+from servicekit.auth import ALGORITHM
+
+from auth.keys.service import ActiveKey
+from auth.models import Account
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    token: str
+    jti: str
+    expires_at: int
+
+
+def issue_access_token(
+    key: ActiveKey,
+    *,
+    account: Account,
+    session_id: uuid.UUID,
+    issuer: str,
+    audience: str,
+    ttl_seconds: int,
+    now: datetime,
+) -> AccessToken:
+    iat = int(now.timestamp())
+    jti = uuid.uuid4().hex
+    claims = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": str(account.id),
+        "email": account.email,
+        "sid": str(session_id),
+        "jti": jti,
+        "iat": iat,
+        "exp": iat + ttl_seconds,
+    }
+    token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "JWT"})
+    return AccessToken(token=token, jti=jti, expires_at=iat + ttl_seconds)
+
+
+def new_refresh_token() -> tuple[str, bytes]:
+    token = secrets.token_urlsafe(32)
+    return token, hash_refresh_token(token)
+
+
+def hash_refresh_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
