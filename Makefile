@@ -4,7 +4,7 @@ PY_BOOT ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: setup stack migrate run test test-fast e2e chaos bench consistency lint fmt down status
+.PHONY: setup stack migrate run test test-fast e2e chaos bench consistency lint fmt down status e2e-docker
 
 $(CURDIR)/.tools/bin/uv:
 	$(PY_BOOT) -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -47,3 +47,13 @@ status: setup
 
 down: setup  ## stop what `make stack`/`make run` started (and nothing else)
 	$(RUN) python scripts/stack.py down
+
+# e2e on the testcontainers back end, on a machine where no image can be pulled: Debian's docker.io engine
+# (own data root and socket, --bridge=none --iptables=false), images built locally, host networking only.
+E2E_DOCKER_DIR ?= /var/tmp/outbox-e2e-docker
+E2E_DOCKER_TESTS ?= tests/e2e/test_infra.py
+e2e-docker: setup  ## e2e infra tests with E2E_BACKEND=docker (see tests/e2e/README.md)
+	sock=$$(E2E_DOCKER_DIR=$(E2E_DOCKER_DIR) bash tests/e2e/docker/up.sh) && \
+	DOCKER_HOST=$$sock E2E_BACKEND=docker E2E_DOCKER_NETWORK=host TESTCONTAINERS_RYUK_DISABLED=true \
+	E2E_PG_IMAGE=e2e/postgres:15 E2E_REDIS_IMAGE=e2e/redis:7 E2E_KAFKA_IMAGE=e2e/tansu:0.6 \
+	$(RUN) pytest -s $(E2E_DOCKER_TESTS)
