@@ -34,7 +34,10 @@ def build_consumer(
     async def account_registered(ctx: EventContext) -> None:
         # Canonical UUID text, the same form a token's `sub` takes on the lazy path.
         account_id = str(uuid.UUID(str(ctx.event.data.get("account_id") or ctx.event.subject)))
-        await ensure_workspace(ctx.session, account_id, str(ctx.event.data.get("email") or ""))
+        data = ctx.event.data
+        await ensure_workspace(
+            ctx.session, account_id, str(data.get("email") or ""), str(data.get("name") or "")
+        )
 
     # The library's guard drops reports older than one already applied for the document; apply_report
     # also compares with the document's own version, which moves without any report.

@@ -9,15 +9,18 @@ from console.models import Workspace
 from console.workspaces import repository
 
 
-def default_name(email: str) -> str:
-    local = email.split("@", 1)[0] if email else ""
-    return f"{local}'s Workspace" if local else "Workspace"
+def default_name(email: str, display_name: str = "") -> str:
+    """Dify's "<name>'s Workspace"; the lazy path knows only the email, so its local part stands in."""
+    owner = display_name.strip() or (email.split("@", 1)[0] if email else "")
+    return f"{owner}'s Workspace" if owner else "Workspace"
 
 
-async def ensure_workspace(session: AsyncSession, account_id: str, email: str) -> Workspace:
+async def ensure_workspace(
+    session: AsyncSession, account_id: str, email: str, display_name: str = ""
+) -> Workspace:
     workspace = await repository.get_by_owner(session, account_id)
     if workspace is None:
-        await repository.insert_if_absent(session, account_id, default_name(email))
+        await repository.insert_if_absent(session, account_id, default_name(email, display_name))
         workspace = await repository.get_by_owner(session, account_id)
     assert workspace is not None  # inserted or found committed by the conflicting transaction
     return workspace

@@ -1,0 +1,145 @@
+"""Every error answer console gives, one per case; and its OpenAPI document."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+from servicekit.testing_tokens import TestTokenIssuer
+
+from .conftest import Api, Stack
+
+
+def error_code(r: httpx.Response) -> str:
+    return str(r.json()["error"]["code"])
+
+
+async def test_openapi_is_served(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.console.base_url) as c:
+        r = await c.get("/openapi.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    assert "/console/api/datasets/{dataset_id}/documents/status/{action}/batch" in paths
+    assert {"get", "post"} <= set(paths["/console/api/datasets"])
+
+
+async def test_missing_or_foreign_token_is_401(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.console.base_url) as c:
+        assert (await c.get("/console/api/datasets")).status_code == 401
+        stranger = TestTokenIssuer()  # its key is not in the JWKS console trusts
+        r = await c.get("/console/api/datasets", headers={"Authorization": f"Bearer {stranger.token()}"})
+        assert r.status_code == 401 and error_code(r) == "unauthorized"
+
+
+async def test_unknown_ids_are_404(api: Api) -> None:
+    ds = (await api.create_dataset())["id"]
+    nope = str(uuid.uuid4())
+    for r in (
+        await api.console.get(f"/console/api/datasets/{nope}"),
+        await api.console.patch(f"/console/api/datasets/{nope}", json={"name": "x"}),
+        await api.console.delete(f"/console/api/datasets/{nope}"),
+        await api.console.get(f"/console/api/datasets/{nope}/documents"),
+        await api.console.post(f"/console/api/datasets/{nope}/documents", json={"name": "n", "text": "t"}),
+        await api.console.get(f"/console/api/datasets/{ds}/documents/{nope}"),
+        await api.console.patch(f"/console/api/datasets/{ds}/documents/{nope}", json={"text": "t"}),
+        await api.console.delete(f"/console/api/datasets/{ds}/documents/{nope}"),
+        await api.action(ds, "enable", nope),
+    ):
+        assert r.status_code == 404, r.text
+        assert error_code(r) == "not_found"
+
+
+async def test_another_workspace_ids_are_404(make_api: Callable[..., Api]) -> None:
+    owner, other = make_api(), make_api()
+    ds = (await owner.create_dataset())["id"]
+    doc = (await owner.create_document(ds, "private words"))["id"]
+    for r in (
+        await other.console.get(f"/console/api/datasets/{ds}"),
+        await other.console.patch(f"/console/api/datasets/{ds}", json={"name": "mine"}),
+        await other.console.delete(f"/console/api/datasets/{ds}"),
+        await other.console.get(f"/console/api/datasets/{ds}/documents/{doc}"),
+        await other.console.delete(f"/console/api/datasets/{ds}/documents/{doc}"),
+        await other.action(ds, "disable", doc),
+    ):
+        assert r.status_code == 404, r.text
+    assert (await other.console.get("/console/api/datasets")).json()["total"] == 0
+    assert (await owner.document(ds, doc))["version"] == 1  # untouched
+
+
+async def test_invalid_transitions_are_409(api: Api) -> None:
+    ds_name = f"dup-{uuid.uuid4().hex[:6]}"
+    ds = (await api.create_dataset(ds_name))["id"]
+    r = await api.console.post("/console/api/datasets", json={"name": ds_name})
+    assert r.status_code == 409 and "already exists" in r.json()["error"]["message"]
+
+    doc = (await api.create_document(ds, "some text"))["id"]
+    assert (await api.action(ds, "archive", doc)).status_code == 200
+    for action in ("enable", "disable"):
+        r = await api.action(ds, action, doc)
+        assert r.status_code == 409 and error_code(r) == "conflict"
+        assert "un_archive" in r.json()["error"]["message"]
+    r = await api.console.patch(f"/console/api/datasets/{ds}/documents/{doc}", json={"text": "new"})
+    assert r.status_code == 409 and "archived" in r.json()["error"]["message"]
+    assert (await api.document(ds, doc))["version"] == 2  # only the archive changed it
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "params"),
+    [
+        ("POST", "/console/api/datasets", {"description": "no name"}, None),
+        ("POST", "/console/api/datasets", {"name": "x", "unknown": 1}, None),
+        ("POST", "/console/api/datasets", {"name": ""}, None),
+        ("PATCH", "/console/api/datasets/{ds}", {}, None),
+        ("GET", "/console/api/datasets/not-a-uuid", None, None),
+        ("GET", "/console/api/datasets", None, {"page": 0}),
+        ("GET", "/console/api/datasets", None, {"limit": 1000}),
+        ("POST", "/console/api/datasets/{ds}/documents", {"name": "n"}, None),
+        (
+            "POST",
+            "/console/api/datasets/{ds}/documents",
+            {"name": "n", "text": "t", "enabled": "maybe"},
+            None,
+        ),
+        ("GET", "/console/api/datasets/{ds}/documents", None, {"status": "sleeping"}),
+        (
+            "PATCH",
+            "/console/api/datasets/{ds}/documents/status/publish/batch",
+            None,
+            {"document_id": "{doc}"},
+        ),
+        ("PATCH", "/console/api/datasets/{ds}/documents/status/enable/batch", None, None),
+        ("PATCH", "/console/api/datasets/{ds}/documents/status/enable/batch", None, {"document_id": "zzz"}),
+        ("PATCH", "/console/api/datasets/{ds}/documents/{doc}", {"name": "n", "text": None, "x": 1}, None),
+    ],
+)
+async def test_malformed_requests_are_422(
+    api: Api, method: str, path: str, body: dict[str, object] | None, params: dict[str, object] | None
+) -> None:
+    ds = (await api.create_dataset())["id"]
+    doc = (await api.create_document(ds, "text"))["id"]
+    fill = {k: str(v).format(ds=ds, doc=doc) for k, v in (params or {}).items()}
+    r = await api.console.request(method, path.format(ds=ds, doc=doc), json=body, params=fill)
+    assert r.status_code == 422, r.text
+    assert error_code(r) == "validation_error"
+
+
+async def test_malformed_json_and_bad_idempotency_key_are_422(api: Api) -> None:
+    r = await api.console.post(
+        "/console/api/datasets", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    r = await api.console.post(
+        "/console/api/datasets", json={"name": "k"}, headers={"Idempotency-Key": "x" * 300}
+    )
+    assert r.status_code == 422 and "Idempotency-Key" in r.json()["error"]["message"]
+
+
+async def test_oversize_body_is_413(api: Api) -> None:
+    ds = (await api.create_dataset())["id"]
+    r = await api.console.post(
+        f"/console/api/datasets/{ds}/documents", json={"name": "big", "text": "a" * 400_000}
+    )
+    assert r.status_code == 413 and error_code(r) == "payload_too_large"
+    assert (await api.console.get(f"/console/api/datasets/{ds}/documents")).json()["total"] == 0
