@@ -15,15 +15,17 @@ import fnmatch
 import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy import text
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -248,11 +250,19 @@ class IdempotentConsumer:
             log.warning("consumer %s: offset commit for %s lost to a rebalance (%s)", self.name, tp, exc)
 
     async def _process_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        async with self.sessions() as session, session.begin():
-            for record in records:
-                await self._process_record(session, record)
+        """Fast path first: the whole batch in one transaction without savepoints, inbox rows in one
+        statement. If any handler raises, that transaction rolls back (nothing of it persists) and the batch
+        is replayed on the careful path: a savepoint, retries and dead-lettering per message."""
+        parsed = [self._parse(record) for record in records]
+        try:
+            async with self.sessions() as session, session.begin():
+                await self._apply_batch(session, parsed)
+        except _HandlerFailed:
+            async with self.sessions() as session, session.begin():
+                for item in parsed:
+                    await self._process_record(session, item)
 
-    async def _process_record(self, session: AsyncSession, record: ConsumerRecord[bytes, bytes]) -> None:
+    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> _Parsed:
         try:
             event = decode_record(
                 topic=record.topic,
@@ -262,33 +272,120 @@ class IdempotentConsumer:
                 value=record.value,
             )
         except MalformedMessage as exc:
-            await self._dead_letter(record, f"malformed: {exc}", attempts=0)
-            return
+            return _Parsed(record, None, None, f"malformed: {exc}")
         route = self._route(event.type)
         if route is None and not self._is_ignored(event.type):
-            await self._dead_letter(record, f"no handler for event type {event.type!r}", attempts=0)
-            return
-        span = tracer().start_span(
-            f"{event.type} process",
-            context=context_from(event.headers),
+            return _Parsed(record, event, None, f"no handler for event type {event.type!r}")
+        return _Parsed(record, event, route, None)
+
+    def _span(self, item: _Parsed) -> Span:
+        assert item.event is not None
+        return tracer().start_span(
+            f"{item.event.type} process",
+            context=context_from(item.event.headers),
             kind=SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "kafka",
                 "messaging.operation": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.kafka.partition": record.partition,
-                "messaging.kafka.offset": record.offset,
-                "messaging.message.id": str(event.id),
+                "messaging.destination.name": item.record.topic,
+                "messaging.kafka.partition": item.record.partition,
+                "messaging.kafka.offset": item.record.offset,
+                "messaging.message.id": str(item.event.id),
                 "messaging.consumer.group.name": self.name,
             },
         )
+
+    async def _apply_batch(self, session: AsyncSession, parsed: Sequence[_Parsed]) -> None:
+        valid = [p for p in parsed if p.problem is None and p.event is not None]
+        fresh: set[uuid.UUID] = set()
+        if valid:
+            # Inserting the inbox rows first also serialises two members that got the same partition during
+            # a rebalance: the second blocks on the primary key, then sees a conflict and skips.
+            inserted = await session.execute(
+                pg_insert(inbox_table)
+                .values(
+                    [
+                        self._inbox_row(p.event, "ignored" if p.route is None else "applied")
+                        for p in valid
+                        if p.event
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+                .returning(inbox_table.c.event_id)
+            )
+            fresh = set(inserted.scalars())
+        stale: list[uuid.UUID] = []
+        counts = ConsumerStats()
+        for item in parsed:
+            event = item.event
+            if item.problem is not None or event is None:
+                continue
+            if event.id not in fresh:
+                counts.duplicates += 1
+                continue
+            fresh.discard(event.id)  # a second copy inside this batch is a duplicate too
+            if item.route is None:
+                counts.ignored += 1
+                continue
+            span = self._span(item)
+            with trace.use_span(span, end_on_exit=True):
+                if (
+                    item.route.version_guard
+                    and event.version is not None
+                    and not await self._advance_version(session, event)
+                ):
+                    stale.append(event.id)
+                    counts.stale += 1
+                    span.set_attribute("outbox.outcome", "stale")
+                    continue
+                try:
+                    await item.route.handler(
+                        EventContext(event=event, session=session, consumer=self.name, attempt=1)
+                    )
+                except Exception as exc:
+                    span.record_exception(exc)
+                    raise _HandlerFailed from exc
+                span.set_attribute("outbox.outcome", "applied")
+                counts.applied += 1
+        if stale:
+            await session.execute(
+                update(inbox_table)
+                .where(inbox_table.c.consumer == self.name, inbox_table.c.event_id.in_(stale))
+                .values(outcome="stale")
+            )
+        for item in parsed:
+            if item.problem is not None:
+                await self._dead_letter(item.record, item.problem, attempts=0)
+        self.stats.applied += counts.applied
+        self.stats.duplicates += counts.duplicates
+        self.stats.stale += counts.stale
+        self.stats.ignored += counts.ignored
+
+    def _inbox_row(self, event: ReceivedEvent, outcome: str) -> dict[str, Any]:
+        return {
+            "consumer": self.name,
+            "event_id": event.id,
+            "event_type": event.type,
+            "topic": event.topic,
+            "partition": event.partition,
+            "offset": event.offset,
+            "aggregate_id": event.subject,
+            "aggregate_version": event.version,
+            "outcome": outcome,
+        }
+
+    async def _process_record(self, session: AsyncSession, item: _Parsed) -> None:
+        if item.problem is not None or item.event is None:
+            await self._dead_letter(item.record, item.problem or "undecodable", attempts=0)
+            return
+        span = self._span(item)
         with trace.use_span(span, end_on_exit=True):
             try:
-                outcome = await self._apply_with_retries(session, event, route)
+                outcome = await self._apply_with_retries(session, item.event, item.route)
                 span.set_attribute("outbox.outcome", outcome)
             except _DeadLetter as dead:
                 span.set_status(Status(StatusCode.ERROR, dead.reason))
-                await self._dead_letter(record, dead.reason, attempts=dead.attempts)
+                await self._dead_letter(item.record, dead.reason, attempts=dead.attempts)
 
     async def _apply_with_retries(
         self, session: AsyncSession, event: ReceivedEvent, route: _Route | None
@@ -350,17 +447,7 @@ class IdempotentConsumer:
         outcome = "ignored" if route is None else "stale" if stale else "applied"
         inserted = await session.execute(
             pg_insert(inbox_table)
-            .values(
-                consumer=self.name,
-                event_id=event.id,
-                event_type=event.type,
-                topic=event.topic,
-                partition=event.partition,
-                offset=event.offset,
-                aggregate_id=event.subject,
-                aggregate_version=event.version,
-                outcome=outcome,
-            )
+            .values(**self._inbox_row(event, outcome))
             .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
             .returning(inbox_table.c.event_id)
         )
@@ -422,6 +509,18 @@ class IdempotentConsumer:
             self.dead_letter_topic,
             reason,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    record: ConsumerRecord[bytes, bytes]
+    event: ReceivedEvent | None
+    route: _Route | None
+    problem: str | None  # set: dead-letter this record with this reason
+
+
+class _HandlerFailed(Exception):
+    """A handler raised on the fast path: replay the batch on the careful path."""
 
 
 class _Duplicate(Exception):

@@ -33,13 +33,14 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from outbox.envelope import encode_headers, encode_value
+from outbox.envelope import encode_headers
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer
 from outbox.tracing import capture_context, context_from, tracer
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
@@ -48,8 +49,8 @@ log = logging.getLogger("outbox.relay")
 
 _CLAIM = text(
     """
-    SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version, payload,
-           trace_context, occurred_at, attempts
+    SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version,
+           payload::text AS payload_json, trace_context, occurred_at, attempts
     FROM outbox
     WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
     ORDER BY id
@@ -300,39 +301,46 @@ class Relay:
         producer = self._producer
         assert producer is not None, "Relay.start() not called"
         await self._ensure_topics({r.topic for r in rows})
+        # Without a recording tracer provider, pass the writer's context through untouched (cheap path).
+        recording = isinstance(trace.get_tracer_provider(), SdkTracerProvider)
         pending: list[_Pending] = []
         refused: set[tuple[str, str]] = set()
         for row in rows:
             if (row.topic, row.aggregate_id) in refused:
                 pending.append(_Pending(row=row, span=trace.INVALID_SPAN, held_back=True))
                 continue
-            span = tracer().start_span(
-                f"{row.topic} publish",
-                context=context_from(row.trace_context or {}),
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation": "publish",
-                    "messaging.destination.name": row.topic,
-                    "messaging.message.id": str(row.event_id),
-                    "messaging.kafka.message.key": row.aggregate_id,
-                    "outbox.id": row.id,
-                },
+            stored_context: dict[str, str] = row.trace_context or {}
+            span: Span = trace.INVALID_SPAN
+            trace_context = stored_context
+            if recording:
+                span = tracer().start_span(
+                    f"{row.topic} publish",
+                    context=context_from(stored_context),
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.operation": "publish",
+                        "messaging.destination.name": row.topic,
+                        "messaging.message.id": str(row.event_id),
+                        "messaging.kafka.message.key": row.aggregate_id,
+                        "outbox.id": row.id,
+                    },
+                )
+                with trace.use_span(span, end_on_exit=False):
+                    trace_context = capture_context()
+            headers = encode_headers(
+                event_id=row.event_id,
+                event_type=row.event_type,
+                source=row.source,
+                subject=row.aggregate_id,
+                time=row.occurred_at,
+                version=row.aggregate_version,
+                trace_context=trace_context,
             )
             item = _Pending(row=row, span=span)
-            with trace.use_span(span, end_on_exit=False):
-                headers = encode_headers(
-                    event_id=row.event_id,
-                    event_type=row.event_type,
-                    source=row.source,
-                    subject=row.aggregate_id,
-                    time=row.occurred_at,
-                    version=row.aggregate_version,
-                    trace_context=capture_context(),
-                )
             try:
                 item.future = await producer.send(
-                    row.topic, value=encode_value(row.payload), key=row.aggregate_id.encode(), headers=headers
+                    row.topic, value=row.payload_json.encode(), key=row.aggregate_id.encode(), headers=headers
                 )
             except KafkaError as exc:
                 item.error = exc

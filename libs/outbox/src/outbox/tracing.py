@@ -43,14 +43,19 @@ def setup_tracing(service_name: str) -> None:
 
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
+    otlp = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    spans_file = os.environ.get("OTEL_SPANS_FILE")
+    if not (otlp or spans_file) or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return  # no exporter: keep the no-op provider, context still propagates through headers
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
     )
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    if otlp:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    spans_file = os.environ.get("OTEL_SPANS_FILE")
     if spans_file:
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(spans_file)))
     trace.set_tracer_provider(provider)

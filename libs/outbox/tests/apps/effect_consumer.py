@@ -24,7 +24,10 @@ async def main(url: str, group: str, topic: str, delay_s: float) -> None:
     @consumer.handler("*", version_guard=False)
     async def apply(ctx: EventContext) -> None:
         await ctx.session.execute(
-            text("INSERT INTO effects (consumer, event_id, aggregate_id, version) VALUES (:c, :e, :a, :v)"),
+            text(
+                "INSERT INTO effects (consumer, event_id, aggregate_id, version, applied_at) "
+                "VALUES (:c, :e, :a, :v, clock_timestamp())"
+            ),
             {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version},
         )
         if delay_s:

@@ -1,0 +1,213 @@
+"""`make bench`: relay drain rate and commit -> applied latency, on real PostgreSQL and the real broker.
+
+1. Drain: a backlog of N outbox rows (default 50,000 over 1,000 aggregates) published by one relay
+   process; events/s = N / (time until the last row is marked published).
+2. Latency: a steady stream (default 1,000 events/s for 20 s) committed by writer tasks, published by a
+   relay process, applied by an idempotent consumer process; latency = the consumer's clock_timestamp()
+   when it writes the effect minus the writer's clock right after its commit returned (one machine, one
+   clock). Run once with NOTIFY wake-ups and once with polling only.
+
+Results go to bench/results/latest.json and a table on stdout. Environment knobs: BENCH_DRAIN_EVENTS,
+BENCH_RATE, BENCH_SECONDS, BENCH_AGGREGATES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from outbox import Event, OutboxWriter, create_tables
+from outbox.kafka import bootstrap_from_env, ensure_topics
+from servicekit.testing import ServiceProcess, recreate_database
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LOGS = ROOT / ".stack" / "bench-logs"
+EFFECT_CONSUMER = ROOT / "libs" / "outbox" / "tests" / "apps" / "effect_consumer.py"
+
+DRAIN_EVENTS = int(os.environ.get("BENCH_DRAIN_EVENTS", "50000"))
+RATE = int(os.environ.get("BENCH_RATE", "1000"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
+AGGREGATES = int(os.environ.get("BENCH_AGGREGATES", "1000"))
+WRITERS = 8
+
+EFFECTS_DDL = """
+CREATE TABLE effects (
+    seq bigserial PRIMARY KEY, consumer text NOT NULL, event_id uuid NOT NULL, aggregate_id text NOT NULL,
+    version bigint, applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+
+def relay(url: str, name: str, **env: str) -> ServiceProcess:
+    argv = [sys.executable, "-m", "outbox.cli", "relay", "--database-url", url, "--name", name]
+    return ServiceProcess(name, argv, env={"LOG_LEVEL": "WARNING", **env}, log_dir=LOGS)
+
+
+async def fresh_database(name: str) -> tuple[str, AsyncEngine]:
+    url = recreate_database(name)
+    engine = create_async_engine(url, pool_size=WRITERS + 2)
+    async with engine.begin() as conn:
+        await conn.run_sync(create_tables)
+        await conn.execute(text(EFFECTS_DDL))
+    return url, engine
+
+
+async def scalar(engine: AsyncEngine, sql: str) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql))).scalar_one()
+
+
+async def bench_drain() -> dict[str, Any]:
+    url, engine = await fresh_database("outbox_bench_drain")
+    topic = f"bench.drain.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap_from_env(), [topic])
+    writer = OutboxWriter("bench", notify_channel=None)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    payload = {"dataset_id": str(uuid.uuid4()), "name": "doc", "enabled": True, "text": "x" * 120}
+    for start in range(0, DRAIN_EVENTS, 2000):
+        async with sessions() as session, session.begin():
+            await writer.add(
+                session,
+                *(
+                    Event(topic=topic, type="bench.document.enabled", aggregate_id=f"doc-{i % AGGREGATES}", data=payload, version=i)
+                    for i in range(start, min(start + 2000, DRAIN_EVENTS))
+                ),
+            )
+    proc = relay(url, "bench-drain-relay")
+    started = time.perf_counter()
+    proc.start()
+    while await scalar(engine, "SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+        if not proc.alive:
+            raise RuntimeError(f"relay died:\n{proc.tail()}")
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    proc.terminate()
+    await engine.dispose()
+    return {"events": DRAIN_EVENTS, "seconds": round(elapsed, 3), "events_per_s": round(DRAIN_EVENTS / elapsed)}
+
+
+async def bench_latency(*, notify: bool) -> dict[str, Any]:
+    name = "outbox_bench_latency"
+    url, engine = await fresh_database(name)
+    topic = f"bench.latency.{uuid.uuid4().hex[:8]}"
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap_from_env(), [topic])
+    channel_env = {} if notify else {"OUTBOX_NOTIFY_CHANNEL": ""}
+    relay_proc = relay(url, "bench-latency-relay", **channel_env).start()
+    consumer = ServiceProcess(
+        "bench-consumer", [sys.executable, str(EFFECT_CONSUMER), url, group, topic], env={"LOG_LEVEL": "WARNING"}, log_dir=LOGS
+    ).start()
+    writer = OutboxWriter("bench", notify_channel="outbox_pending" if notify else None)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    committed: dict[str, float] = {}
+    total = int(RATE * SECONDS)
+
+    # Warm-up: wait until the consumer has joined its group and applies events.
+    async with sessions() as session, session.begin():
+        await writer.add(session, Event(topic=topic, type="bench.warmup", aggregate_id="warmup", data={}))
+    deadline = time.monotonic() + 60
+    while not await scalar(engine, "SELECT count(*) FROM effects"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"consumer never applied the warm-up event:\n{consumer.tail()}")
+        await asyncio.sleep(0.1)
+
+    t0 = time.perf_counter() + 0.2
+    wall0 = time.time() - time.perf_counter()
+
+    async def write(worker: int) -> None:
+        for i in range(worker, total, WRITERS):
+            due = t0 + i / RATE
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            event = Event(topic=topic, type="bench.document.enabled", aggregate_id=f"doc-{i % AGGREGATES}", data={"i": i}, version=i)
+            async with sessions() as session, session.begin():
+                await writer.add(session, event)
+            committed[str(event.id)] = wall0 + time.perf_counter()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(write(w) for w in range(WRITERS)))
+    write_seconds = time.perf_counter() - started
+    deadline = time.monotonic() + 120
+    while await scalar(engine, "SELECT count(*) FROM effects") < total + 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("not every event was applied within 120 s")
+        await asyncio.sleep(0.1)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT event_id::text, extract(epoch FROM applied_at) FROM effects"))).all()
+    duplicates = await scalar(engine, "SELECT count(*) - count(DISTINCT event_id) FROM effects")
+    relay_proc.terminate()
+    consumer.terminate()
+    await engine.dispose()
+    latencies = sorted((float(applied) - committed[eid]) * 1000 for eid, applied in rows if eid in committed)
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "events": total,
+        "rate_events_per_s": round(total / write_seconds),
+        "latency_ms": {"p50": round(q[49], 2), "p95": round(q[94], 2), "p99": round(q[98], 2), "max": round(latencies[-1], 2)},
+        "duplicates_applied": int(duplicates),
+        "wakeup": "notify+poll" if notify else "poll",
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "broker_bootstrap": bootstrap_from_env(),
+        "git_commit": commit,
+    }
+
+
+async def main() -> None:
+    print(f"[bench] drain: {DRAIN_EVENTS} rows backlog ...", flush=True)
+    drain = await bench_drain()
+    print(f"[bench] latency: {RATE}/s for {SECONDS}s with NOTIFY ...", flush=True)
+    notify = await bench_latency(notify=True)
+    print(f"[bench] latency: {RATE}/s for {SECONDS}s, polling only ...", flush=True)
+    poll = await bench_latency(notify=False)
+    result = {
+        "when": datetime.now(UTC).isoformat(),
+        "relay_drain_events_per_s": drain["events_per_s"],
+        "latency_ms": notify["latency_ms"],
+        "rate_events_per_s": notify["rate_events_per_s"],
+        "drain": drain,
+        "latency_notify": notify,
+        "latency_poll_only": poll,
+        "machine": machine(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(f"{'measure':<42}{'value':>14}")
+    print(f"{'relay drain (events/s, ' + str(DRAIN_EVENTS) + ' backlog)':<42}{drain['events_per_s']:>14}")
+    for label, r in (("notify", notify), ("poll only", poll)):
+        lat = r["latency_ms"]
+        print(f"{'steady rate achieved (' + label + ', events/s)':<42}{r['rate_events_per_s']:>14}")
+        for k in ("p50", "p95", "p99", "max"):
+            print(f"{'commit->applied ' + k + ' ms (' + label + ')':<42}{lat[k]:>14}")
+        print(f"{'duplicates applied (' + label + ')':<42}{r['duplicates_applied']:>14}")
+    print(f"\n[bench] written to {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
