@@ -156,15 +156,17 @@ class Api:
         return await wait_until(probe, timeout=timeout, what=f"document {document_id} settled")
 
 
+def make_api_for(stack: Stack, account_id: uuid.UUID) -> Api:
+    """Another client (own connection pool and token) for the same account."""
+    return Api(stack, account_id, stack.issuer.token(account_id, email=f"{account_id.hex[:8]}@example.com"))
+
+
 @pytest.fixture
 async def make_api(stack: Stack) -> AsyncIterator[Callable[..., Api]]:
     made: list[Api] = []
 
-    def make(account_id: uuid.UUID | None = None, **claims: Any) -> Api:
-        account = account_id or uuid.uuid4()
-        api = Api(
-            stack, account, stack.issuer.token(account, email=f"{account.hex[:8]}@example.com", **claims)
-        )
+    def make(account_id: uuid.UUID | None = None) -> Api:
+        api = make_api_for(stack, account_id or uuid.uuid4())
         made.append(api)
         return api
 
