@@ -14,7 +14,10 @@ import httpx
 import psycopg
 import pytest
 from servicekit.testing import HttpService, ServiceProcess, recreate_database, run_migrations, wait_until
+from servicekit.testing_kafka import Sent, consumed, publish
 from servicekit.testing_tokens import TestTokenIssuer
+
+__all__ = ["Api", "Sent", "Stack", "consumed", "make_api_for", "publish"]
 
 SERVICES = Path(__file__).resolve().parents[2]
 RUN = uuid.uuid4().hex[:8]
@@ -178,77 +181,3 @@ async def make_api(stack: Stack) -> AsyncIterator[Callable[..., Api]]:
 @pytest.fixture
 async def api(make_api: Callable[..., Api]) -> Api:
     return make_api()
-
-
-@dataclass(frozen=True)
-class Sent:
-    event_id: uuid.UUID
-    topic: str
-    partition: int
-    offset: int
-
-
-async def publish(
-    topic: str,
-    event_type: str,
-    key: str,
-    data: dict[str, Any],
-    *,
-    version: int | None = None,
-    event_id: uuid.UUID | None = None,
-    source: str = "test",
-) -> Sent:
-    """Publish one event by hand, in the envelope the relay uses (a duplicate when `event_id` is reused)."""
-    from datetime import UTC, datetime
-
-    from aiokafka import AIOKafkaProducer
-    from outbox.envelope import encode_headers, encode_value
-    from outbox.kafka import bootstrap_from_env
-
-    event_id = event_id or uuid.uuid4()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_from_env(), acks="all")
-    await producer.start()
-    try:
-        headers = encode_headers(
-            event_id=event_id,
-            event_type=event_type,
-            source=source,
-            subject=key,
-            time=datetime.now(UTC),
-            version=version,
-            trace_context={},
-        )
-        meta = await producer.send_and_wait(topic, encode_value(data), key=key.encode(), headers=headers)
-    finally:
-        await producer.stop()
-    return Sent(event_id=event_id, topic=topic, partition=meta.partition, offset=meta.offset)
-
-
-async def committed_offset(group: str, topic: str, partition: int) -> int:
-    """The group's committed offset for one partition (-1 when none); explicit partitions (broker quirk)."""
-    from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-    from outbox.kafka import bootstrap_from_env
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_from_env())
-    await admin.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
-        meta = offsets.get(tp)
-        return meta.offset if meta is not None else -1
-    finally:
-        await admin.close()
-
-
-async def consumed(group: str, sent: list[Sent], *, timeout: float = 30.0) -> None:
-    """Wait until `group` committed past every record in `sent` (applied, deduplicated or dropped)."""
-    last: dict[tuple[str, int], int] = {}
-    for s in sent:
-        last[(s.topic, s.partition)] = max(last.get((s.topic, s.partition), -1), s.offset)
-    for (topic, partition), offset in last.items():
-
-        async def probe(t: str = topic, p: int = partition, o: int = offset) -> bool:
-            return await committed_offset(group, t, p) > o
-
-        await wait_until(probe, timeout=timeout, what=f"{group} committed past {topic}[{partition}]@{offset}")
