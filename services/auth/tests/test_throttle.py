@@ -1,0 +1,75 @@
+"""Login throttling in Redis: per account and per client address, 429 with Retry-After."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import httpx
+from auth_testkit import (
+    LOGIN_WINDOW_SECONDS,
+    MAX_FAILURES_PER_ADDRESS,
+    Secrets,
+    fake_address,
+    register,
+    unique_email,
+)
+from servicekit.testing import wait_until
+
+
+async def test_sixth_wrong_password_is_429_and_the_right_one_works_after_the_window(
+    http: httpx.AsyncClient, seen: Secrets
+) -> None:
+    email, password, _ = await register(http, seen)
+    headers = {"X-Forwarded-For": fake_address()}
+    wrong = {"email": email, "password": "Wrong-pass-123"}
+    for _ in range(5):
+        r = await http.post("/auth/api/login", json=wrong, headers=headers)
+        assert r.status_code == 401, r.text
+    sixth = await http.post("/auth/api/login", json=wrong, headers=headers)
+    locked_at = time.monotonic()
+    assert sixth.status_code == 429, sixth.text
+    assert 1 <= int(sixth.headers["Retry-After"]) <= math.ceil(LOGIN_WINDOW_SECONDS)
+    assert sixth.json()["error"]["code"] == "too_many_requests"
+    # Within the window even the right password is refused: the lock is on the account, not the guess.
+    right = {"email": email, "password": password}
+    assert (await http.post("/auth/api/login", json=right, headers=headers)).status_code == 429
+
+    async def logged_in() -> bool:
+        r = await http.post("/auth/api/login", json=right, headers=headers)
+        if r.status_code == 200:
+            seen.add(r.json()["access_token"], r.json()["refresh_token"])
+        return r.status_code == 200
+
+    await wait_until(logged_in, timeout=LOGIN_WINDOW_SECONDS + 5, interval=0.2, what="login after the window")
+    assert time.monotonic() - locked_at >= LOGIN_WINDOW_SECONDS / 2
+
+
+async def test_the_account_lock_holds_from_any_address(http: httpx.AsyncClient, seen: Secrets) -> None:
+    email, _, _ = await register(http, seen)
+    for _ in range(5):
+        r = await http.post(
+            "/auth/api/login",
+            json={"email": email, "password": "Wrong-pass-123"},
+            headers={"X-Forwarded-For": fake_address()},
+        )
+        assert r.status_code == 401
+    r = await http.post(
+        "/auth/api/login",
+        json={"email": email, "password": "Wrong-pass-123"},
+        headers={"X-Forwarded-For": fake_address()},
+    )
+    assert r.status_code == 429 and "Retry-After" in r.headers
+
+
+async def test_one_address_guessing_many_accounts_is_throttled(http: httpx.AsyncClient) -> None:
+    headers = {"X-Forwarded-For": fake_address()}
+    for _ in range(MAX_FAILURES_PER_ADDRESS):
+        r = await http.post(
+            "/auth/api/login", json={"email": unique_email(), "password": "Wrong-pass-123"}, headers=headers
+        )
+        assert r.status_code == 401
+    r = await http.post(
+        "/auth/api/login", json={"email": unique_email(), "password": "Wrong-pass-123"}, headers=headers
+    )
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
