@@ -45,3 +45,33 @@ async def test_fifty_concurrent_toggles_converge(stack: Stack, api: Api) -> None
     hits = await api.search(ds, "quasar")
     assert (len(hits) == 1) == final["enabled"]
     assert uuid.UUID(doc_id)
+
+
+async def test_concurrent_batches_over_overlapping_documents(stack: Stack, api: Api) -> None:
+    """Batches lock their documents in id order (no deadlock between requests); a deadlock with the
+    consumer's report batch is retried as a whole unit of work. Every request succeeds."""
+    ds = (await api.create_dataset())["id"]
+    ids = [(await api.create_document(ds, f"Pulsar {i} spins fast."))["id"] for i in range(5)]
+    clients = [make_api_for(stack, api.account_id) for _ in range(4)]
+    try:
+        responses = await asyncio.gather(
+            *(
+                clients[i % 4].action(
+                    ds, "enable" if i % 2 else "disable", *(ids if i % 3 else reversed(ids))
+                )
+                for i in range(30)
+            )
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert {r.status_code for r in responses} == {200}, [r.text for r in responses if r.status_code != 200]
+    for doc_id in ids:
+        final = await api.settled(ds, doc_id, timeout=60)
+        versions = [
+            v
+            for (v,) in stack.console_rows(
+                "SELECT aggregate_version FROM outbox WHERE aggregate_id = %s ORDER BY id", doc_id
+            )
+        ]
+        assert versions == list(range(1, final["version"] + 1))

@@ -7,19 +7,25 @@ before the unit of work commits once: the change, its outbox events and the stor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request, Response
+from psycopg.errors import DeadlockDetected, SerializationFailure
 from pydantic import BaseModel
 from servicekit import idempotency
 from servicekit.db import Database, UnitOfWork
+from sqlalchemy.exc import DBAPIError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from console.deps import Account, CurrentAccountDep, DatabaseDep
 from console.models import Workspace
 from console.workspaces.service import ensure_workspace
 
 T = TypeVar("T")
+
+log = logging.getLogger("console.request")
 
 REPLAY_HEADER = "Idempotent-Replayed"
 
@@ -34,9 +40,12 @@ class RequestContext:
         )
 
     async def read(self, fn: Callable[[UnitOfWork, Workspace], Awaitable[T]]) -> T:
-        async with self.db.unit_of_work() as uow:
-            workspace = await ensure_workspace(uow.session, str(self.account.id), self.account.email)
-            return await fn(uow, workspace)
+        async for attempt in retry_on_deadlock():
+            with attempt:
+                async with self.db.unit_of_work() as uow:
+                    workspace = await ensure_workspace(uow.session, str(self.account.id), self.account.email)
+                    return await fn(uow, workspace)
+        raise AssertionError("unreachable: the retry loop returns or raises")
 
     async def write(
         self, fn: Callable[[UnitOfWork, Workspace], Awaitable[BaseModel | None]], *, status_code: int = 200
@@ -48,6 +57,18 @@ class RequestContext:
             fingerprint = idempotency.request_fingerprint(
                 self.request.method, self.request.url.path, self.request.url.query, body
             )
+        async for attempt in retry_on_deadlock():
+            with attempt:
+                return await self._write_once(fn, status_code, key, fingerprint)
+        raise AssertionError("unreachable: the retry loop returns or raises")
+
+    async def _write_once(
+        self,
+        fn: Callable[[UnitOfWork, Workspace], Awaitable[BaseModel | None]],
+        status_code: int,
+        key: str | None,
+        fingerprint: str,
+    ) -> Response:
         async with self.db.unit_of_work() as uow:
             if key is not None:
                 stored = await idempotency.claim(
@@ -63,6 +84,28 @@ class RequestContext:
                     uow.session, scope=str(self.account.id), key=key, status_code=status_code, body=payload
                 )
         return _response(status_code, payload, replayed=False)
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and isinstance(exc.orig, DeadlockDetected | SerializationFailure)
+
+
+def retry_on_deadlock() -> AsyncRetrying:
+    """Rerun a whole unit of work that PostgreSQL chose as a deadlock victim.
+
+    Requests lock documents in id order, so they never deadlock each other; but the consumer applies a
+    batch of reports in delivery order inside one transaction, which can cross a multi-document request.
+    Everything rolled back (changes, events, the idempotency claim), so running again is safe.
+    """
+    return AsyncRetrying(
+        retry=retry_if_exception(_is_deadlock),
+        stop=stop_after_attempt(5),
+        wait=wait_random_exponential(multiplier=0.02, max=0.5),
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "deadlock victim, running the unit of work again (%d)", state.attempt_number
+        ),
+    )
 
 
 def _response(status_code: int, body: str, *, replayed: bool) -> Response:
