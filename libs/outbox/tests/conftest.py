@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
 from outbox import OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env
 from servicekit.testing import recreate_database
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 DB_NAME = os.environ.get("OUTBOX_TEST_DB", "outbox_lib_test")
 

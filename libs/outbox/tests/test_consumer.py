@@ -12,6 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
 from outbox import (
     ConsumerSettings,
     Event,
@@ -24,8 +27,6 @@ from outbox import (
 from outbox.envelope import encode_headers
 from outbox.testing import headers_of, read_topic
 from servicekit.testing import ServiceProcess, wait_until
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 pytestmark = pytest.mark.usefixtures("clean")
 

@@ -10,6 +10,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
 from outbox import (
     ConsumerSettings,
     Event,
@@ -21,8 +24,6 @@ from outbox import (
 )
 from outbox.testing import TcpProxy, headers_of, read_topic
 from servicekit.testing import BrokerProcess, ServiceProcess, wait_until
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 pytestmark = pytest.mark.usefixtures("clean")
 

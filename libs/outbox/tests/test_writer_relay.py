@@ -8,10 +8,11 @@ import uuid
 import orjson
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from outbox import Event, OutboxWriter, Relay, RelaySettings
-from outbox.testing import headers_of, read_topic
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from outbox import Event, OutboxWriter, Relay, RelaySettings
+from outbox.testing import headers_of, read_topic
 
 pytestmark = pytest.mark.usefixtures("clean")
 

@@ -7,7 +7,7 @@ with the state change; if it commits, both are durable together. That is the who
 from __future__ import annotations
 
 from sqlalchemy import insert, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from outbox.envelope import Event
 from outbox.schema import outbox_table
@@ -27,7 +27,8 @@ class OutboxWriter:
         self.source = source
         self.notify_channel = notify_channel
 
-    async def add(self, session: AsyncSession, *events: Event) -> None:
+    async def add(self, session: AsyncSession | AsyncConnection, *events: Event) -> None:
+        """Insert `events` in the transaction open on `session` (an ORM session or a Core connection)."""
         if not events:
             return
         trace_context = capture_context()

@@ -4,12 +4,14 @@ so an event applied twice would show as two rows). Run: python effect_consumer.p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 
-from outbox import ConsumerSettings, EventContext, IdempotentConsumer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from outbox import ConsumerSettings, EventContext, IdempotentConsumer
 
 
 async def main(url: str, group: str, topic: str, delay_s: float) -> None:
@@ -18,7 +20,9 @@ async def main(url: str, group: str, topic: str, delay_s: float) -> None:
         group,
         [topic],
         async_sessionmaker(engine, expire_on_commit=False),
-        ConsumerSettings(max_batch=200, session_timeout_ms=6000, request_timeout_ms=10000),
+        dataclasses.replace(
+            ConsumerSettings.from_env(), max_batch=200, session_timeout_ms=6000, request_timeout_ms=10000
+        ),
     )
 
     @consumer.handler("*", version_guard=False)
