@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 from auth_testkit import strong_password, unique_email
 
 
@@ -26,10 +25,6 @@ async def test_oversize_body_is_413(http: httpx.AsyncClient) -> None:
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="servicekit.limits raises inside receive(); FastAPI turns that into 400 'error parsing the body'",
-)
 async def test_oversize_streamed_body_without_content_length_is_413(http: httpx.AsyncClient) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(100):
