@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+
 from servicekit.testing_tokens import TestTokenIssuer
 
 from .conftest import Api, Stack

@@ -6,10 +6,11 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import create_engine
+
 from indexer.models import Base
 from indexer.settings import Settings
 from servicekit.db import normalise_url
-from sqlalchemy import create_engine
 
 config = context.config
 if config.config_file_name is not None:

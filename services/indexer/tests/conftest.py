@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+
 from servicekit.testing import HttpService, ServiceProcess, recreate_database, run_migrations
 from servicekit.testing_kafka import Sent, consumed, publish
 from servicekit.testing_tokens import TestTokenIssuer

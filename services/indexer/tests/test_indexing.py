@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+
 from servicekit.testing import wait_until
 from servicekit.testing_tokens import TestTokenIssuer
 

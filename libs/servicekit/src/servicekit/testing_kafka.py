@@ -10,9 +10,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+
 from outbox.envelope import encode_headers, encode_value
 from outbox.kafka import bootstrap_from_env
-
 from servicekit.testing import wait_until
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import outbox
 import sqlalchemy as sa
 from alembic import op
-from servicekit import idempotency
 from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
+
+import outbox
+from servicekit import idempotency
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -8,16 +8,16 @@ SIGTERM/SIGINT → `consumer.stop()`: the batch in hand finishes and its offsets
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import uuid
 
-from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, setup_tracing
-from servicekit.db import Database
-
 from console.indexing.service import apply_report
 from console.settings import Settings, get_settings
 from console.workspaces.service import ensure_workspace
+from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, setup_tracing
+from servicekit.db import Database
 
 log = logging.getLogger("console.consumer")
 
@@ -27,6 +27,10 @@ TOPICS = ("auth.account", "indexer.document")
 def build_consumer(
     db: Database, settings: Settings, consumer_settings: ConsumerSettings | None = None
 ) -> IdempotentConsumer:
+    # One event per transaction: a report locks its document row, and a batch of reports locking rows in
+    # delivery order could deadlock with a request locking several documents in id order. Alone, a report
+    # holds a single document lock and cannot be part of a cycle. Reports are few; throughput is ample.
+    consumer_settings = consumer_settings or dataclasses.replace(ConsumerSettings.from_env(), max_batch=1)
     consumer = IdempotentConsumer(settings.consumer_name, TOPICS, db.sessions, consumer_settings)
 
     # Creation is idempotent by itself (unique owner), so no version guard is needed.

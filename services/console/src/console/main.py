@@ -7,14 +7,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from outbox import OutboxWriter
-from servicekit.app import create_service_app
-from servicekit.auth import TokenVerifier
-from servicekit.db import Database
 
 from console.datasets.endpoints import router as datasets_router
 from console.documents.endpoints import router as documents_router
 from console.settings import Settings, get_settings
+from outbox import OutboxWriter
+from servicekit.app import create_service_app
+from servicekit.auth import TokenVerifier
+from servicekit.db import Database
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -14,14 +14,14 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Header, Request, Response
 from psycopg.errors import DeadlockDetected, SerializationFailure
 from pydantic import BaseModel
-from servicekit import idempotency
-from servicekit.db import Database, UnitOfWork
 from sqlalchemy.exc import DBAPIError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from console.deps import Account, CurrentAccountDep, DatabaseDep
 from console.models import Workspace
 from console.workspaces.service import ensure_workspace
+from servicekit import idempotency
+from servicekit.db import Database, UnitOfWork
 
 T = TypeVar("T")
 
@@ -93,8 +93,8 @@ def _is_deadlock(exc: BaseException) -> bool:
 def retry_on_deadlock() -> AsyncRetrying:
     """Rerun a whole unit of work that PostgreSQL chose as a deadlock victim.
 
-    Requests lock documents in id order, so they never deadlock each other; but the consumer applies a
-    batch of reports in delivery order inside one transaction, which can cross a multi-document request.
+    Requests lock documents in id order and the consumer locks one document per transaction, so a cycle
+    should not form; this is the safety net if one does (a future code path locking in another order).
     Everything rolled back (changes, events, the idempotency claim), so running again is safe.
     """
     return AsyncRetrying(

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from servicekit.db import normalise_url
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import outbox
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import TIMESTAMP, TSVECTOR, UUID
+
+import outbox
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -9,12 +9,11 @@ import asyncio
 import logging
 import signal
 
-from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, setup_tracing
-from servicekit.db import Database
-
 from indexer.indexing import service
 from indexer.indexing.schemas import DocumentState
 from indexer.settings import Settings, get_settings
+from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, setup_tracing
+from servicekit.db import Database
 
 log = logging.getLogger("indexer.consumer")
 

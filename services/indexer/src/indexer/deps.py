@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from servicekit.auth import CurrentAccount
 from servicekit.db import Database
-from sqlalchemy.ext.asyncio import AsyncSession
 
 CurrentAccountDep = CurrentAccount
 

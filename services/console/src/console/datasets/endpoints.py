@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Response
-from servicekit.db import UnitOfWork
-from servicekit.pagination import Page, PageParamsDep
 
 from console.datasets import service
 from console.datasets.schemas import DatasetCreate, DatasetOut, DatasetUpdate
 from console.models import Workspace
 from console.request_context import ReadDep, WriteDep
+from servicekit.db import UnitOfWork
+from servicekit.pagination import Page, PageParamsDep
 
 router = APIRouter(prefix="/console/api/datasets", tags=["datasets"])
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from servicekit.db import UnitOfWork
-from servicekit.errors import Conflict, NotFound
-from servicekit.pagination import Page, PageParams
-
 from console.datasets import repository
 from console.datasets.schemas import DatasetCreate, DatasetOut, DatasetUpdate
 from console.documents import repository as documents
 from console.documents.service import delete_locked
 from console.models import Dataset, Workspace, utcnow
+from servicekit.db import UnitOfWork
+from servicekit.errors import Conflict, NotFound
+from servicekit.pagination import Page, PageParams
 
 
 def _name_conflict(name: str) -> Conflict:

@@ -6,8 +6,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from servicekit.db import UnitOfWork
-from servicekit.pagination import Page, PageParamsDep
 
 from console.documents import service
 from console.documents.schemas import (
@@ -22,6 +20,8 @@ from console.documents.schemas import (
 from console.documents.transitions import StatusAction
 from console.models import Workspace
 from console.request_context import ReadDep, WriteDep
+from servicekit.db import UnitOfWork
+from servicekit.pagination import Page, PageParamsDep
 
 router = APIRouter(prefix="/console/api/datasets/{dataset_id}/documents", tags=["documents"])
 

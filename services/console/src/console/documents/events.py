@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from outbox import Event
-
 from console.models import Document
+from outbox import Event
 
 TOPIC = "console.document"
 

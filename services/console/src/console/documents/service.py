@@ -6,16 +6,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from servicekit.db import UnitOfWork
-from servicekit.errors import Conflict, NotFound
-from servicekit.pagination import PageParams
-
 from console.datasets import repository as datasets
 from console.documents import repository
 from console.documents.events import DocumentEventType, document_event
 from console.documents.schemas import DocumentCreate, DocumentUpdate, StatusFilter
 from console.documents.transitions import StatusAction, apply_action
 from console.models import Dataset, Document, IndexingStatus, Workspace, utcnow
+from servicekit.db import UnitOfWork
+from servicekit.errors import Conflict, NotFound
+from servicekit.pagination import PageParams
 
 
 async def _dataset(

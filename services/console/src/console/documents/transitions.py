@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from servicekit.errors import Conflict
-
 from console.documents.events import DocumentEventType
 from console.models import Document
+from servicekit.errors import Conflict
 
 
 class StatusAction(StrEnum):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter
-from servicekit.errors import NotFound
 
 from indexer.deps import CurrentAccountDep, SessionDep
 from indexer.documents import repository
 from indexer.documents.schemas import IndexedDocumentOut
+from servicekit.errors import NotFound
 
 router = APIRouter(prefix="/indexer/api/documents", tags=["documents"])
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from outbox import Event
-
 from indexer.indexing.schemas import DocumentState
+from outbox import Event
 
 TOPIC = "indexer.document"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from outbox import Event, OutboxWriter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from indexer.indexing import repository
@@ -20,6 +19,7 @@ from indexer.indexing.reports import ReportType, report
 from indexer.indexing.schemas import DocumentState
 from indexer.indexing.segmentation import split, text_sha256
 from indexer.models import IndexedDocument, utcnow
+from outbox import Event, OutboxWriter
 
 NO_TEXT_REASON = "the document has no indexable text"
 
