@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Index,
     Integer,
     MetaData,
@@ -78,10 +79,11 @@ consumer_versions_table = Table(
 )
 
 
-def create_tables(connection: object) -> None:
-    """Create the library's tables; call from an Alembic migration: `create_tables(op.get_bind())`."""
-    metadata.create_all(connection)  # type: ignore[arg-type]
+def create_tables(connection: Connection) -> None:
+    """Create the library's tables at the latest schema step (tests, scratch databases).
 
+    Alembic migrations call the versioned step instead: `outbox.migrations.v1(op.get_bind())`.
+    """
+    from outbox.migrations import upgrade_all
 
-def drop_tables(connection: object) -> None:
-    metadata.drop_all(connection)  # type: ignore[arg-type]
+    upgrade_all(connection)

@@ -1,0 +1,86 @@
+"""Versioned DDL for the library's tables, for each service's Alembic migrations.
+
+A service's migration calls the step it was written against, e.g. `outbox.migrations.v1(op.get_bind())`,
+so a later library release (a `v2` step) never changes what an already-applied migration did. A new step
+ships with its own function; the service adds a migration that calls it. `upgrade_all` is for tests.
+`schema.metadata` always describes the latest step (a test keeps the two in agreement).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+
+V1 = (
+    """
+    CREATE TABLE outbox (
+        id BIGSERIAL PRIMARY KEY,
+        event_id UUID NOT NULL,
+        topic TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        source TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        aggregate_version BIGINT,
+        payload JSONB NOT NULL,
+        trace_context JSONB DEFAULT '{}'::jsonb NOT NULL,
+        occurred_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+        available_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+        attempts INTEGER DEFAULT 0 NOT NULL,
+        last_error TEXT,
+        published_at TIMESTAMP WITH TIME ZONE,
+        dead_at TIMESTAMP WITH TIME ZONE
+    )
+    """,
+    "CREATE INDEX ix_outbox_pending ON outbox (id) WHERE published_at IS NULL AND dead_at IS NULL",
+    "CREATE INDEX ix_outbox_pending_aggregate ON outbox (aggregate_id, id) WHERE published_at IS NULL AND dead_at IS NULL",
+    "CREATE INDEX ix_outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL",
+    "CREATE INDEX ix_outbox_dead ON outbox (id) WHERE dead_at IS NOT NULL",
+    """
+    CREATE TABLE inbox (
+        consumer TEXT NOT NULL,
+        event_id UUID NOT NULL,
+        event_type TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        "offset" BIGINT NOT NULL,
+        aggregate_id TEXT,
+        aggregate_version BIGINT,
+        outcome TEXT NOT NULL,
+        processed_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+        CONSTRAINT pk_inbox PRIMARY KEY (consumer, event_id)
+    )
+    """,
+    "CREATE INDEX ix_inbox_processed_at ON inbox (processed_at)",
+    """
+    CREATE TABLE consumer_versions (
+        consumer TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        CONSTRAINT pk_consumer_versions PRIMARY KEY (consumer, topic, aggregate_id)
+    )
+    """,
+)
+
+V1_DOWN = ("DROP TABLE consumer_versions", "DROP TABLE inbox", "DROP TABLE outbox")
+
+STEPS = {1: (V1, V1_DOWN)}
+LATEST = max(STEPS)
+
+
+def _run(connection: Connection, statements: tuple[str, ...]) -> None:
+    for statement in statements:
+        connection.execute(text(statement))
+
+
+def v1(connection: Connection) -> None:
+    """Create outbox, inbox and consumer_versions as of library schema version 1."""
+    _run(connection, V1)
+
+
+def v1_downgrade(connection: Connection) -> None:
+    _run(connection, V1_DOWN)
+
+
+def upgrade_all(connection: Connection) -> None:
+    for version in sorted(STEPS):
+        _run(connection, STEPS[version][0])
