@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import outbox
 import sqlalchemy as sa
 from alembic import op
-from outbox.schema import drop_tables
 from sqlalchemy.dialects import postgresql
+
+import outbox.migrations
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -84,11 +84,11 @@ def upgrade() -> None:
         sa.Column("invalidated_at", TS, nullable=True),
     )
     op.create_index("ix_password_resets_account_id", "password_resets", ["account_id"])
-    outbox.create_tables(op.get_bind())
+    outbox.migrations.v1(op.get_bind())
 
 
 def downgrade() -> None:
-    drop_tables(op.get_bind())
+    outbox.migrations.v1_downgrade(op.get_bind())
     op.drop_table("password_resets")
     op.drop_table("signing_keys")
     op.drop_table("refresh_tokens")

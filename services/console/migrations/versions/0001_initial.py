@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
 
-import outbox
+import outbox.migrations
 from servicekit import idempotency
 
 revision: str = "0001"
@@ -65,14 +65,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_documents_dataset_created", "documents", ["dataset_id", "created_at", "id"])
     bind = op.get_bind()
-    outbox.create_tables(bind)
+    outbox.migrations.v1(bind)
     idempotency.create_tables(bind)
 
 
 def downgrade() -> None:
     op.drop_table("idempotency_keys")
-    for table in ("consumer_versions", "inbox", "outbox"):
-        op.drop_table(table)
+    outbox.migrations.v1_downgrade(op.get_bind())
     op.drop_table("documents")
     op.drop_table("datasets")
     op.drop_table("workspaces")

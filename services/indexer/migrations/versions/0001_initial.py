@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import TIMESTAMP, TSVECTOR, UUID
 
-import outbox
+import outbox.migrations
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -57,11 +57,10 @@ def upgrade() -> None:
     )
     op.create_index("ix_segments_document_position", "segments", ["document_id", "position"], unique=True)
     op.create_index("ix_segments_tsv", "segments", ["tsv"], postgresql_using="gin")
-    outbox.create_tables(op.get_bind())
+    outbox.migrations.v1(op.get_bind())
 
 
 def downgrade() -> None:
-    for table in ("consumer_versions", "inbox", "outbox"):
-        op.drop_table(table)
+    outbox.migrations.v1_downgrade(op.get_bind())
     op.drop_table("segments")
     op.drop_table("indexed_documents")
