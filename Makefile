@@ -57,3 +57,6 @@ e2e-docker: setup  ## e2e infra tests with E2E_BACKEND=docker (see tests/e2e/REA
 	DOCKER_HOST=$$sock E2E_BACKEND=docker E2E_DOCKER_NETWORK=host TESTCONTAINERS_RYUK_DISABLED=true \
 	E2E_PG_IMAGE=e2e/postgres:15 E2E_REDIS_IMAGE=e2e/redis:7 E2E_KAFKA_IMAGE=e2e/tansu:0.6 \
 	$(RUN) pytest -s $(E2E_DOCKER_TESTS)
+
+consistency: stack  ## the seed's dual write vs the outbox under the same crashes -> bench/results/consistency.json
+	$(RUN) python -m bench.consistency.run

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
-from servicekit.testing import wait_until
 
+from servicekit.testing import wait_until
 from tests.e2e.infra import BrokerBehindProxy, Infra, TansuBroker, kafka_api_versions_ok
 
 # Small timeouts: a dead link must show within seconds (the broker holds JoinGroup session_timeout/2).

@@ -83,7 +83,7 @@ class Infra:
 
 def docker_reachable() -> bool:
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
 
         client = docker.from_env(timeout=3)
         try:

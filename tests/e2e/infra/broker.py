@@ -157,7 +157,7 @@ class MotoS3(_Process):
         return self
 
     def create_bucket(self, name: str) -> None:
-        import boto3  # installed with moto
+        import boto3  # type: ignore[import-untyped]  # installed with moto
 
         client = boto3.client("s3", endpoint_url=self.endpoint, **self._credentials())
         client.create_bucket(Bucket=name)
