@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from logging.config import fileConfig
 
-import outbox
 from alembic import context
+from sqlalchemy import create_engine, pool
+
+import outbox
 from auth.models import Base
 from servicekit.db import normalise_url
-from sqlalchemy import create_engine, pool
 
 config = context.config
 if config.config_file_name is not None:
