@@ -4,6 +4,7 @@
     outbox status  --database-url URL
     outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since ISO] [--until ISO] [--yes]
     outbox redrive --database-url URL [--id N ...] [--yes]
+    outbox trace   SPANS_FILE [--trace-id ID] [--last N]
 
 The database URL may also come from OUTBOX_DATABASE_URL; the broker from KAFKA_BOOTSTRAP.
 """
@@ -18,11 +19,12 @@ import os
 import signal
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from outbox import admin
+from outbox import admin, trace_view
 from outbox.relay import Relay, RelaySettings
 from outbox.tracing import setup_tracing
 
@@ -63,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         "--id", dest="ids", type=int, action="append", help="row id (repeatable); default all"
     )
     redrive.add_argument("--yes", action="store_true", help="do it (without: count what would be redriven)")
+    view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees")
+    view.add_argument("spans_file", type=Path)
+    view.add_argument("--trace-id")
+    view.add_argument("--last", type=int, default=5)
     return parser
 
 
@@ -100,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "trace":
+        print(
+            trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
+        )
+        return 0
     if not args.database_url:
         print("outbox: --database-url or OUTBOX_DATABASE_URL is required", file=sys.stderr)
         return 2
