@@ -51,7 +51,7 @@ down: setup  ## stop what `make stack`/`make run` started (and nothing else)
 # e2e on the testcontainers back end, on a machine where no image can be pulled: Debian's docker.io engine
 # (own data root and socket, --bridge=none --iptables=false), images built locally, host networking only.
 E2E_DOCKER_DIR ?= /var/tmp/outbox-e2e-docker
-E2E_DOCKER_TESTS ?= tests/e2e/test_infra.py
+E2E_DOCKER_TESTS ?= tests/e2e/test_infra.py tests/e2e/test_consistency.py
 e2e-docker: setup  ## e2e infra tests with E2E_BACKEND=docker (see tests/e2e/README.md)
 	sock=$$(E2E_DOCKER_DIR=$(E2E_DOCKER_DIR) bash tests/e2e/docker/up.sh) && \
 	DOCKER_HOST=$$sock E2E_BACKEND=docker E2E_DOCKER_NETWORK=host TESTCONTAINERS_RYUK_DISABLED=true \

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -236,3 +237,31 @@ async def test_sigkill_restart_keeps_topics_records_and_offsets(restartable_brok
         assert got == values[20:]
     finally:
         await resumed.stop()
+
+
+@pytest.mark.slow
+async def test_durable_broker_behind_proxy_restarts_under_its_clients(
+    make_broker: Callable[..., BrokerBehindProxy],
+) -> None:
+    """The chaos set-up: clients on the proxy while the s3-backed broker behind it is SIGKILLed and restarted."""
+    b = make_broker(durable=True)
+    topic = unique("e2e.chaos")
+    await create_topic(b.bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, acks="all", **CLIENT)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"before", key=b"k")
+        b.broker.restart(hard=True)
+
+        async def sent_after_restart() -> bool:
+            try:
+                await asyncio.wait_for(producer.send_and_wait(topic, b"after", key=b"k"), 5)
+                return True
+            except (KafkaError, TimeoutError):
+                return False
+
+        await wait_until(sent_after_restart, timeout=30, interval=0.2, what="a send after the broker restart")
+    finally:
+        await producer.stop()
+    values = await read_all(b.bootstrap, topic, expect=2)
+    assert values[0] == b"before" and b"after" in values
