@@ -50,7 +50,8 @@ log = logging.getLogger("outbox.relay")
 _CLAIM = text(
     """
     SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version,
-           payload::text AS payload_json, trace_context, occurred_at, attempts
+           payload::text AS payload_json, trace_context->>'traceparent' AS traceparent,
+           trace_context->>'tracestate' AS tracestate, occurred_at, attempts
     FROM outbox
     WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
     ORDER BY id
@@ -309,7 +310,9 @@ class Relay:
             if (row.topic, row.aggregate_id) in refused:
                 pending.append(_Pending(row=row, span=trace.INVALID_SPAN, held_back=True))
                 continue
-            stored_context: dict[str, str] = row.trace_context or {}
+            stored_context = {"traceparent": row.traceparent} if row.traceparent else {}
+            if row.tracestate:
+                stored_context["tracestate"] = row.tracestate
             span: Span = trace.INVALID_SPAN
             trace_context = stored_context
             if recording:
