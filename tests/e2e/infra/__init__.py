@@ -1,7 +1,7 @@
 """Infrastructure for the end-to-end proof: back ends (local or testcontainers), brokers, a TCP proxy."""
 
 from .backend import Infra, choose_backend, docker_reachable, start_infra
-from .broker import BrokerBehindProxy, MotoS3, TansuBroker, kafka_api_versions_ok, tansu_binary
+from .broker import BrokerBehindProxy, MotoS3, TansuBroker, kafka_api_versions_ok, poll_until, tansu_binary
 from .ports import free_port
 from .tcp_proxy import TcpProxy
 
@@ -15,6 +15,7 @@ __all__ = [
     "docker_reachable",
     "free_port",
     "kafka_api_versions_ok",
+    "poll_until",
     "start_infra",
     "tansu_binary",
 ]

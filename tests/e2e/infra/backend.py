@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import psycopg
 
-from .broker import TansuBroker, kafka_api_versions_ok
+from .broker import TansuBroker, kafka_api_versions_ok, poll_until
 from .ports import free_port
 
 
@@ -269,16 +269,10 @@ def _kafka_container(image: str, host_net: bool) -> Iterator[str]:
             KAFKA_NUM_PARTITIONS="4",
         )
     with c:
-        _wait(lambda: kafka_api_versions_ok("127.0.0.1", port), 90, f"{image} on 127.0.0.1:{port}")
+        poll_until(
+            lambda: kafka_api_versions_ok("127.0.0.1", port),
+            timeout=90,
+            what=f"{image} on 127.0.0.1:{port}",
+            interval=0.1,
+        )
         yield f"127.0.0.1:{port}"
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -71,8 +72,8 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
     return buf
 
 
-def _poll(predicate: object, *, timeout: float, what: str, interval: float = 0.05) -> None:
-    assert callable(predicate)
+def poll_until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Blocking poll with a deadline (for fixtures and sync code; async code uses servicekit's wait_until)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -153,7 +154,7 @@ class MotoS3(_Process):
             except httpx.HTTPError:
                 return False
 
-        _poll(up, timeout=timeout, what=f"moto_server on {self.endpoint}", interval=0.1)
+        poll_until(up, timeout=timeout, what=f"moto_server on {self.endpoint}", interval=0.1)
         return self
 
     def create_bucket(self, name: str) -> None:
@@ -244,7 +245,7 @@ class TansuBroker(_Process):
             return kafka_api_versions_ok("127.0.0.1", self.port)
 
         try:
-            _poll(up, timeout=timeout, what=f"tansu on 127.0.0.1:{self.port}")
+            poll_until(up, timeout=timeout, what=f"tansu on 127.0.0.1:{self.port}")
         except BaseException:
             self.kill()
             raise
