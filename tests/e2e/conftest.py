@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.e2e.infra import BrokerBehindProxy, Infra, MotoS3, TansuBroker, start_infra
+from tests.e2e.system import System, start_system
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +52,22 @@ def make_broker(moto_s3: MotoS3) -> Iterator[Callable[..., BrokerBehindProxy]]:
     yield make
     for b in made:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def system(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """The whole system (tests/e2e/system.py) on the session's broker, for tests that do not break it."""
+    log_dir = tmp_path_factory.mktemp("system")
+    with start_system(infra, bootstrap=infra.kafka_bootstrap, log_dir=log_dir, label="journey") as s:
+        yield s
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used a system gets the tail of every process's log in its report."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, System):
+                report.sections.append((f"system {value.run}: process logs", value.tails()))
