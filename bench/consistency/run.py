@@ -194,8 +194,13 @@ class TopicWatcher:
         await self.consumer.stop()
 
 
-def _schema(infra: Infra, approach: Approach, cfg: Config) -> tuple[str, str]:
-    source_db, index_db = f"consistency_{approach}_source", f"consistency_{approach}_index"
+def _db_names(approach: Approach, run_id: str) -> tuple[str, str]:
+    """Per-run names: two runs on one PostgreSQL (a developer and CI, say) never share or drop each other's."""
+    return f"consistency_{run_id}_{approach}_source", f"consistency_{run_id}_{approach}_index"
+
+
+def _schema(infra: Infra, approach: Approach, cfg: Config, run_id: str) -> tuple[str, str]:
+    source_db, index_db = _db_names(approach, run_id)
     source_url = infra.create_database(source_db)
     index_url = infra.create_database(index_db)
     with psycopg.connect(infra.pg_dsn(source_db), autocommit=True) as conn:
@@ -244,7 +249,7 @@ async def run_approach(
     run_id = uuid.uuid4().hex[:8]
     res = Result(approach)
     topic, group = f"bench.{approach}.{run_id}.document", f"bench-{approach}-indexer-{run_id}"
-    source_url, index_url = _schema(infra, approach, cfg)
+    source_url, index_url = _schema(infra, approach, cfg, run_id)
     await _create_topic(broker.bootstrap, topic, cfg.partitions)
     plan_path = work / "plan.json"
     save_plan(plan, plan_path)
@@ -346,7 +351,7 @@ async def run_approach(
     # -- quiescence: every record on the topic consumed and its offset committed, outbox drained ------------
     watcher = TopicWatcher(broker.bootstrap, topic)
     await watcher.start()
-    src_dsn = infra.pg_dsn(f"consistency_{approach}_source")
+    src_dsn = infra.pg_dsn(_db_names(approach, run_id)[0])
     deadline = time.monotonic() + cfg.quiesce_timeout_s
     stable = 0
     last: tuple[Any, ...] = ()
@@ -383,7 +388,12 @@ async def run_approach(
     res.consumer_kills = consumer.killed
     if consumer.deaths > consumer.killed:
         res.notes.append(f"consumer restarts after failures: {consumer.deaths - consumer.killed}")
-    _count(res, infra, approach)
+    _count(res, infra, approach, run_id)
+    if os.environ.get("CONSISTENCY_KEEP_DB"):
+        res.notes.append("databases kept: " + ", ".join(_db_names(approach, run_id)))
+    else:
+        for name in _db_names(approach, run_id):
+            infra.drop_database(name)
     res.writes_per_s = round(res.committed / res.write_s, 1) if res.write_s else 0.0
     res.outage_s = round(res.outage_s, 2)
     res.write_s = round(res.write_s, 2)
@@ -391,15 +401,16 @@ async def run_approach(
     return res
 
 
-def _count(res: Result, infra: Infra, approach: Approach) -> None:
+def _count(res: Result, infra: Infra, approach: Approach, run_id: str) -> None:
     """The figures, from the databases: the source's committed changes against the index's applications."""
-    with psycopg.connect(infra.pg_dsn(f"consistency_{approach}_source")) as conn:
+    source_db, index_db = _db_names(approach, run_id)
+    with psycopg.connect(infra.pg_dsn(source_db)) as conn:
         committed = {r[0] for r in conn.execute("SELECT event_id FROM changes")}
         source_docs = {
             r[0]: (r[1], r[2])
             for r in conn.execute("SELECT id, enabled, version FROM documents WHERE version > 0")
         }
-    with psycopg.connect(infra.pg_dsn(f"consistency_{approach}_index")) as conn:
+    with psycopg.connect(infra.pg_dsn(index_db)) as conn:
         applications = Counter(r[0] for r in conn.execute("SELECT event_id FROM applications"))
         index_docs = {
             r[0]: (r[1], r[2]) for r in conn.execute("SELECT doc_id, enabled, version FROM index_docs")
