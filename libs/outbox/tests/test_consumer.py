@@ -25,7 +25,7 @@ from outbox import (
     RelaySettings,
 )
 from outbox.envelope import encode_headers
-from outbox.testing import headers_of, read_topic
+from outbox.testing import headers_of, read_topic, wire
 from servicekit.testing import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -109,11 +109,11 @@ async def test_redelivered_events_are_applied_once(
     await write(sessions, writer, *events)
     await publish_all(engine, bootstrap)
     # The broker delivers every record a second time (a relay retry, a replay): copy them verbatim.
-    records = await read_topic(bootstrap, topic, expect=9)
+    records = await read_topic(bootstrap, wire(topic), expect=9)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     for r in records:
-        await producer.send_and_wait(topic, r.value, key=r.key, headers=list(r.headers))
+        await producer.send_and_wait(wire(topic), r.value, key=r.key, headers=list(r.headers))
     await producer.stop()
 
     consumer = recording_consumer(sessions, topic)
@@ -187,8 +187,8 @@ async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
-    await producer.send_and_wait(topic, b"{not json", key=key, headers=valid_headers)
-    await producer.send_and_wait(topic, orjson.dumps({"x": 1}), key=key, headers=[("ce_type", b"x")])
+    await producer.send_and_wait(wire(topic), b"{not json", key=key, headers=valid_headers)
+    await producer.send_and_wait(wire(topic), orjson.dumps({"x": 1}), key=key, headers=[("ce_type", b"x")])
     unknown = encode_headers(
         event_id=uuid.uuid4(),
         event_type="somebody.else.event",
@@ -198,7 +198,7 @@ async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
         version=None,
         trace_context={},
     )
-    await producer.send_and_wait(topic, b"{}", key=key, headers=unknown)
+    await producer.send_and_wait(wire(topic), b"{}", key=key, headers=unknown)
     await producer.stop()
     await write(sessions, writer, good_after)
     await publish_all(engine, bootstrap)
@@ -223,7 +223,7 @@ async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
         "ValueError: this handler cannot apply a poisoned event" in headers_of(handler_failure)["dlq_reason"]
     )
     assert headers_of(handler_failure)["ce_id"] == str(failing.id)
-    assert headers_of(handler_failure)["dlq_original_topic"] == topic
+    assert headers_of(handler_failure)["dlq_original_topic"] == wire(topic)
     assert consumer.stats.dead_lettered == 4
 
 

@@ -22,7 +22,7 @@ from outbox import (
     Relay,
     RelaySettings,
 )
-from outbox.testing import TcpProxy, headers_of, read_topic
+from outbox.testing import TcpProxy, headers_of, read_topic, wire
 from servicekit.testing import BrokerProcess, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -67,7 +67,7 @@ async def test_relay_killed_after_publish_before_marking_republishes_and_consume
         async with sessions() as session, session.begin():
             await writer.add(session, event)
         first = relay_process("relay-1", database_url, bootstrap, log_dir).start()
-        assert len(await read_topic(bootstrap, topic, expect=1, timeout=30)) == 1  # published and acked...
+        assert len(await read_topic(bootstrap, wire(topic), expect=1, timeout=30)) == 1  # published and acked...
         assert (
             await scalar(engine, "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 1
         )  # ...not marked
@@ -85,7 +85,7 @@ async def test_relay_killed_after_publish_before_marking_republishes_and_consume
 
     second = relay_process("relay-2", database_url, bootstrap, log_dir).start()
     try:
-        records = await read_topic(bootstrap, topic, expect=2, timeout=30)
+        records = await read_topic(bootstrap, wire(topic), expect=2, timeout=30)
         await wait_until(
             lambda: _is_zero(engine, "SELECT count(*) FROM outbox WHERE published_at IS NULL"),
             what="row marked",
@@ -156,7 +156,7 @@ async def test_two_relays_keep_every_aggregate_in_version_order(
 
     try:
         await asyncio.gather(*(write_aggregates(range(i, i + 10)) for i in range(0, aggregates, 10)))
-        records = await read_topic(bootstrap, topic, expect=aggregates * versions, timeout=120)
+        records = await read_topic(bootstrap, wire(topic), expect=aggregates * versions, timeout=120)
     finally:
         codes = [r.terminate() for r in relays]
     assert codes == [0, 0], [r.tail() for r in relays]
@@ -202,7 +202,7 @@ async def test_unpublishable_row_is_dead_lettered_and_nothing_else_waits(
     )
     task = asyncio.create_task(relay.run())
     try:
-        records = await read_topic(bootstrap, topic, expect=6, timeout=30)
+        records = await read_topic(bootstrap, wire(topic), expect=6, timeout=30)
     finally:
         relay.stop()
         await asyncio.wait_for(task, 30)
@@ -269,7 +269,7 @@ async def test_broker_unreachable_relay_retries_then_drains_without_loss(
             timeout=90,
             what="backlog drained",
         )
-        records = await read_topic(bootstrap, topic, expect=written, timeout=30)
+        records = await read_topic(bootstrap, wire(topic), expect=written, timeout=30)
     finally:
         relay.stop()
         await asyncio.wait_for(task, 60)

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import Event, OutboxWriter, Relay, RelaySettings
-from outbox.testing import headers_of, read_topic
+from outbox.testing import headers_of, read_topic, wire
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -63,7 +63,7 @@ async def test_rollback_leaves_no_event_and_commit_publishes_once(
     again = await drain(engine, bootstrap)
     assert again.stats.published == 0
 
-    records = await read_topic(bootstrap, topic, expect=2, timeout=5)
+    records = await read_topic(bootstrap, wire(topic), expect=2, timeout=5)
     assert [headers_of(r)["ce_id"] for r in records] == [str(committed.id)]
 
 
@@ -82,7 +82,7 @@ async def test_headers_carry_cloudevents_and_traceparent(
             await writer.add(session, event)
 
     await drain(engine, bootstrap)
-    [record] = await read_topic(bootstrap, topic, expect=1)
+    [record] = await read_topic(bootstrap, wire(topic), expect=1)
     headers = headers_of(record)
     assert headers["ce_specversion"] == "1.0"
     assert headers["ce_id"] == str(event.id)
@@ -112,7 +112,7 @@ async def test_events_of_one_aggregate_share_a_partition_in_order(
                 Event(topic=topic, type="t.changed", aggregate_id=f"other-{version}", data={}, version=1),
             )
     await drain(engine, bootstrap, batch_size=7)
-    records = await read_topic(bootstrap, topic, expect=40)
+    records = await read_topic(bootstrap, wire(topic), expect=40)
     mine = [r for r in records if r.key == b"agg"]
     assert len({r.partition for r in mine}) == 1
     assert [int(headers_of(r)["ce_aggregateversion"]) for r in mine] == list(range(1, 21))
@@ -133,7 +133,7 @@ async def test_notify_wakes_the_relay_without_waiting_for_the_poll(
         assert relay.stats.published == 0
         async with sessions() as session, session.begin():
             await writer.add(session, Event(topic=topic, type="t.x", aggregate_id=str(uuid.uuid4()), data={}))
-        records = await read_topic(bootstrap, topic, expect=1, timeout=10)
+        records = await read_topic(bootstrap, wire(topic), expect=1, timeout=10)
         assert len(records) == 1
     finally:
         relay.stop()

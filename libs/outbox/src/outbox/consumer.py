@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from outbox.envelope import MalformedMessage, ReceivedEvent, decode_record
-from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer
+from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
 from outbox.schema import inbox_table
 from outbox.tracing import context_from, tracer
 
@@ -51,6 +51,7 @@ def _env_float(name: str, default: float) -> float:
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
     bootstrap: str = field(default_factory=bootstrap_from_env)
+    topic_prefix: str = field(default_factory=topic_prefix)
     max_attempts: int = 5
     retry_initial_s: float = 0.05
     retry_max_s: float = 2.0
@@ -139,7 +140,9 @@ class IdempotentConsumer:
         self.topics = list(topics)
         self.sessions = session_factory
         self.settings = settings or ConsumerSettings.from_env()
-        self.dead_letter_topic = dead_letter_topic or f"{name}.dlq"
+        # On the wire: the prefixed names. Handlers see logical topics (prefix stripped).
+        self.wire_topics = [self.settings.topic_prefix + t for t in self.topics]
+        self.dead_letter_topic = self.settings.topic_prefix + (dead_letter_topic or f"{name}.dlq")
         self.stats = ConsumerStats()
         self._routes: list[_Route] = []
         self._ignored: list[str] = []
@@ -172,10 +175,10 @@ class IdempotentConsumer:
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        await ensure_topics(s.bootstrap, [*self.topics, self.dead_letter_topic])
+        await ensure_topics(s.bootstrap, [*self.wire_topics, self.dead_letter_topic])
         self._producer = await start_producer(s.bootstrap, idempotent=True)
         self._consumer = AIOKafkaConsumer(
-            *self.topics,
+            *self.wire_topics,
             bootstrap_servers=s.bootstrap,
             group_id=self.name,
             enable_auto_commit=False,
@@ -189,7 +192,7 @@ class IdempotentConsumer:
             metadata_max_age_ms=5_000,
         )
         await self._consumer.start()
-        log.info("consumer %s subscribed to %s", self.name, ", ".join(self.topics))
+        log.info("consumer %s subscribed to %s", self.name, ", ".join(self.wire_topics))
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and return."""
@@ -273,7 +276,7 @@ class IdempotentConsumer:
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> _Parsed:
         try:
             event = decode_record(
-                topic=record.topic,
+                topic=record.topic.removeprefix(self.settings.topic_prefix),
                 partition=record.partition,
                 offset=record.offset,
                 headers=record.headers,

@@ -22,6 +22,15 @@ def bootstrap_from_env() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
 
 
+def topic_prefix() -> str:
+    """`OUTBOX_TOPIC_PREFIX`: prepended to every topic on the wire (environments, test isolation).
+
+    Writers and handlers keep using logical names (`console.document`); the relay publishes to, and the
+    consumer subscribes to, the prefixed name, and events reach handlers with the logical topic.
+    """
+    return os.environ.get("OUTBOX_TOPIC_PREFIX", "")
+
+
 def default_partitions() -> int:
     return int(os.environ.get("OUTBOX_TOPIC_PARTITIONS", "8"))
 

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from outbox.envelope import encode_headers
-from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer
+from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
 from outbox.tracing import capture_context, context_from, tracer
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
@@ -105,6 +105,7 @@ def _env(name: str, default: str) -> str:
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
     bootstrap: str = field(default_factory=bootstrap_from_env)
+    topic_prefix: str = field(default_factory=topic_prefix)
     batch_size: int = 1000
     # Non-retriable publish failures of one row before it is dead-lettered (kept in the table, dead_at set).
     max_attempts: int = 5
@@ -301,7 +302,8 @@ class Relay:
     async def _publish(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
         producer = self._producer
         assert producer is not None, "Relay.start() not called"
-        await self._ensure_topics({r.topic for r in rows})
+        prefix = self.settings.topic_prefix
+        await self._ensure_topics({prefix + r.topic for r in rows})
         # Without a recording tracer provider, pass the writer's context through untouched (cheap path).
         recording = isinstance(trace.get_tracer_provider(), SdkTracerProvider)
         pending: list[_Pending] = []
@@ -343,7 +345,10 @@ class Relay:
             item = _Pending(row=row, span=span)
             try:
                 item.future = await producer.send(
-                    row.topic, value=row.payload_json.encode(), key=row.aggregate_id.encode(), headers=headers
+                    prefix + row.topic,
+                    value=row.payload_json.encode(),
+                    key=row.aggregate_id.encode(),
+                    headers=headers,
                 )
             except KafkaError as exc:
                 item.error = exc

@@ -7,6 +7,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from outbox.kafka import topic_prefix
+
 
 async def read_topic(
     bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0
@@ -32,6 +34,11 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+def wire(topic: str) -> str:
+    """The name a logical topic has on the broker (under OUTBOX_TOPIC_PREFIX)."""
+    return topic_prefix() + topic
 
 
 def headers_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:

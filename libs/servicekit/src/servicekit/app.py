@@ -7,8 +7,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from outbox.tracing import setup_tracing
 
+from outbox.tracing import setup_tracing
 from servicekit.errors import install_error_handlers
 from servicekit.limits import BodySizeLimitMiddleware
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from outbox.envelope import encode_headers, encode_value
-from outbox.kafka import bootstrap_from_env
+from outbox.kafka import bootstrap_from_env, topic_prefix
 from servicekit.testing import wait_until
 
 
@@ -34,8 +34,10 @@ async def publish(
     event_id: uuid.UUID | None = None,
     source: str = "test",
 ) -> Sent:
-    """Publish one event (a duplicate when `event_id` repeats one already delivered)."""
+    """Publish one event (a duplicate when `event_id` repeats one already delivered) to the logical
+    `topic` as the relay would: under OUTBOX_TOPIC_PREFIX. `Sent.topic` is the wire topic."""
     event_id = event_id or uuid.uuid4()
+    topic = topic_prefix() + topic
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_from_env(), acks="all")
     await producer.start()
     try:
