@@ -22,6 +22,7 @@ import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+
 from servicekit.auth import AuthSettings, CurrentAccount, JwksKeySource, TokenVerifier
 from servicekit.errors import install_error_handlers
 from servicekit.testing import free_port, wait_until

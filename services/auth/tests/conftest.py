@@ -15,8 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 sys.path.insert(0, str(Path(__file__).parent))  # auth_testkit, with --import-mode=importlib
 
-from auth.keys.crypto import KeyCipher
-from auth.keys.repository import SigningKeyRepository
 from auth_testkit import (
     KEY_ENCRYPTION_KEY,
     LOGIN_WINDOW_SECONDS,
@@ -26,6 +24,9 @@ from auth_testkit import (
     Secrets,
     VerifierApp,
 )
+
+from auth.keys.crypto import KeyCipher
+from auth.keys.repository import SigningKeyRepository
 from servicekit.auth import AuthSettings
 from servicekit.db import make_engine
 from servicekit.testing import HttpService, recreate_database, run_migrations

@@ -11,14 +11,15 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from auth_testkit import KEY_ENCRYPTION_KEY, Secrets, login, new_login
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
 from auth.keys.crypto import KeyCipher, KeyDecryptionError
 from auth.keys.repository import SigningKeyRepository
 from auth.models import SigningKey
-from auth_testkit import KEY_ENCRYPTION_KEY, Secrets, login, new_login
-from cryptography.hazmat.primitives import serialization
 from servicekit.testing import HttpService, wait_until
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 
 async def jwks(http: httpx.AsyncClient) -> list[dict[str, Any]]:

@@ -11,10 +11,11 @@ import logging
 import httpx
 import pytest
 from auth_testkit import KEY_ENCRYPTION_KEY, Forger, Secrets, new_login, strong_password
-from outbox import outbox_table
-from servicekit.testing import HttpService
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox import outbox_table
+from servicekit.testing import HttpService
 
 
 async def test_no_secret_reaches_logs_or_error_bodies(

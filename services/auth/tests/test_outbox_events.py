@@ -7,14 +7,15 @@ import uuid
 
 import httpx
 import pytest
+from auth_testkit import Secrets, register, strong_password, unique_email
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from auth.accounts.service import AccountService
 from auth.models import Account
 from auth.passwords import PasswordHasher
-from auth_testkit import Secrets, register, strong_password, unique_email
 from outbox import OutboxWriter, outbox_table
 from servicekit.db import Database
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 async def registered_events(engine: AsyncEngine, email: str) -> list[dict[str, object]]:

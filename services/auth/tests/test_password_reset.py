@@ -6,9 +6,10 @@ from typing import Any
 
 import httpx
 from auth_testkit import Secrets, login, new_login, strong_password, unique_email
-from outbox import outbox_table
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox import outbox_table
 
 
 async def events_for(engine: AsyncEngine, account_id: str, event_type: str) -> list[dict[str, Any]]:

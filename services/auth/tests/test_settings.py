@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from auth.settings import Settings
 from pydantic import ValidationError
+
+from auth.settings import Settings
 
 
 @pytest.mark.parametrize("secret", ["changethis", "secret", "short-but-random-8c1f"])

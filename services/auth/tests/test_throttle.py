@@ -14,6 +14,7 @@ from auth_testkit import (
     register,
     unique_email,
 )
+
 from servicekit.testing import wait_until
 
 

@@ -7,8 +7,6 @@ from typing import Annotated, TypedDict
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
-from servicekit.auth import RevocationList, TokenVerifier
-from servicekit.db import Database, UnitOfWork
 
 from auth.errors import CommitsChanges
 from auth.keys.crypto import CodeHasher
@@ -16,6 +14,8 @@ from auth.keys.service import Keyring
 from auth.passwords import PasswordHasher
 from auth.settings import Settings
 from auth.throttle import Throttle
+from servicekit.auth import RevocationList, TokenVerifier
+from servicekit.db import Database, UnitOfWork
 
 
 class State(TypedDict):

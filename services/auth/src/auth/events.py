@@ -6,8 +6,9 @@ import uuid
 from datetime import datetime
 from typing import ClassVar
 
-from outbox import Event
 from pydantic import BaseModel
+
+from outbox import Event
 
 TOPIC = "auth.account"
 

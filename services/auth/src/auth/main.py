@@ -11,11 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from outbox import OutboxWriter
 from redis.asyncio import Redis
-from servicekit.app import create_service_app
-from servicekit.auth import RevocationList, TokenVerifier
-from servicekit.db import Database
 
 from auth.accounts.endpoints import router as accounts_router
 from auth.deps import State
@@ -27,6 +23,10 @@ from auth.passwords import PasswordHasher
 from auth.sessions.endpoints import router as sessions_router
 from auth.settings import Settings
 from auth.throttle import Throttle
+from outbox import OutboxWriter
+from servicekit.app import create_service_app
+from servicekit.auth import RevocationList, TokenVerifier
+from servicekit.db import Database
 
 log = logging.getLogger("auth")
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+
 from servicekit.errors import TooManyRequests
 
 # KEYS: counters; ARGV[1]: window in ms; ARGV[2..]: limit per key. Returns the longest wait (ms) among

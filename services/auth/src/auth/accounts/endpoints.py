@@ -3,11 +3,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, status
-from servicekit.auth import CurrentToken
 
 from auth.accounts.schemas import AccountOut, RegisterRequest
 from auth.accounts.service import AccountService
 from auth.deps import HasherDep, UowDep
+from servicekit.auth import CurrentToken
 
 router = APIRouter(prefix="/auth/api", tags=["accounts"])
 

@@ -4,13 +4,12 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from servicekit.db import UnitOfWork
-from servicekit.errors import Conflict, Unauthorized
-
 from auth.accounts.repository import AccountRepository
 from auth.events import AccountRegistered
 from auth.models import Account
 from auth.passwords import PasswordHasher
+from servicekit.db import UnitOfWork
+from servicekit.errors import Conflict, Unauthorized
 
 log = logging.getLogger("auth.accounts")
 

@@ -7,13 +7,13 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from servicekit.db import make_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from auth.keys.crypto import KeyCipher
 from auth.keys.repository import SigningKeyRepository
 from auth.keys.service import rotate
 from auth.settings import Settings
+from servicekit.db import make_engine
 
 
 async def _run(command: str) -> None:

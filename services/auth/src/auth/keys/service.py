@@ -15,12 +15,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from servicekit.auth import ALGORITHM, parse_jwks
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from auth.keys.crypto import KeyCipher, public_jwk
 from auth.keys.repository import SigningKeyRepository
 from auth.models import SigningKey
+from servicekit.auth import ALGORITHM, parse_jwks
 
 log = logging.getLogger("auth.keys")
 

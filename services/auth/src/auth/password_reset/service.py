@@ -7,8 +7,6 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from servicekit.db import UnitOfWork
-
 from auth.accounts.repository import AccountRepository
 from auth.errors import InvalidResetCode
 from auth.events import PasswordChanged, PasswordResetRequested
@@ -19,6 +17,7 @@ from auth.passwords import PasswordHasher
 from auth.sessions.service import SessionService
 from auth.settings import Settings
 from auth.throttle import Limit, Throttle
+from servicekit.db import UnitOfWork
 
 log = logging.getLogger("auth.password_reset")
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
-from servicekit.auth import CurrentToken
 
 from auth.deps import (
     ClientAddress,
@@ -16,6 +15,7 @@ from auth.deps import (
 )
 from auth.sessions.schemas import LoginRequest, RefreshRequest, TokenPair
 from auth.sessions.service import SessionService
+from servicekit.auth import CurrentToken
 
 router = APIRouter(prefix="/auth/api", tags=["sessions"])
 

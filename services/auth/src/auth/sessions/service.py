@@ -7,10 +7,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from servicekit.auth import RevocationList, VerifiedToken
-from servicekit.db import UnitOfWork
-from servicekit.errors import Unauthorized
-
 from auth.accounts.repository import AccountRepository
 from auth.errors import RefreshTokenReused
 from auth.keys.service import Keyring
@@ -21,6 +17,9 @@ from auth.sessions.schemas import TokenPair
 from auth.sessions.tokens import hash_refresh_token, issue_access_token, new_refresh_token
 from auth.settings import Settings
 from auth.throttle import Limit, Throttle
+from servicekit.auth import RevocationList, VerifiedToken
+from servicekit.db import UnitOfWork
+from servicekit.errors import Unauthorized
 
 log = logging.getLogger("auth.sessions")
 

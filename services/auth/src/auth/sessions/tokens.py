@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import jwt
-from servicekit.auth import ALGORITHM
 
 from auth.keys.service import ActiveKey
 from auth.models import Account
+from servicekit.auth import ALGORITHM
 
 
 @dataclass(frozen=True, slots=True)
