@@ -1,7 +1,7 @@
 """`make bench`: relay drain rate and commit -> applied latency, on real PostgreSQL and the real broker.
 
 1. Drain: a backlog of N outbox rows (default 50,000 over 1,000 aggregates) published by one relay
-   process; events/s = N / (time until the last row is marked published).
+   process; events/s = rows after the first batch / (last batch's commit - first batch's commit).
 2. Latency: a steady stream (default 1,000 events/s for 20 s) committed by writer tasks, published by a
    relay process, applied by an idempotent consumer process; latency = the consumer's clock_timestamp()
    when it writes the effect minus the writer's clock right after its commit returned (one machine, one

@@ -47,28 +47,35 @@ from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
 log = logging.getLogger("outbox.relay")
 
+# One statement claims a batch and says, for each claimed row, whether a pending row of its aggregate lies
+# between it and its previous claimed row (or before it, for the first): a gap. A row after a gap must wait:
+# its predecessor is held by another relay, or waits for a retry. The header values are rendered by
+# PostgreSQL (another core) rather than per row in Python.
 _CLAIM = text(
     """
-    SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version,
-           payload::text AS payload_json, trace_context->>'traceparent' AS traceparent,
-           trace_context->>'tracestate' AS tracestate, occurred_at, attempts
-    FROM outbox
-    WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
-    ORDER BY id
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-    """
-)
-
-# Every pending row of the claimed aggregates up to the batch's last id: the sequence each aggregate's
-# claimed rows must continue without a gap.
-_PENDING_SEQUENCE = text(
-    """
-    SELECT topic, aggregate_id, id
-    FROM outbox
-    WHERE published_at IS NULL AND dead_at IS NULL
-      AND aggregate_id = ANY(:aggregate_ids) AND id <= :max_id
-    ORDER BY id
+    WITH claimed AS (
+        SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version, payload,
+               trace_context, occurred_at, attempts
+        FROM outbox
+        WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), sequenced AS (
+        SELECT c.*, lag(c.id, 1, 0::bigint) OVER (PARTITION BY c.topic, c.aggregate_id ORDER BY c.id) AS prev_id
+        FROM claimed c
+    )
+    SELECT s.id, s.event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
+           s.payload::text AS payload_json, s.trace_context->>'traceparent' AS traceparent,
+           s.trace_context->>'tracestate' AS tracestate, s.occurred_at, s.attempts,
+           EXISTS (
+               SELECT 1 FROM outbox p
+               WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
+                 AND p.published_at IS NULL AND p.dead_at IS NULL
+                 AND p.id < s.id AND p.id > s.prev_id
+           ) AS gap
+    FROM sequenced s
+    ORDER BY s.id
     """
 )
 
@@ -268,7 +275,7 @@ class Relay:
                 rows = (await conn.execute(_CLAIM, {"limit": self.settings.batch_size})).all()
                 if not rows:
                     return 0
-                publishable = await self._in_aggregate_order(conn, rows)
+                publishable = self._in_aggregate_order(rows)
                 if publishable:
                     await self._publish(conn, publishable)
                 self.stats.batches += 1
@@ -280,23 +287,17 @@ class Relay:
                 raise _DatabaseUnavailable(str(exc)) from exc
             raise
 
-    async def _in_aggregate_order(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
-        claimed = {r.id: r for r in rows}
-        sequence = await conn.execute(
-            _PENDING_SEQUENCE,
-            {"aggregate_ids": list({r.aggregate_id for r in rows}), "max_id": max(claimed)},
-        )
+    @staticmethod
+    def _in_aggregate_order(rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+        """The claimed rows that continue their aggregate's pending sequence; after a gap, the rest waits."""
         blocked: set[tuple[str, str]] = set()
         keep: list[Row[Any]] = []
-        for topic, aggregate_id, row_id in sequence:
-            key = (topic, aggregate_id)
-            if key in blocked:
-                continue
-            row = claimed.get(row_id)
-            if row is None or row.topic != topic:
-                blocked.add(key)  # a predecessor we do not hold: the rest of this aggregate waits
-                continue
-            keep.append(row)
+        for row in rows:
+            key = (row.topic, row.aggregate_id)
+            if row.gap:
+                blocked.add(key)
+            if key not in blocked:
+                keep.append(row)
         return keep
 
     async def _publish(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
