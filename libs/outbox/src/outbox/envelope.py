@@ -65,11 +65,11 @@ class ReceivedEvent:
 
 def encode_headers(
     *,
-    event_id: uuid.UUID,
+    event_id: uuid.UUID | str,
     event_type: str,
     source: str,
     subject: str,
-    time: datetime,
+    time: datetime | str,
     version: int | None,
     trace_context: Mapping[str, str],
 ) -> list[tuple[str, bytes]]:
@@ -79,7 +79,7 @@ def encode_headers(
         ("ce_type", event_type.encode()),
         ("ce_source", source.encode()),
         ("ce_subject", subject.encode()),
-        ("ce_time", time.isoformat().encode()),
+        ("ce_time", (time if isinstance(time, str) else time.isoformat()).encode()),
         ("content-type", CONTENT_TYPE.encode()),
     ]
     if version is not None:

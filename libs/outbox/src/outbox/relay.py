@@ -65,9 +65,9 @@ _CLAIM = text(
         SELECT c.*, lag(c.id, 1, 0::bigint) OVER (PARTITION BY c.topic, c.aggregate_id ORDER BY c.id) AS prev_id
         FROM claimed c
     )
-    SELECT s.id, s.event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
+    SELECT s.id, s.event_id::text AS event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
            s.payload::text AS payload_json, s.trace_context->>'traceparent' AS traceparent,
-           s.trace_context->>'tracestate' AS tracestate, s.occurred_at, s.attempts,
+           s.trace_context->>'tracestate' AS tracestate, to_json(s.occurred_at)#>>'{}' AS occurred_at, s.attempts,
            EXISTS (
                SELECT 1 FROM outbox p
                WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
