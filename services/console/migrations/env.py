@@ -1,44 +1,7 @@
-"""Alembic environment: DATABASE_URL first, then CONSOLE_DATABASE_URL / the settings default."""
-
-from __future__ import annotations
-
-import os
-from logging.config import fileConfig
-
-from alembic import context
-from sqlalchemy import create_engine
+"""Alembic environment for the console database: DATABASE_URL first, then CONSOLE_DATABASE_URL / the default."""
 
 from console.models import Base
 from console.settings import Settings
-from servicekit.db import normalise_url
+from servicekit import idempotency, migrations_env
 
-config = context.config
-if config.config_file_name is not None:
-    fileConfig(config.config_file_name, disable_existing_loggers=False)
-
-target_metadata = Base.metadata
-
-
-def database_url() -> str:
-    return normalise_url(os.environ.get("DATABASE_URL") or Settings().database_url)
-
-
-def run_migrations_offline() -> None:
-    context.configure(url=database_url(), target_metadata=target_metadata, literal_binds=True)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def run_migrations_online() -> None:
-    engine = create_engine(database_url())
-    with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata)
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
-
-
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    run_migrations_online()
+migrations_env.run(Base.metadata, idempotency.metadata, settings_url=lambda: Settings().database_url)
