@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
-import signal
 import uuid
 
 from console.indexing.service import apply_report
 from console.settings import Settings, get_settings
 from console.workspaces.service import ensure_workspace
-from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, setup_tracing
+from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter
+from servicekit.consumer_process import run_consumer
 from servicekit.db import Database
-
-log = logging.getLogger("console.consumer")
 
 TOPICS = ("auth.account", "indexer.document")
 
@@ -59,19 +56,9 @@ def build_consumer(
 
 
 async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    setup_tracing("console-consumer")
     db = Database(settings.database_url, OutboxWriter(source="console"), pool_size=2)
-    consumer = build_consumer(db, settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, consumer.stop)
-    try:
-        await consumer.run()
-    finally:
-        await db.dispose()
-        log.info("console consumer stopped: %s", consumer.stats)
+    await run_consumer("console", db, lambda db: build_consumer(db, settings))
 
 
 if __name__ == "__main__":

@@ -6,16 +6,13 @@ SIGTERM/SIGINT → `consumer.stop()`: the batch in hand finishes and its offsets
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 
 from indexer.indexing import service
 from indexer.indexing.schemas import DocumentState
 from indexer.settings import Settings, get_settings
-from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, setup_tracing
+from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter
+from servicekit.consumer_process import run_consumer
 from servicekit.db import Database
-
-log = logging.getLogger("indexer.consumer")
 
 TOPICS = ("console.document",)
 
@@ -34,19 +31,9 @@ def build_consumer(
 
 
 async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    setup_tracing("indexer-consumer")
     db = Database(settings.database_url, OutboxWriter(source="indexer"), pool_size=2)
-    consumer = build_consumer(db, settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, consumer.stop)
-    try:
-        await consumer.run()
-    finally:
-        await db.dispose()
-        log.info("indexer consumer stopped: %s", consumer.stats)
+    await run_consumer("indexer", db, lambda db: build_consumer(db, settings))
 
 
 if __name__ == "__main__":
