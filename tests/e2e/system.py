@@ -117,8 +117,16 @@ def _auth_env(url: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def start_system(infra: Infra, *, bootstrap: str, log_dir: Path, label: str = "e2e") -> Iterator[System]:
-    """Fresh databases + migrations, then every process; all stopped (SIGTERM, then SIGKILL) at exit."""
+def start_system(
+    infra: Infra,
+    *,
+    bootstrap: str,
+    log_dir: Path,
+    label: str = "e2e",
+    env: dict[str, str] | None = None,
+) -> Iterator[System]:
+    """Fresh databases + migrations, then every process; all stopped (SIGTERM, then SIGKILL) at exit.
+    `env` is added to every process's environment."""
     run = f"{label}_{uuid.uuid4().hex[:8]}"
     urls = {service: infra.create_database(f"{service}_{run}") for service in APIS}
     with ThreadPoolExecutor(len(urls)) as pool:  # three alembic processes at once
@@ -135,7 +143,7 @@ def start_system(infra: Infra, *, bootstrap: str, log_dir: Path, label: str = "e
         groups={"console-consumer": f"console-{run}", "indexer-consumer": f"indexer-{run}"},
         redis_prefix=f"{run}:",
     )
-    common = _common_env(infra, bootstrap, spans_file, system.redis_prefix)
+    common = {**_common_env(infra, bootstrap, spans_file, system.redis_prefix), **(env or {})}
     auth_port = free_port()
     common["AUTH_JWKS_URL"] = f"http://127.0.0.1:{auth_port}/auth/.well-known/jwks.json"
     envs = {
