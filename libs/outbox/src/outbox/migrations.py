@@ -31,9 +31,11 @@ V1 = (
     )
     """,
     "CREATE INDEX ix_outbox_pending ON outbox (id) WHERE published_at IS NULL AND dead_at IS NULL",
-    "CREATE INDEX ix_outbox_pending_aggregate ON outbox (aggregate_id, id) WHERE published_at IS NULL AND dead_at IS NULL",
+    "CREATE INDEX ix_outbox_pending_aggregate ON outbox (topic, aggregate_id, id) WHERE published_at IS NULL AND dead_at IS NULL",
     "CREATE INDEX ix_outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL",
     "CREATE INDEX ix_outbox_dead ON outbox (id) WHERE dead_at IS NOT NULL",
+    # A queue table: every row is updated once and deleted later; vacuum and analyze it often.
+    "ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02)",
     """
     CREATE TABLE inbox (
         consumer TEXT NOT NULL,

@@ -46,7 +46,7 @@ outbox_table = Table(
     Column("published_at", TIMESTAMP(timezone=True), nullable=True),
     Column("dead_at", TIMESTAMP(timezone=True), nullable=True),
     Index("ix_outbox_pending", "id", postgresql_where=_PENDING),
-    Index("ix_outbox_pending_aggregate", "aggregate_id", "id", postgresql_where=_PENDING),
+    Index("ix_outbox_pending_aggregate", "topic", "aggregate_id", "id", postgresql_where=_PENDING),
     Index("ix_outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")),
     Index("ix_outbox_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
 )
