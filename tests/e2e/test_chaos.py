@@ -72,6 +72,9 @@ class Faults:
         self.kills: dict[str, int] = {}
         self.outages: dict[str, float] = {}
 
+    def _outage(self, what: str, since: float) -> None:
+        self.outages[what] = round(self.outages.get(what, 0.0) + time.monotonic() - since, 1)
+
     def figures(self) -> dict[str, Any]:
         return {"kills": self.kills, "outages": self.outages, "outage_s": sum(self.outages.values())}
 
@@ -97,7 +100,7 @@ class Faults:
         self.kills[name] = self.kills.get(name, 0) + 1
         await asyncio.sleep(DOWN_S)  # the outage itself
         self.system.start(name)
-        self.outages[name] = time.monotonic() - t
+        self._outage(name, t)
         await self.flowing(f"{name} restart")
 
     async def cut(self, broker: BrokerBehindProxy) -> None:
@@ -105,7 +108,7 @@ class Faults:
         broker.proxy.cut("blackhole")
         await asyncio.sleep(CUT_S)  # the outage itself
         broker.proxy.restore()
-        self.outages["broker link cut"] = time.monotonic() - t
+        self._outage("broker link cut", t)
         await self.flowing("broker link restore")
 
     async def restart_broker(self, broker: BrokerBehindProxy) -> None:
@@ -114,7 +117,7 @@ class Faults:
         self.kills["broker"] = self.kills.get("broker", 0) + 1
         await asyncio.sleep(DOWN_S)  # the outage itself
         await asyncio.to_thread(broker.broker.start)
-        self.outages["broker restart"] = time.monotonic() - t
+        self._outage("broker restart", t)
         await self.flowing("broker restart")
 
 
