@@ -67,7 +67,9 @@ async def test_relay_killed_after_publish_before_marking_republishes_and_consume
         async with sessions() as session, session.begin():
             await writer.add(session, event)
         first = relay_process("relay-1", database_url, bootstrap, log_dir).start()
-        assert len(await read_topic(bootstrap, wire(topic), expect=1, timeout=30)) == 1  # published and acked...
+        assert (
+            len(await read_topic(bootstrap, wire(topic), expect=1, timeout=30)) == 1
+        )  # published and acked...
         assert (
             await scalar(engine, "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 1
         )  # ...not marked

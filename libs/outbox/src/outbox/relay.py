@@ -259,7 +259,9 @@ class Relay:
                 await conn.execute(text("ANALYZE outbox"))
                 await conn.commit()
         except Exception as exc:  # not fatal: e.g. the relay's role does not own the table
-            log.warning("relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog", self.name, exc)
+            log.warning(
+                "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog", self.name, exc
+            )
 
     async def publish_batch_with_retries(self) -> int:
         """One batch; broker or database outages are retried with backoff until it goes through or we stop."""
