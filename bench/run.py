@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from outbox import Event, OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env, ensure_topics
-from outbox.testing import headers_of, read_topic
+from outbox.testing import EFFECTS_DDL, headers_of, read_topic
 from servicekit.testing import ServiceProcess, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,14 +68,6 @@ def raw_row(event: Event) -> tuple[Any, ...]:
         Jsonb(data),
         event.time,
     )
-
-
-EFFECTS_DDL = """
-CREATE TABLE effects (
-    seq bigserial PRIMARY KEY, consumer text NOT NULL, event_id uuid NOT NULL, aggregate_id text NOT NULL,
-    version bigint, applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
-)
-"""
 
 
 def relay(url: str, name: str, **env: str) -> ServiceProcess:

@@ -13,20 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env
+from outbox.testing import EFFECTS_DDL
 from servicekit.testing import recreate_database
 
 DB_NAME = os.environ.get("OUTBOX_TEST_DB", "outbox_lib_test")
-
-EFFECTS_DDL = """
-CREATE TABLE IF NOT EXISTS effects (
-    seq bigserial PRIMARY KEY,
-    consumer text NOT NULL,
-    event_id uuid NOT NULL,
-    aggregate_id text NOT NULL,
-    version bigint,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
 
 
 @pytest.fixture(scope="session")

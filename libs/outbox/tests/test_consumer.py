@@ -21,11 +21,9 @@ from outbox import (
     EventContext,
     IdempotentConsumer,
     OutboxWriter,
-    Relay,
-    RelaySettings,
 )
 from outbox.envelope import encode_headers
-from outbox.testing import headers_of, read_topic, wire
+from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
 from servicekit.testing import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -44,16 +42,6 @@ async def effects(engine: AsyncEngine, consumer: str | None = None) -> list[tupl
         params["c"] = consumer
     async with engine.connect() as conn:
         return [tuple(r) for r in await conn.execute(text(sql + " ORDER BY seq"), params)]  # type: ignore[misc]
-
-
-async def publish_all(engine: AsyncEngine, bootstrap: str) -> None:
-    relay = Relay(engine, RelaySettings(bootstrap=bootstrap))
-    await relay.start()
-    try:
-        while await relay.publish_batch_with_retries():
-            pass
-    finally:
-        await relay.close()
 
 
 async def write(sessions: async_sessionmaker[AsyncSession], writer: OutboxWriter, *events: Event) -> None:
@@ -86,10 +74,7 @@ def recording_consumer(
     async def apply(ctx: EventContext) -> None:
         if ctx.event.data.get("poison"):
             raise ValueError("this handler cannot apply a poisoned event")
-        await ctx.session.execute(
-            text("INSERT INTO effects (consumer, event_id, aggregate_id, version) VALUES (:c, :e, :a, :v)"),
-            {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version},
-        )
+        await record_effect(ctx)
 
     return consumer
 
@@ -107,7 +92,7 @@ async def test_redelivered_events_are_applied_once(
         for i in range(1, 10)
     ]
     await write(sessions, writer, *events)
-    await publish_all(engine, bootstrap)
+    await drain_outbox(engine, bootstrap)
     # The broker delivers every record a second time (a relay retry, a replay): copy them verbatim.
     records = await read_topic(bootstrap, wire(topic), expect=9)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
@@ -143,7 +128,7 @@ async def test_version_guard_drops_stale_events(
             writer,
             Event(topic=topic, type=f"{topic}.changed", aggregate_id="doc", data={}, version=v),
         )
-    await publish_all(engine, bootstrap)
+    await drain_outbox(engine, bootstrap)
     consumer = recording_consumer(sessions, topic)
     run_consumer(consumer)
     await wait_until(lambda: _at_least(consumer, "stale", 1), timeout=30, what="stale event")
@@ -175,7 +160,7 @@ async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
     )
     good_after = Event(topic=topic, type=f"{topic}.changed", aggregate_id="same-key", data={}, version=3)
     await write(sessions, writer, good_before, failing)
-    await publish_all(engine, bootstrap)
+    await drain_outbox(engine, bootstrap)
     valid_headers = encode_headers(
         event_id=uuid.uuid4(),
         event_type=f"{topic}.changed",
@@ -201,7 +186,7 @@ async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
     await producer.send_and_wait(wire(topic), b"{}", key=key, headers=unknown)
     await producer.stop()
     await write(sessions, writer, good_after)
-    await publish_all(engine, bootstrap)
+    await drain_outbox(engine, bootstrap)
 
     consumer = recording_consumer(sessions, topic)
     run_consumer(consumer)
@@ -248,7 +233,7 @@ async def test_consumer_killed_mid_batch_applies_every_event_exactly_once(
                 for i in range(chunk, chunk + 100)
             ),
         )
-    await publish_all(engine, bootstrap)
+    await drain_outbox(engine, bootstrap)
     group = f"crash-{uuid.uuid4().hex[:8]}"
     argv = [sys.executable, str(APPS / "effect_consumer.py"), database_url, group, topic, "0.002"]
     kills = 0

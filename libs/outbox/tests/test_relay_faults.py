@@ -16,13 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from outbox import (
     ConsumerSettings,
     Event,
-    EventContext,
     IdempotentConsumer,
     OutboxWriter,
     Relay,
     RelaySettings,
 )
-from outbox.testing import TcpProxy, headers_of, read_topic, wire
+from outbox.testing import TcpProxy, headers_of, read_topic, record_effect, wire
 from servicekit.testing import BrokerProcess, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -103,12 +102,7 @@ async def test_relay_killed_after_publish_before_marking_republishes_and_consume
         ConsumerSettings(session_timeout_ms=6000, request_timeout_ms=10000),
     )
 
-    @consumer.handler(f"{topic}.*")
-    async def apply(ctx: EventContext) -> None:
-        await ctx.session.execute(
-            text("INSERT INTO effects (consumer, event_id, aggregate_id, version) VALUES (:c, :e, :a, :v)"),
-            {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version},
-        )
+    consumer.handler(f"{topic}.*")(record_effect)
 
     task = asyncio.create_task(consumer.run())
     try:

@@ -18,9 +18,8 @@ from outbox import (
     EventContext,
     IdempotentConsumer,
     OutboxWriter,
-    Relay,
-    RelaySettings,
 )
+from outbox.testing import drain_outbox
 from servicekit.testing import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -53,10 +52,7 @@ async def test_consumer_continues_the_writers_trace_through_the_relay(
             )
     trace_id = request_span.get_span_context().trace_id
 
-    relay = Relay(engine, RelaySettings(bootstrap=bootstrap))
-    await relay.start()
-    await relay.publish_batch_with_retries()
-    await relay.close()
+    await drain_outbox(engine, bootstrap)
 
     consumer = IdempotentConsumer(
         f"g-{uuid.uuid4().hex[:8]}",

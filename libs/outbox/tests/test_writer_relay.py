@@ -12,20 +12,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import Event, OutboxWriter, Relay, RelaySettings
-from outbox.testing import headers_of, read_topic, wire
+from outbox.testing import drain_outbox, headers_of, read_topic, wire
 
 pytestmark = pytest.mark.usefixtures("clean")
-
-
-async def drain(engine: AsyncEngine, bootstrap: str, **overrides: object) -> Relay:
-    relay = Relay(engine, RelaySettings(bootstrap=bootstrap, **overrides))  # type: ignore[arg-type]
-    await relay.start()
-    try:
-        while await relay.publish_batch_with_retries():
-            pass
-    finally:
-        await relay.close()
-    return relay
 
 
 async def pending_count(engine: AsyncEngine) -> int:
@@ -56,11 +45,11 @@ async def test_rollback_leaves_no_event_and_commit_publishes_once(
         await writer.add(session, committed)
 
     assert await pending_count(engine) == 1
-    relay = await drain(engine, bootstrap)
+    relay = await drain_outbox(engine, bootstrap)
     assert relay.stats.published == 1
     assert await pending_count(engine) == 0
     # A second relay pass publishes nothing more: the row is marked.
-    again = await drain(engine, bootstrap)
+    again = await drain_outbox(engine, bootstrap)
     assert again.stats.published == 0
 
     records = await read_topic(bootstrap, wire(topic), expect=2, timeout=5)
@@ -81,7 +70,7 @@ async def test_headers_carry_cloudevents_and_traceparent(
         async with sessions() as session, session.begin():
             await writer.add(session, event)
 
-    await drain(engine, bootstrap)
+    await drain_outbox(engine, bootstrap)
     [record] = await read_topic(bootstrap, wire(topic), expect=1)
     headers = headers_of(record)
     assert headers["ce_specversion"] == "1.0"
@@ -111,7 +100,7 @@ async def test_events_of_one_aggregate_share_a_partition_in_order(
                 Event(topic=topic, type="t.changed", aggregate_id="agg", data={}, version=version),
                 Event(topic=topic, type="t.changed", aggregate_id=f"other-{version}", data={}, version=1),
             )
-    await drain(engine, bootstrap, batch_size=7)
+    await drain_outbox(engine, bootstrap, batch_size=7)
     records = await read_topic(bootstrap, wire(topic), expect=40)
     mine = [r for r in records if r.key == b"agg"]
     assert len({r.partition for r in mine}) == 1
@@ -151,7 +140,7 @@ async def test_retention_cleanup_deletes_only_old_published_rows_in_batches(
         await writer.add(
             session, *(Event(topic=topic, type="t.x", aggregate_id=f"a{i}", data={}) for i in range(25))
         )
-    await drain(engine, bootstrap)
+    await drain_outbox(engine, bootstrap)
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE outbox SET published_at = now() - interval '2 hours' WHERE id <= 20"))
         await conn.execute(text("UPDATE outbox SET published_at = NULL WHERE id = 25"))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.consumer import EventContext
 from outbox.kafka import topic_prefix
+from outbox.relay import Relay, RelaySettings
 
 
 async def read_topic(
@@ -101,3 +106,34 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+async def drain_outbox(engine: AsyncEngine, bootstrap: str, **settings: Any) -> Relay:
+    """Publish every pending row once with a relay of the given settings; returns it (for its stats)."""
+    relay = Relay(engine, RelaySettings(bootstrap=bootstrap, **settings))
+    await relay.start()
+    try:
+        while await relay.publish_batch_with_retries():
+            pass
+    finally:
+        await relay.close()
+    return relay
+
+
+EFFECTS_DDL = """
+CREATE TABLE IF NOT EXISTS effects (
+    seq bigserial PRIMARY KEY, consumer text NOT NULL, event_id uuid NOT NULL, aggregate_id text NOT NULL,
+    version bigint, applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+_RECORD_EFFECT = text(
+    "INSERT INTO effects (consumer, event_id, aggregate_id, version, applied_at) "
+    "VALUES (:c, :e, :a, :v, clock_timestamp())"
+)
+
+
+async def record_effect(ctx: EventContext) -> None:
+    """A handler whose effect is one row in `effects` (no unique key: applying twice shows as two rows)."""
+    await ctx.session.execute(
+        _RECORD_EFFECT, {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version}
+    )

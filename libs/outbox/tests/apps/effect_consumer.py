@@ -8,10 +8,10 @@ import dataclasses
 import signal
 import sys
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer
+from outbox.testing import record_effect
 
 
 async def main(url: str, group: str, topic: str, delay_s: float) -> None:
@@ -27,13 +27,7 @@ async def main(url: str, group: str, topic: str, delay_s: float) -> None:
 
     @consumer.handler("*", version_guard=False)
     async def apply(ctx: EventContext) -> None:
-        await ctx.session.execute(
-            text(
-                "INSERT INTO effects (consumer, event_id, aggregate_id, version, applied_at) "
-                "VALUES (:c, :e, :a, :v, clock_timestamp())"
-            ),
-            {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version},
-        )
+        await record_effect(ctx)
         if delay_s:
             await asyncio.sleep(delay_s)
 
