@@ -129,3 +129,20 @@ async def test_one_trace_from_enable_request_to_status_update(system: System, us
         children = [s for s in trace if (s["service"], s["kind"], s["name"], s["parent_id"]) == want]
         assert children, f"no {service} {name!r} span under {chain[-1]['name']!r}:\n{spans.describe(trace)}"
         chain.append(children[0])
+
+    # The database legs: the request's transaction writes the outbox row; inside the indexer's processing
+    # span the version guard and the indexed document are written (the inbox rows go in once per fetched batch,
+    # before the per-message spans); console's consumer updates the document.
+    def statements_under(span: dict[str, object]) -> str:
+        return "\n".join(
+            str(s["attributes"].get("db.statement", ""))  # type: ignore[union-attr]
+            for s in trace
+            if s["parent_id"] == span["span_id"] and s["kind"] == "CLIENT"
+        )
+
+    assert "INSERT INTO outbox" in statements_under(request), spans.describe(trace)
+    indexer_process, console_process = chain[2], chain[4]
+    indexer_sql, console_sql = statements_under(indexer_process), statements_under(console_process)
+    assert "consumer_versions" in indexer_sql and "UPDATE indexed_documents" in indexer_sql, indexer_sql
+    assert "INSERT INTO outbox" in indexer_sql, indexer_sql  # its report, in the same transaction
+    assert "documents" in console_sql, console_sql

@@ -35,6 +35,17 @@ def context_from(carrier: Mapping[str, str]) -> Context:
     return propagate.extract(dict(carrier))
 
 
+def tracing_configured() -> bool:
+    """True when OTEL_* variables ask for spans to be exported (so instrumentation is worth its cost)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_SPANS_FILE")
+    )
+
+
 def setup_tracing(service_name: str) -> None:
     """Install a tracer provider for this process, configured from standard OTEL_* variables."""
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from outbox import Event, OutboxWriter
+from outbox.tracing import tracing_configured
 
 
 def normalise_url(url: str) -> str:
@@ -23,9 +24,17 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         normalise_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
     )
+    if tracing_configured():
+        # One span per statement, children of the request's or the message's span: the DB leg of a trace.
+        # skip_dep_check: the instrumentation declares SQLAlchemy < 2.1 but only uses the engine event API,
+        # which 2.1 keeps (tests/e2e/test_journey.py asserts the spans).
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, skip_dep_check=True)
+    return engine
 
 
 class UnitOfWork:
