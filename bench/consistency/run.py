@@ -256,7 +256,12 @@ async def run_approach(
     state_dir = work / f"state-{approach}"
     state_dir.mkdir()
     # The topic is already unique to this run: no namespace prefix, so the watcher reads what the relay writes.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KAFKA_BOOTSTRAP": broker.bootstrap, "OUTBOX_TOPIC_PREFIX": ""}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "KAFKA_BOOTSTRAP": broker.bootstrap,
+        "OUTBOX_TOPIC_PREFIX": "",
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     py = sys.executable
 
