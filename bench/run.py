@@ -5,7 +5,8 @@
 2. Latency: a steady stream (default 1,000 events/s for 20 s) committed by writer tasks, published by a
    relay process, applied by an idempotent consumer process; latency = the consumer's clock_timestamp()
    when it writes the effect minus the writer's clock right after its commit returned (one machine, one
-   clock). Run once with NOTIFY wake-ups and once with polling only.
+   clock). Runs: NOTIFY wake-ups + a batch handler (one INSERT per run of events); polling only + the
+   batch handler; NOTIFY + a per-event handler (one INSERT per event).
 
 Results go to bench/results/latest.json and a table on stdout. Environment knobs: BENCH_DRAIN_EVENTS,
 BENCH_RATE, BENCH_SECONDS, BENCH_AGGREGATES.
@@ -128,7 +129,7 @@ async def bench_drain() -> dict[str, Any]:
     }
 
 
-async def bench_latency(*, notify: bool) -> dict[str, Any]:
+async def bench_latency(*, notify: bool, handler: str = "batch") -> dict[str, Any]:
     name = "outbox_bench_latency"
     url, engine = await fresh_database(name)
     topic = f"bench.latency.{uuid.uuid4().hex[:8]}"
@@ -138,7 +139,7 @@ async def bench_latency(*, notify: bool) -> dict[str, Any]:
     relay_proc = relay(url, "bench-latency-relay", **channel_env).start()
     consumer = ServiceProcess(
         "bench-consumer",
-        [sys.executable, str(EFFECT_CONSUMER), url, group, topic],
+        [sys.executable, str(EFFECT_CONSUMER), url, group, topic, "0", handler],
         env={"LOG_LEVEL": "WARNING"},
         log_dir=LOGS,
     ).start()
@@ -228,6 +229,9 @@ async def bench_latency(*, notify: bool) -> dict[str, Any]:
         "commit_to_broker_ms": {"p50": round(qb[49], 2), "p95": round(qb[94], 2), "p99": round(qb[98], 2)},
         "duplicates_applied": int(duplicates),
         "wakeup": "notify+poll" if notify else "poll",
+        "consumer_handler": "batch (one INSERT per run of events)"
+        if handler == "batch"
+        else "per event (one INSERT each)",
         "load_generator": "psycopg, one event per transaction"
         if RAW_WRITERS
         else "OutboxWriter, one event per transaction",
@@ -264,6 +268,8 @@ async def main() -> None:
     notify = await bench_latency(notify=True)
     print(f"[bench] latency: {RATE}/s for {SECONDS}s, polling only ...", flush=True)
     poll = await bench_latency(notify=False)
+    print(f"[bench] latency: {RATE}/s for {SECONDS}s with NOTIFY, a per-event handler ...", flush=True)
+    per_event = await bench_latency(notify=True, handler="per-event")
     result = {
         "when": datetime.now(UTC).isoformat(),
         "relay_drain_events_per_s": drain["events_per_s"],
@@ -272,6 +278,7 @@ async def main() -> None:
         "drain": drain,
         "latency_notify": notify,
         "latency_poll_only": poll,
+        "latency_per_event_handler": per_event,
         "machine": machine(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -279,7 +286,7 @@ async def main() -> None:
     print()
     print(f"{'measure':<42}{'value':>14}")
     print(f"{'relay drain (events/s, ' + str(DRAIN_EVENTS) + ' backlog)':<42}{drain['events_per_s']:>14}")
-    for label, r in (("notify", notify), ("poll only", poll)):
+    for label, r in (("notify", notify), ("poll only", poll), ("per-event handler", per_event)):
         lat = r["latency_ms"]
         print(f"{'steady rate achieved (' + label + ', events/s)':<42}{r['rate_events_per_s']:>14}")
         for k in ("p50", "p95", "p99", "max"):

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import (
+    BatchContext,
     ConsumerSettings,
     Event,
     EventContext,
@@ -268,3 +269,62 @@ async def _grown(engine: AsyncEngine, consumer: str, n: int) -> bool:
             await conn.execute(text("SELECT count(*) FROM effects WHERE consumer = :c"), {"c": consumer})
         ).scalar_one()
     return int(count) >= n
+
+
+async def test_batch_handler_applies_runs_of_events_in_one_call_and_isolates_a_poison_one(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+    run_consumer: Callable[[IdempotentConsumer], None],
+) -> None:
+    events = [
+        Event(
+            topic=topic,
+            type=f"{topic}.changed",
+            aggregate_id=f"a{i % 4}",
+            data={"poison": i == 13},
+            version=i,
+        )
+        for i in range(1, 31)
+    ]
+    await write(sessions, writer, *events)
+    stale = Event(
+        topic=topic, type=f"{topic}.changed", aggregate_id="a1", data={}, version=1
+    )  # older than a1's 29
+    await write(sessions, writer, stale)
+    await drain_outbox(engine, bootstrap)
+    consumer = IdempotentConsumer(f"g-{uuid.uuid4().hex[:8]}", [topic], sessions, FAST)
+    calls: list[int] = []
+
+    @consumer.batch_handler(f"{topic}.*")
+    async def apply_all(ctx: BatchContext) -> None:
+        calls.append(len(ctx.events))
+        if any(e.data.get("poison") for e in ctx.events):
+            raise ValueError("poison in this batch")
+        await ctx.session.execute(
+            text(
+                "INSERT INTO effects (consumer, event_id, aggregate_id, version) "
+                "SELECT :c, unnest(CAST(:ids AS uuid[])), unnest(CAST(:aggs AS text[])), unnest(CAST(:vs AS bigint[]))"
+            ),
+            {
+                "c": ctx.consumer,
+                "ids": [e.id for e in ctx.events],
+                "aggs": [e.subject for e in ctx.events],
+                "vs": [e.version for e in ctx.events],
+            },
+        )
+
+    run_consumer(consumer)
+    await wait_until(lambda: _at_least(consumer, "dead_lettered", 1), timeout=30, what="poison dead-lettered")
+    await wait_until(lambda: _at_least(consumer, "applied", 29), timeout=30, what="the rest applied")
+    applied = await effects(engine, consumer.name)
+    assert sorted(v for _, _, v in applied) == [
+        v for v in range(1, 31) if v != 13
+    ]  # once each; not the stale copy
+    assert len({e for e, _, _ in applied}) == len(applied)
+    assert max(calls) > 1, calls  # runs of events came in single calls on the fast path
+    assert calls.count(1) >= 1  # after the failure, the careful path called it one event at a time
+    dead = await read_topic(bootstrap, consumer.dead_letter_topic, expect=1, timeout=15)
+    assert headers_of(dead[0])["ce_id"] == str(events[12].id)

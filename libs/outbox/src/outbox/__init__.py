@@ -9,7 +9,7 @@ Public API:
     setup_tracing                         OTEL_* configured tracing for a process
 """
 
-from outbox.consumer import ConsumerSettings, EventContext, IdempotentConsumer
+from outbox.consumer import BatchContext, ConsumerSettings, EventContext, IdempotentConsumer
 from outbox.envelope import Event, MalformedMessage, ReceivedEvent
 from outbox.relay import Relay, RelaySettings
 from outbox.schema import consumer_versions_table, create_tables, inbox_table, metadata, outbox_table
@@ -17,6 +17,7 @@ from outbox.tracing import setup_tracing
 from outbox.writer import OutboxWriter
 
 __all__ = [
+    "BatchContext",
     "ConsumerSettings",
     "Event",
     "EventContext",

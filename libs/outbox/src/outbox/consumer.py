@@ -19,12 +19,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -38,6 +38,7 @@ from outbox.tracing import context_from, tracer
 log = logging.getLogger("outbox.consumer")
 
 Handler = Callable[["EventContext"], Awaitable[None]]
+BatchHandler = Callable[["BatchContext"], Awaitable[None]]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -94,6 +95,18 @@ class EventContext:
 
 
 @dataclass(slots=True)
+class BatchContext:
+    """What a batch handler gets: consecutive fresh events of its types (in delivery order, stale ones
+    already dropped) and the session of the transaction that holds their inbox rows. On the careful path
+    (after a failure) it is called with one event at a time, inside that event's savepoint."""
+
+    events: list[ReceivedEvent]
+    session: AsyncSession
+    consumer: str
+    attempt: int
+
+
+@dataclass(slots=True)
 class ConsumerStats:
     applied: int = 0
     duplicates: int = 0
@@ -107,8 +120,22 @@ class ConsumerStats:
 @dataclass(frozen=True, slots=True)
 class _Route:
     pattern: str
-    handler: Handler
+    handler: Handler | BatchHandler
     version_guard: bool
+    batch: bool = False
+
+    async def call(
+        self, session: AsyncSession, consumer: str, events: list[ReceivedEvent], attempt: int
+    ) -> None:
+        if self.batch:
+            batch_handler = cast(BatchHandler, self.handler)
+            await batch_handler(
+                BatchContext(events=events, session=session, consumer=consumer, attempt=attempt)
+            )
+        else:
+            [event] = events
+            handler = cast(Handler, self.handler)
+            await handler(EventContext(event=event, session=session, consumer=consumer, attempt=attempt))
 
 
 class _DeadLetter(Exception):
@@ -155,6 +182,19 @@ class IdempotentConsumer:
         def register(fn: Handler) -> Handler:
             for t in types:
                 self._routes.append(_Route(t, fn, version_guard))
+            return fn
+
+        return register
+
+    def batch_handler(
+        self, *types: str, version_guard: bool = True
+    ) -> Callable[[BatchHandler], BatchHandler]:
+        """Register a handler that applies many events per call (bulk SQL): the same guarantees, a fraction
+        of the round trips. Consecutive events routed to it within one fetched batch come in one call."""
+
+        def register(fn: BatchHandler) -> BatchHandler:
+            for t in types:
+                self._routes.append(_Route(t, fn, version_guard, batch=True))
             return fn
 
         return register
@@ -326,6 +366,7 @@ class IdempotentConsumer:
             fresh = set(inserted.scalars())
         stale: list[uuid.UUID] = []
         counts = ConsumerStats()
+        group: tuple[_Route, list[ReceivedEvent]] | None = None  # consecutive events for one batch handler
         for item in parsed:
             event = item.event
             if item.problem is not None or event is None:
@@ -337,10 +378,11 @@ class IdempotentConsumer:
             if item.route is None:
                 counts.ignored += 1
                 continue
+            route = item.route
             span = self._span(item)
             with trace.use_span(span, end_on_exit=True):
                 if (
-                    item.route.version_guard
+                    route.version_guard
                     and event.version is not None
                     and not await self._advance_version(session, event)
                 ):
@@ -348,15 +390,21 @@ class IdempotentConsumer:
                     counts.stale += 1
                     span.set_attribute("outbox.outcome", "stale")
                     continue
-                try:
-                    await item.route.handler(
-                        EventContext(event=event, session=session, consumer=self.name, attempt=1)
-                    )
-                except Exception as exc:
-                    span.record_exception(exc)
-                    raise _HandlerFailed from exc
                 span.set_attribute("outbox.outcome", "applied")
                 counts.applied += 1
+                if route.batch:
+                    if group and group[0].handler is not route.handler:
+                        await self._call_group(session, group)
+                        group = None
+                    group = group or (route, [])
+                    group[1].append(event)
+                    continue
+                if group:
+                    await self._call_group(session, group)
+                    group = None
+                await self._call_fast(session, route, [event], span)
+        if group:
+            await self._call_group(session, group)
         if stale:
             await session.execute(
                 update(inbox_table)
@@ -370,6 +418,24 @@ class IdempotentConsumer:
         self.stats.duplicates += counts.duplicates
         self.stats.stale += counts.stale
         self.stats.ignored += counts.ignored
+
+    async def _call_group(self, session: AsyncSession, group: tuple[_Route, list[ReceivedEvent]]) -> None:
+        route, events = group
+        # One span for the call, linked to every event's trace (a span has one parent, a batch many).
+        links = [Link(trace.get_current_span(context_from(e.headers)).get_span_context()) for e in events]
+        span = tracer().start_span(f"{route.pattern} process batch", kind=SpanKind.CONSUMER, links=links)
+        span.set_attribute("messaging.batch.message_count", len(events))
+        with trace.use_span(span, end_on_exit=True):
+            await self._call_fast(session, route, events, span)
+
+    async def _call_fast(
+        self, session: AsyncSession, route: _Route, events: list[ReceivedEvent], span: Span
+    ) -> None:
+        try:
+            await route.call(session, self.name, list(events), attempt=1)
+        except Exception as exc:
+            span.record_exception(exc)
+            raise _HandlerFailed from exc
 
     def _inbox_row(self, event: ReceivedEvent, outcome: str) -> dict[str, Any]:
         return {
@@ -465,9 +531,7 @@ class IdempotentConsumer:
             raise _Duplicate
         if outcome == "applied":
             assert route is not None
-            await route.handler(
-                EventContext(event=event, session=session, consumer=self.name, attempt=attempt)
-            )
+            await route.call(session, self.name, [event], attempt)
         return outcome
 
     async def _advance_version(self, session: AsyncSession, event: ReceivedEvent) -> bool:

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.consumer import EventContext
+from outbox.consumer import BatchContext, EventContext
 from outbox.kafka import topic_prefix
 from outbox.relay import Relay, RelaySettings
 
@@ -136,4 +136,24 @@ async def record_effect(ctx: EventContext) -> None:
     """A handler whose effect is one row in `effects` (no unique key: applying twice shows as two rows)."""
     await ctx.session.execute(
         _RECORD_EFFECT, {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version}
+    )
+
+
+_RECORD_EFFECTS = text(
+    "INSERT INTO effects (consumer, event_id, aggregate_id, version, applied_at) "
+    "SELECT :c, unnest(CAST(:ids AS uuid[])), unnest(CAST(:aggs AS text[])), unnest(CAST(:vs AS bigint[])), "
+    "clock_timestamp()"
+)
+
+
+async def record_effects(ctx: BatchContext) -> None:
+    """The batch-handler form of `record_effect`: one statement for the whole run of events."""
+    await ctx.session.execute(
+        _RECORD_EFFECTS,
+        {
+            "c": ctx.consumer,
+            "ids": [e.id for e in ctx.events],
+            "aggs": [e.subject for e in ctx.events],
+            "vs": [e.version for e in ctx.events],
+        },
     )

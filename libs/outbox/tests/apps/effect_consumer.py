@@ -1,5 +1,8 @@
-"""A consumer process for crash tests: applies each event as one row in `effects` (no unique key there,
-so an event applied twice would show as two rows). Run: python effect_consumer.py DB_URL GROUP TOPIC [DELAY_S]"""
+"""A consumer process for crash tests and the bench: applies each event as one row in `effects` (no unique
+key there, so an event applied twice would show as two rows).
+
+    python effect_consumer.py DB_URL GROUP TOPIC [DELAY_S] [per-event|batch]
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,10 @@ import sys
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer
-from outbox.testing import record_effect
+from outbox.testing import record_effect, record_effects
 
 
-async def main(url: str, group: str, topic: str, delay_s: float) -> None:
+async def main(url: str, group: str, topic: str, delay_s: float, mode: str) -> None:
     engine = create_async_engine(url)
     consumer = IdempotentConsumer(
         group,
@@ -25,11 +28,15 @@ async def main(url: str, group: str, topic: str, delay_s: float) -> None:
         ),
     )
 
-    @consumer.handler("*", version_guard=False)
-    async def apply(ctx: EventContext) -> None:
-        await record_effect(ctx)
-        if delay_s:
-            await asyncio.sleep(delay_s)
+    if mode == "batch":
+        consumer.batch_handler("*", version_guard=False)(record_effects)
+    else:
+
+        @consumer.handler("*", version_guard=False)
+        async def apply(ctx: EventContext) -> None:
+            await record_effect(ctx)
+            if delay_s:
+                await asyncio.sleep(delay_s)
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, consumer.stop)
@@ -38,4 +45,13 @@ async def main(url: str, group: str, topic: str, delay_s: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 0.0))
+    args = sys.argv[1:]
+    asyncio.run(
+        main(
+            args[0],
+            args[1],
+            args[2],
+            float(args[3]) if len(args) > 3 else 0.0,
+            args[4] if len(args) > 4 else "per-event",
+        )
+    )
