@@ -21,8 +21,9 @@ from outbox import (
     Relay,
     RelaySettings,
 )
-from outbox.testing import TcpProxy, headers_of, read_topic, record_effect, wire
-from servicekit.testing import BrokerProcess, ServiceProcess, wait_until
+from outbox.testing import headers_of, read_topic, record_effect, wire
+from servicekit.testing import ServiceProcess, wait_until
+from tests.e2e.infra import BrokerBehindProxy
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -222,15 +223,10 @@ async def test_broker_unreachable_relay_retries_then_drains_without_loss(
     engine: AsyncEngine,
     writer: OutboxWriter,
     topic: str,
-    log_dir: Path,
 ) -> None:
-    broker = BrokerProcess(log_dir=log_dir, advertised_port=None)
-    proxy = TcpProxy("127.0.0.1", broker.port)
-    await proxy.start()
-    broker.advertised_port = proxy.port
-    broker.argv[broker.argv.index("--advertised-listener-url") + 1] = f"tcp://127.0.0.1:{proxy.port}"
-    broker.start()
-    bootstrap = f"127.0.0.1:{proxy.port}"
+    # A dedicated broker whose advertised address is a TCP proxy: every client connection goes through it.
+    broker = BrokerBehindProxy().start()
+    proxy, bootstrap = broker.proxy, broker.bootstrap
     relay = Relay(engine, RelaySettings(bootstrap=bootstrap, idle_poll_max_s=0.05, outage_backoff_max_s=1.0))
     task = asyncio.create_task(relay.run())
     written = 0
@@ -269,8 +265,7 @@ async def test_broker_unreachable_relay_retries_then_drains_without_loss(
     finally:
         relay.stop()
         await asyncio.wait_for(task, 60)
-        await proxy.close()
-        broker.kill()
+        broker.stop()
     assert {orjson_n(r.value) for r in records} == set(range(written)), "an event was lost"
     assert relay.stats.outages >= 2
 

@@ -50,64 +50,6 @@ def headers_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
     return {k: v.decode() for k, v in (record.headers or ())}
 
 
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 for fault injection: `cut()` drops every connection and refuses new ones
-    until `restore()`. Point clients (and the broker's advertised listener) at `port`."""
-
-    def __init__(self, upstream_host: str, upstream_port: int, port: int = 0) -> None:
-        self.upstream = (upstream_host, upstream_port)
-        self.port = port
-        self._server: asyncio.base_events.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
-        self._cut = False
-
-    async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._cut:
-            writer.close()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            writer.close()
-            return
-        self._links |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    if self._cut:
-                        break
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                dst.close()
-                self._links.discard(dst)
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def cut(self) -> None:
-        self._cut = True
-        for link in list(self._links):
-            link.close()
-        self._links.clear()
-
-    def restore(self) -> None:
-        self._cut = False
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 async def drain_outbox(engine: AsyncEngine, bootstrap: str, **settings: Any) -> Relay:
     """Publish every pending row once with a relay of the given settings; returns it (for its stats)."""
     relay = Relay(engine, RelaySettings(bootstrap=bootstrap, **settings))
