@@ -128,7 +128,8 @@ class RelaySettings:
     analyze_interval_s: float = 30.0
     outage_backoff_max_s: float = 5.0
     max_message_bytes: int = 1_048_576
-    linger_ms: int = 2
+    # 0: send at once; a batch still goes out together because sends queue while the previous is in flight.
+    linger_ms: int = 0
     compression: str | None = None
 
     @classmethod
@@ -143,6 +144,7 @@ class RelaySettings:
             cleanup_interval_s=float(_env("OUTBOX_CLEANUP_INTERVAL_S", "60")),
             max_message_bytes=int(_env("OUTBOX_MAX_MESSAGE_BYTES", "1048576")),
             compression=_env("OUTBOX_COMPRESSION", "") or None,
+            linger_ms=int(_env("OUTBOX_RELAY_LINGER_MS", "0")),
         )
 
 
