@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from outbox import OutboxWriter
 from outbox.tracing import setup_tracing
+from servicekit.auth import TokenVerifier
+from servicekit.db import Database
 from servicekit.errors import install_error_handlers
 from servicekit.limits import BodySizeLimitMiddleware
 
@@ -35,3 +38,22 @@ def create_service_app(
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
     return app
+
+
+def create_database_service_app(
+    *, name: str, routers: list[APIRouter], database_url: str, pool_size: int, max_body_bytes: int
+) -> FastAPI:
+    """A service that owns a database and verifies tokens: lifespan state `db` (Database with this
+    service's OutboxWriter) and `token_verifier`, both disposed on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        db = Database(database_url, OutboxWriter(source=name), pool_size=pool_size)
+        try:
+            async with TokenVerifier.from_settings() as verifier:
+                # Lifespan state: request.state.db and request.state.token_verifier in dependencies.
+                yield {"db": db, "token_verifier": verifier}
+        finally:
+            await db.dispose()
+
+    return create_service_app(name=name, routers=routers, lifespan=lifespan, max_body_bytes=max_body_bytes)

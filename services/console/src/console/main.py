@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 from fastapi import FastAPI
 
 from console.datasets.endpoints import router as datasets_router
 from console.documents.endpoints import router as documents_router
 from console.settings import Settings, get_settings
-from outbox import OutboxWriter
-from servicekit.app import create_service_app
-from servicekit.auth import TokenVerifier
-from servicekit.db import Database
+from servicekit.app import create_database_service_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        db = Database(settings.database_url, OutboxWriter(source="console"), pool_size=settings.db_pool_size)
-        try:
-            async with TokenVerifier.from_settings() as verifier:
-                # Lifespan state: request.state.db and request.state.token_verifier in dependencies.
-                yield {"db": db, "token_verifier": verifier}
-        finally:
-            await db.dispose()
-
-    return create_service_app(
+    return create_database_service_app(
         name="console",
         routers=[datasets_router, documents_router],
-        lifespan=lifespan,
+        database_url=settings.database_url,
+        pool_size=settings.db_pool_size,
         max_body_bytes=settings.max_body_bytes,
     )
