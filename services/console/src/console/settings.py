@@ -4,27 +4,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from servicekit.db import normalise_url
+from servicekit.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
+class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CONSOLE_", extra="ignore")
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/console"
-    host: str = "127.0.0.1"
     port: int = 8002
     max_body_bytes: int = 1_048_576
-    db_pool_size: int = 10
-    # Kafka consumer group and inbox key of `python -m console.consumer`.
     consumer_name: str = "console"
-
-    @field_validator("database_url")
-    @classmethod
-    def _normalise(cls, value: str) -> str:
-        return normalise_url(value)
 
 
 @lru_cache
