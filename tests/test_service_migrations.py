@@ -27,7 +27,7 @@ def alembic(service: str, url: str, *args: str) -> subprocess.CompletedProcess[s
 
 @pytest.mark.parametrize("service", ["auth", "console", "indexer"])
 def test_migrations_match_models_and_downgrade_cleanly(service: str) -> None:
-    url = recreate_database(f"{service}_migrations_check")
+    url = recreate_database(f"{service}_migrations_check_{os.environ['TEST_RUN_ID']}")
     upgraded = alembic(service, url, "upgrade", "head")
     assert upgraded.returncode == 0, upgraded.stderr
     check = alembic(service, url, "check")

@@ -16,7 +16,7 @@ from outbox.kafka import bootstrap_from_env
 from outbox.testing import EFFECTS_DDL
 from servicekit.testing import recreate_database
 
-DB_NAME = os.environ.get("OUTBOX_TEST_DB", "outbox_lib_test")
+DB_NAME = os.environ.get("OUTBOX_TEST_DB", f"outbox_lib_test_{os.environ['TEST_RUN_ID']}")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
@@ -11,7 +13,7 @@ from servicekit.testing import recreate_database
 
 
 def test_versioned_ddl_matches_metadata() -> None:
-    url = recreate_database("outbox_lib_migrations_test")
+    url = recreate_database(f"outbox_lib_migrations_test_{os.environ['TEST_RUN_ID']}")
     engine = create_engine(url)
     try:
         with engine.begin() as conn:

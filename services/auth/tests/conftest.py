@@ -1,7 +1,9 @@
-"""Fixtures on real infrastructure: a fresh `auth_svc_test` database with the migrations applied, a Redis key
+"""Fixtures on real infrastructure: a fresh `auth_svc_test_<run>` database with the migrations applied, a Redis key
 prefix of our own (deleted at the end), auth served by uvicorn in its own process, and the verifier app."""
 
 from __future__ import annotations
+
+import os
 
 import sys
 import uuid
@@ -32,7 +34,7 @@ from servicekit.db import make_engine
 from servicekit.testing import HttpService, recreate_database, run_migrations
 
 AUTH_DIR = Path(__file__).resolve().parents[1]
-TEST_DATABASE = "auth_svc_test"
+TEST_DATABASE = f"auth_svc_test_{os.environ['TEST_RUN_ID']}"
 
 
 @pytest.fixture(scope="session")
