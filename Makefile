@@ -4,7 +4,7 @@ PY_BOOT ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: setup stack migrate run test test-fast e2e chaos bench consistency lint fmt down status e2e-docker
+.PHONY: setup stack migrate run test test-fast e2e chaos bench bench-peers consistency lint fmt down status e2e-docker
 
 $(CURDIR)/.tools/bin/uv:
 	$(PY_BOOT) -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -32,6 +32,9 @@ e2e: stack
 
 bench: stack  ## relay drain rate and commit->applied latency -> bench/results/latest.json
 	$(RUN) python bench/run.py
+
+bench-peers: stack  ## libs/outbox vs faststream-outbox, same PostgreSQL and broker -> bench/results/peers.json
+	$(RUN) --group peers python -m bench.peers.run
 
 lint: setup
 	$(RUN) ruff check .
