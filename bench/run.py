@@ -121,11 +121,23 @@ async def bench_drain() -> dict[str, Any]:
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
     proc.terminate()
+    # Timed by the database: published_at is each batch's transaction time, so rows after the first batch
+    # over first-to-last batch time excludes the relay process's start-up (imports, connections, metadata).
+    async with engine.connect() as conn:
+        after_first, span = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE published_at > (SELECT min(published_at) FROM outbox)),"
+                    " extract(epoch FROM max(published_at) - min(published_at)) FROM outbox"
+                )
+            )
+        ).one()
     await engine.dispose()
     return {
         "events": DRAIN_EVENTS,
-        "seconds": round(elapsed, 3),
-        "events_per_s": round(DRAIN_EVENTS / elapsed),
+        "seconds": round(float(span), 3),
+        "events_per_s": round(after_first / float(span)),
+        "wall_seconds_including_start_up": round(elapsed, 3),
     }
 
 
