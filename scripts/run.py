@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
+
+STATE = Path(os.environ.get("STACK_DIR", Path(__file__).resolve().parent.parent / ".stack"))
 
 COLORS = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96]
 GRACE_SECONDS = 10.0
@@ -37,6 +40,21 @@ async def pump(name: str, color: int, width: int, stream: asyncio.StreamReader) 
         sys.stdout.flush()
 
 
+def local_environment() -> dict[str, str]:
+    """`make run` is a local run: auth in explicit local mode with a random key-encryption key generated once
+    and kept in the stack directory (0600), so the signing keys stored by earlier runs still decrypt.
+    Outside `make run` auth defaults to production and refuses to start without a real key."""
+    key_file = STATE / "auth-key-encryption-key"
+    if not key_file.exists():
+        STATE.mkdir(parents=True, exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(secrets.token_urlsafe(32))
+    return {
+        "AUTH_ENVIRONMENT": os.environ.get("AUTH_ENVIRONMENT", "local"),
+        "AUTH_KEY_ENCRYPTION_KEY": os.environ.get("AUTH_KEY_ENCRYPTION_KEY") or key_file.read_text().strip(),
+    }
+
+
 async def main(procfile: Path) -> int:
     procs = parse(procfile)
     width = max(len(n) for n, _ in procs)
@@ -46,6 +64,7 @@ async def main(procfile: Path) -> int:
         loop.add_signal_handler(sig, stop.set)
     children: dict[str, asyncio.subprocess.Process] = {}
     pumps = []
+    env = {**os.environ, **local_environment(), "PYTHONUNBUFFERED": "1"}
     for i, (name, cmd) in enumerate(procs):
         proc = await asyncio.create_subprocess_exec(
             "bash",
@@ -54,7 +73,7 @@ async def main(procfile: Path) -> int:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
         )
         children[name] = proc
         assert proc.stdout is not None

@@ -4,7 +4,6 @@ prefix of our own (deleted at the end), auth served by uvicorn in its own proces
 from __future__ import annotations
 
 import os
-
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator

@@ -1,4 +1,8 @@
-"""Settings from the environment (prefix AUTH_). Secrets that are obviously defaults are refused outside local."""
+"""Settings from the environment (prefix AUTH_).
+
+Production is the default: a missing, default or short AUTH_KEY_ENCRYPTION_KEY stops the service at start-up.
+Only an explicit AUTH_ENVIRONMENT=local (which `make run` sets, with a key it generates) tolerates one.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,23 @@ _OBVIOUS_SECRETS = {DEFAULT_SECRET, "secret", "changeme", "password", "test", ""
 MIN_SECRET_LENGTH = 32
 
 
-class Settings(BaseSettings):
+class DatabaseSettings(BaseSettings):
+    """What the migrations need: the database, and nothing secret."""
+
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
 
-    environment: Literal["local", "test", "production"] = "local"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/auth"
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_db_url(cls, value: str) -> str:
+        return normalise_url(value)
+
+
+class Settings(DatabaseSettings):
+    environment: Literal["local", "test", "production"] = "production"
     port: int = 8001
     log_level: str = "INFO"
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/auth"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key auth writes starts with this (the verifiers in other services read the same prefix).
     redis_prefix: str = "auth:"
@@ -62,11 +76,6 @@ class Settings(BaseSettings):
             seconds=self.access_token_ttl_seconds + self.key_cache_seconds + self.clock_leeway_seconds
         )
 
-    @field_validator("database_url")
-    @classmethod
-    def _normalise_db_url(cls, value: str) -> str:
-        return normalise_url(value)
-
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         secret = self.key_encryption_key.get_secret_value()
@@ -74,8 +83,9 @@ class Settings(BaseSettings):
         if weak:
             if self.environment != "local":
                 raise ValueError(
-                    f"AUTH_KEY_ENCRYPTION_KEY is a default or shorter than {MIN_SECRET_LENGTH} characters; "
-                    "set a random value (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                    f"AUTH_KEY_ENCRYPTION_KEY is missing, a default or shorter than {MIN_SECRET_LENGTH} characters "
+                    f"(AUTH_ENVIRONMENT={self.environment}); set a random value (e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'`), or AUTH_ENVIRONMENT=local for a throwaway local run"
                 )
             log.warning("AUTH_KEY_ENCRYPTION_KEY is a default value: acceptable for local runs only")
         return self
