@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,22 +182,62 @@ def up() -> None:
     ensure_broker()
 
 
+def _stop(pid: int, *, group: bool) -> None:
+    """SIGTERM (the whole process group when `group`), then SIGKILL after 5 s."""
+    kill = os.killpg if group else os.kill
+    try:
+        kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def run_processes() -> list[tuple[str, int, bool]]:
+    """What `make run` recorded (scripts/run.py): (name, pid, still the same process and alive)."""
+    found = []
+    for pidfile in sorted((STATE / "run").glob("*.pid")) if (STATE / "run").is_dir() else ():
+        pid_text, _, started = pidfile.read_text().strip().partition(" ")
+        pid = int(pid_text or 0)
+        found.append((pidfile.stem, pid, bool(pid) and _start_time(pid) == started))
+    return found
+
+
 def down() -> None:
     if not STATE.is_dir():
         log("nothing recorded: nothing to stop")
         return
+    # What `make run` started first: the runner (it stops its children), then any child group still alive.
+    processes = sorted(run_processes(), key=lambda p: p[0] != "runner")
+    for name, pid, alive in processes:
+        if alive:
+            _stop(pid, group=name != "runner")
+            log(f"stopped {name} (pid {pid})")
+        (STATE / "run" / f"{name}.pid").unlink(missing_ok=True)
     for pidfile in sorted(STATE.glob("*.pid")):
         pid = int(pidfile.read_text().strip() or 0)
-        try:
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _stop(pid, group=False)
         pidfile.unlink()
         log(f"stopped {pidfile.stem} (pid {pid})")
+
+
+def _http(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except OSError as exc:
+        return f"no answer ({exc.__class__.__name__})"
 
 
 def status() -> None:
@@ -206,6 +248,21 @@ def status() -> None:
         (f"broker {BROKER}", port_open(host, int(port))),
     ):
         log(f"{name}: {'up' if ok else 'down'}")
+    processes = run_processes()
+    if not processes:
+        log("make run: not running")
+        return
+    for name, pid, alive in processes:
+        log(f"process {name:<17} pid {pid:<8} {'running' if alive else 'gone'}")
+    env = os.environ.get
+    for name, url in (
+        ("gateway", f"http://127.0.0.1:{env('GATEWAY_PORT', '8000')}/gateway/healthz"),
+        ("auth via gateway", f"http://127.0.0.1:{env('GATEWAY_PORT', '8000')}/auth/.well-known/jwks.json"),
+        ("auth", f"http://127.0.0.1:{env('AUTH_PORT', '8001')}/healthz"),
+        ("console", f"http://127.0.0.1:{env('CONSOLE_PORT', '8002')}/healthz"),
+        ("indexer", f"http://127.0.0.1:{env('INDEXER_PORT', '8003')}/healthz"),
+    ):
+        log(f"{name:<25} {url:<55} {_http(url)}")
 
 
 if __name__ == "__main__":

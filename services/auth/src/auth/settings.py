@@ -37,6 +37,7 @@ class DatabaseSettings(BaseSettings):
 
 class Settings(DatabaseSettings):
     environment: Literal["local", "test", "production"] = "production"
+    host: str = "127.0.0.1"
     port: int = 8001
     log_level: str = "INFO"
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import uvicorn
-
 from indexer.settings import get_settings
+from servicekit.serve import serve
 
 if __name__ == "__main__":
     settings = get_settings()
-    uvicorn.run("indexer.main:create_app", factory=True, host=settings.host, port=settings.port)
+    serve("indexer.main:create_app", host=settings.host, port=settings.port)

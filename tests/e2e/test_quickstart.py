@@ -1,0 +1,234 @@
+"""The README's front door, as a new user meets it: a fresh clone, `make run` with no `uv` on PATH, the
+README's quick-start block run as-is through the gateway, and nothing left behind when the runner stops,
+however it stops (SIGTERM, or SIGKILL where no handler runs).
+
+Isolated through the environment: its own ports, databases, consumer groups, Redis prefix and topic
+namespace, so it cannot collide with anything else on the machine. It clones the repository's HEAD: commit
+what you want it to see.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from servicekit.testing import free_port
+from tests.e2e.infra.broker import poll_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAY_ERROR = "too many requests from this address"
+# What a shell on this machine has (CA bundles, package-index settings...) minus what this test run or its
+# `uv run` put there, and minus any service setting: the clone gets only the isolation below.
+DROPPED_PREFIXES = (
+    "VIRTUAL_ENV",
+    "UV_",
+    "PYTHON",
+    "AUTH_",
+    "CONSOLE_",
+    "INDEXER_",
+    "OUTBOX_",
+    "GATEWAY_",
+    "PYTEST",
+)
+
+
+def quickstart_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(
+        r"<!-- quickstart:begin -->\s*```bash\n(.*?)```\s*<!-- quickstart:end -->", readme, re.S
+    )
+    assert block, "README.md lost its quick-start block"
+    return block.group(1)
+
+
+def path_without_uv() -> str:
+    return os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep) if d and not (Path(d) / "uv").exists()
+    )
+
+
+def processes_under(directory: Path) -> list[str]:
+    """Every live process whose working directory is inside `directory`: what `make run` there started."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (cwd == str(directory) or cwd.startswith(f"{directory}/")):
+            found.append(f"{proc.name} {cmdline}")
+    return found
+
+
+@dataclass
+class Clone:
+    directory: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+    logs: Path
+    runs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def make_run(self) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"make-run-{len(self.runs)}.log", "wb")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
+            ["make", "run"],
+            cwd=self.directory,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.runs.append(proc)
+        return proc
+
+    def log_tail(self) -> str:
+        logs = sorted(self.logs.glob("make-run-*.log"))
+        return logs[-1].read_text(errors="replace")[-6000:] if logs else ""
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        checks = [
+            f"{self.url('gateway')}/gateway/healthz",
+            f"{self.url('gateway')}/auth/.well-known/jwks.json",
+            f"{self.url('console')}/healthz",
+            f"{self.url('indexer')}/healthz",
+        ]
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"make run exited with {proc.returncode}:\n{self.log_tail()}")
+            try:
+                return all(httpx.get(url, timeout=2).status_code == 200 for url in checks)
+            except httpx.HTTPError:
+                return False
+
+        poll_until(ready, timeout=timeout, what="make run to answer through the gateway", interval=0.5)
+
+    def runner_pid(self) -> int:
+        return int((self.directory / ".stack" / "run" / "runner.pid").read_text().split()[0])
+
+    def assert_nothing_left(self, timeout: float = 30) -> None:
+        try:
+            poll_until(
+                lambda: not processes_under(self.directory), timeout=timeout, what="every process to end"
+            )
+        except TimeoutError as exc:
+            raise AssertionError(f"left behind: {processes_under(self.directory)}") from exc
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
+    if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists() and os.geteuid() != 0:
+        pytest.fail("nginx is missing and cannot be installed without root: install Debian's nginx")
+    base = tmp_path_factory.mktemp("quickstart")
+    directory = base / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(directory)], check=True)
+    run = uuid.uuid4().hex[:8]
+    ports = {name: free_port() for name in ("gateway", "auth", "console", "indexer")}
+    pg = f"{os.environ.get('PGUSER', 'postgres')}@{os.environ.get('PGHOST', '127.0.0.1')}:{os.environ.get('PGPORT', '5432')}"
+    databases = {name: f"quickstart_{run}_{name}" for name in ("auth", "console", "indexer")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_PREFIXES)}
+    env |= {
+        "PATH": path_without_uv(),
+        "OUTBOX_TOPIC_PREFIX": os.environ.get("OUTBOX_TOPIC_PREFIX", f"run-{run}."),
+        "GATEWAY_PORT": str(ports["gateway"]),
+        "AUTH_PORT": str(ports["auth"]),
+        "CONSOLE_PORT": str(ports["console"]),
+        "INDEXER_PORT": str(ports["indexer"]),
+        "STACK_DATABASES": " ".join(databases.values()),
+        **{
+            f"{name.upper()}_DATABASE_URL": f"postgresql+psycopg://{pg}/{db}"
+            for name, db in databases.items()
+        },
+        "AUTH_JWKS_URL": f"http://127.0.0.1:{ports['auth']}/auth/.well-known/jwks.json",
+        "AUTH_REDIS_PREFIX": f"quickstart-{run}:",
+        "CONSOLE_CONSUMER_NAME": f"quickstart-{run}-console",
+        "INDEXER_CONSUMER_NAME": f"quickstart-{run}-indexer",
+        # Small enough to show which address auth counts, large enough for the quick start's own login.
+        "AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS": "3",
+    }
+    c = Clone(directory, env, ports, base)
+    try:
+        yield c
+    finally:
+        for proc in c.runs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["make", "down"], cwd=directory, env=env, capture_output=True, timeout=120)
+
+
+def test_make_run_then_the_readme_quick_start_through_the_gateway(clone: Clone) -> None:
+    proc = clone.make_run()
+    clone.wait_ready(proc, timeout=600)  # the first run installs uv and the environment
+
+    script = quickstart_block().replace("GW=http://localhost:8000", f"GW={clone.url('gateway')}")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=180, env=clone.env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + clone.log_tail()
+    assert "search finds" in done.stdout and "search no longer finds" in done.stdout, done.stdout
+
+    # The gateway's own errors are JSON in the services' shape, and it sets a request id.
+    unknown = httpx.get(f"{clone.url('gateway')}/nowhere")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert re.fullmatch(r"[0-9a-f]{32}", unknown.headers["x-request-id"])
+    echoed = httpx.get(
+        f"{clone.url('gateway')}/auth/.well-known/jwks.json", headers={"X-Request-ID": "abc-123"}
+    )
+    assert echoed.headers["x-request-id"] == "abc-123"
+    too_big = httpx.post(f"{clone.url('gateway')}/console/api/datasets", content=b"x" * (1024 * 1024 + 1))
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large"
+
+    # A forged X-Forwarded-For changes nothing: auth counts every attempt against the connection's address
+    # (3 allowed here), whether the request came through the gateway or straight to the service.
+    def failed_login(base: str, i: int) -> httpx.Response:
+        return httpx.post(
+            f"{base}/auth/api/login",
+            json={"email": f"nobody-{i}@example.com", "password": "wrong password 1"},
+            headers={"X-Forwarded-For": f"198.51.100.{i}"},
+        )
+
+    assert [failed_login(clone.url("gateway"), i).status_code for i in range(3)] == [401, 401, 401]
+    blocked = failed_login(clone.url("gateway"), 3)
+    assert blocked.status_code == 429 and GATEWAY_ERROR not in blocked.text, blocked.text  # auth's own 429
+    direct = failed_login(clone.url("auth"), 4)
+    assert direct.status_code == 429, direct.text
+
+    os.kill(clone.runner_pid(), signal.SIGTERM)
+    assert proc.wait(timeout=60) is not None
+    clone.assert_nothing_left()
+
+
+def test_a_sigkilled_runner_takes_every_child_with_it_and_make_run_starts_again(clone: Clone) -> None:
+    proc = clone.make_run()
+    clone.wait_ready(proc, timeout=300)
+    os.kill(clone.runner_pid(), signal.SIGKILL)
+    proc.wait(timeout=60)
+    clone.assert_nothing_left()
+
+    again = clone.make_run()
+    clone.wait_ready(again, timeout=300)
+    assert httpx.get(f"{clone.url('gateway')}/gateway/healthz").json() == {"status": "ok"}
+    subprocess.run(
+        ["make", "down"], cwd=clone.directory, env=clone.env, check=True, capture_output=True, timeout=120
+    )
+    again.wait(timeout=60)
+    clone.assert_nothing_left()
