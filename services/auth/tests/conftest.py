@@ -19,8 +19,11 @@ sys.path.insert(0, str(Path(__file__).parent))  # auth_testkit, with --import-mo
 from auth_testkit import (
     KEY_ENCRYPTION_KEY,
     LOGIN_WINDOW_SECONDS,
+    MAX_FAILURES_PER_ACCOUNT,
     MAX_FAILURES_PER_ADDRESS,
     REDIS_URL,
+    REFRESH_REUSE_GRACE_SECONDS,
+    RESET_MAX_ATTEMPTS_PER_ACCOUNT,
     Forger,
     Secrets,
     VerifierApp,
@@ -67,6 +70,12 @@ def auth_env(database_url: str, redis_prefix: str) -> dict[str, str]:
         "AUTH_ACCESS_TOKEN_TTL_SECONDS": "60",
         "AUTH_LOGIN_WINDOW_SECONDS": str(LOGIN_WINDOW_SECONDS),
         "AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS": str(MAX_FAILURES_PER_ADDRESS),
+        "AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT": str(MAX_FAILURES_PER_ACCOUNT),
+        "AUTH_RESET_MAX_ATTEMPTS_PER_ACCOUNT": str(RESET_MAX_ATTEMPTS_PER_ACCOUNT),
+        "AUTH_REFRESH_REUSE_GRACE_SECONDS": str(REFRESH_REUSE_GRACE_SECONDS),
+        # The suite registers hundreds of accounts from one address; test_security sets its own limits.
+        "AUTH_REGISTER_MAX_PER_ADDRESS": "100000",
+        "AUTH_RESET_MAX_REQUESTS_PER_ADDRESS": "100000",
         # Cheaper Argon2id keeps the suite quick; the parameters are still Argon2id's, from settings.
         "AUTH_ARGON2_MEMORY_COST_KIB": "19456",
         "AUTH_ARGON2_TIME_COST": "2",

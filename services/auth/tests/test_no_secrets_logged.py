@@ -57,7 +57,7 @@ async def test_no_secret_reaches_logs_or_error_bodies(
             payload = (
                 await conn.execute(
                     select(outbox_table.c.payload)
-                    .where(outbox_table.c.event_type == "auth.account.password_reset_requested")
+                    .where(outbox_table.c.event_type == "auth.mail.password_reset_code")
                     .where(outbox_table.c.aggregate_id == session.account_id)
                 )
             ).scalar_one()

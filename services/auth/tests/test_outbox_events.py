@@ -7,13 +7,16 @@ import uuid
 
 import httpx
 import pytest
-from auth_testkit import Secrets, register, strong_password, unique_email
+from auth_testkit import REDIS_URL, Secrets, register, strong_password, unique_email
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth.accounts.service import AccountService
 from auth.models import Account
 from auth.passwords import PasswordHasher
+from auth.settings import Settings
+from auth.throttle import Throttle
 from outbox import OutboxWriter, outbox_table
 from servicekit.db import Database
 
@@ -55,15 +58,21 @@ async def test_rolled_back_transaction_leaves_neither_account_nor_event(
 ) -> None:
     db = Database(database_url, OutboxWriter(source="auth"), pool_size=1)
     hasher = PasswordHasher(time_cost=1, memory_cost_kib=8192, parallelism=1, concurrency=1)
+    redis = Redis.from_url(REDIS_URL)
+    throttle = Throttle(redis, f"test-{uuid.uuid4().hex[:8]}:")
+    settings = Settings(environment="local", database_url=database_url)
     email = unique_email("rollback")
     try:
         with pytest.raises(RuntimeError, match="after the write"):
             async with db.unit_of_work() as uow:
-                await AccountService(uow, hasher).register(email=email, password=strong_password(), name="R")
+                await AccountService(uow, hasher, throttle, settings).register(
+                    email=email, password=strong_password(), name="R", client_address="10.0.0.1"
+                )
                 await uow.flush_events()  # the event row exists inside the transaction...
                 raise RuntimeError("crash after the write")
     finally:
         await db.dispose()
+        await redis.aclose()
     # ...and vanished with it, like the account.
     assert await registered_events(engine, email) == []
     async with engine.connect() as conn:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import ClassVar
 
 from pydantic import BaseModel
@@ -34,18 +33,6 @@ class AccountRegistered(AccountEvent):
     TYPE: ClassVar[str] = "auth.account.registered"
 
     name: str
-
-
-class PasswordResetRequested(AccountEvent):
-    """For the mail sender. Carries the raw code on purpose (see services/auth/README.md): it is single-use,
-    attempt-limited and dead after `expires_at`, so the copy in the log is worthless soon after delivery."""
-
-    TYPE: ClassVar[str] = "auth.account.password_reset_requested"
-
-    name: str
-    reset_id: uuid.UUID
-    code: str
-    expires_at: datetime
 
 
 class PasswordChanged(AccountEvent):

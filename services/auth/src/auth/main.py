@@ -6,6 +6,7 @@ shutdown. The token verifier is the shared `servicekit.auth` one, fed by the loc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from auth.deps import State
 from auth.keys.crypto import CodeHasher, KeyCipher
 from auth.keys.endpoints import router as keys_router
 from auth.keys.service import Keyring
+from auth.mail import scrub_published_mail
 from auth.password_reset.endpoints import router as reset_router
 from auth.passwords import PasswordHasher
 from auth.sessions.endpoints import router as sessions_router
@@ -46,7 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         db = Database(settings.database_url, OutboxWriter(source="auth"))
-        redis = Redis.from_url(settings.redis_url)
+        timeout = settings.redis_timeout_seconds  # a hung Redis fails requests (503), it does not hang them
+        redis = Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        scrubber = asyncio.create_task(scrub_published_mail(db, settings.mail_scrub_interval_seconds))
         try:
             secret = settings.key_encryption_key.get_secret_value()
             keyring = Keyring(db.sessions, KeyCipher(secret), cache_seconds=settings.key_cache_seconds)
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     memory_cost_kib=settings.argon2_memory_cost_kib,
                     parallelism=settings.argon2_parallelism,
                     concurrency=settings.hash_concurrency,
+                    queue_limit=settings.hash_queue_limit,
                 ),
                 codes=CodeHasher(secret),
                 throttle=Throttle(redis, settings.redis_prefix),
@@ -76,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
             )
         finally:
+            scrubber.cancel()
             await redis.aclose()
             await db.dispose()
             log.info("auth stopped: database and Redis connections closed")

@@ -55,20 +55,39 @@ class Settings(DatabaseSettings):
     # How long a process trusts its in-memory keyring before rereading signing keys from the database.
     key_cache_seconds: float = Field(default=30.0, gt=0)
 
+    # Login attempts are counted per (account, address), so a stranger's guesses lock only the stranger out;
+    # an account-wide ceiling bounds guessing from many addresses, and its lockout lasts one window at most.
     login_window_seconds: float = Field(default=300.0, gt=0)
     login_max_failures: int = Field(default=5, ge=1)
+    login_max_failures_per_account: int = Field(default=100, ge=1)
     login_max_failures_per_address: int = Field(default=50, ge=1)
 
+    register_window_seconds: float = Field(default=900.0, gt=0)
+    register_max_per_address: int = Field(default=10, ge=1)
+
     reset_code_ttl_seconds: int = Field(default=900, ge=60)
+    # Wrong codes per (account, address); an account-wide ceiling then cancels the open codes.
     reset_max_attempts: int = Field(default=5, ge=1)
+    reset_max_attempts_per_account: int = Field(default=20, ge=1)
     reset_window_seconds: float = Field(default=900.0, gt=0)
     reset_max_requests: int = Field(default=3, ge=1)
+    reset_max_requests_per_address: int = Field(default=10, ge=1)
+    # Published mail events (they carry one-time codes) lose the code this often, once relayed.
+    mail_scrub_interval_seconds: float = Field(default=30.0, gt=0)
+
+    # Refresh: a session lives at most this long however often it is refreshed; a refresh token used twice
+    # within the grace (two tabs racing) is refused without revoking the session.
+    session_absolute_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    refresh_reuse_grace_seconds: float = Field(default=10.0, ge=0)
 
     # Argon2id cost (argon2-cffi defaults: RFC 9106 low-memory profile) and how many hashes run at once.
     argon2_time_cost: int = 3
     argon2_memory_cost_kib: int = 65536
     argon2_parallelism: int = 4
     hash_concurrency: int = Field(default=4, ge=1)
+    # Requests waiting for a hash slot beyond this answer 503 at once: a flood cannot queue without bound.
+    hash_queue_limit: int = Field(default=32, ge=1)
+    redis_timeout_seconds: float = Field(default=2.0, gt=0)
 
     @property
     def retired_key_grace(self) -> timedelta:

@@ -72,8 +72,12 @@ class Throttle:
         if wait_ms > 0:
             raise TooManyRequests(message, retry_after=math.ceil(wait_ms / 1000))
 
-    async def release(self, key: str) -> None:
-        await self._release(keys=[key])
+    async def release(self, *keys: str) -> None:
+        for key in keys:
+            await self._release(keys=[key])
+
+    async def count(self, key: str) -> int:
+        return int(await self.redis.get(key) or 0)
 
     async def clear(self, key: str) -> None:
         await self.redis.delete(key)

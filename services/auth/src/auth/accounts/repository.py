@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,12 +14,16 @@ class AccountRepository:
         self.session = session
 
     async def get(self, account_id: uuid.UUID, *, for_update: bool = False) -> Account | None:
-        stmt = select(Account).where(Account.id == account_id)
-        return await self.session.scalar(stmt.with_for_update() if for_update else stmt)
+        return await self._one(select(Account).where(Account.id == account_id), for_update)
 
     async def get_by_email(self, email: str, *, for_update: bool = False) -> Account | None:
-        stmt = select(Account).where(Account.email == email)
-        return await self.session.scalar(stmt.with_for_update() if for_update else stmt)
+        return await self._one(select(Account).where(Account.email == email), for_update)
+
+    async def _one(self, stmt: Select[tuple[Account]], for_update: bool) -> Account | None:
+        if for_update:
+            # A locked read must see the row as it is now, not the copy this session loaded earlier.
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        return await self.session.scalar(stmt)
 
     async def add(self, account: Account) -> bool:
         """Insert; False when the email is taken (the savepoint keeps the transaction usable)."""

@@ -31,6 +31,8 @@ class RegisterRequest(RequestModel):
         value = value.strip()
         if not value:
             raise ValueError("name must not be blank")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):  # CR/LF would reach mail headers
+            raise ValueError("name must not contain control characters (line breaks, tabs, NUL)")
         return value
 
 

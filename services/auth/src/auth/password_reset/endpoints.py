@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, status
 
-from auth.deps import CodesDep, HasherDep, SettingsDep, ThrottleDep, UowDep
+from auth.deps import ClientAddress, CodesDep, HasherDep, SettingsDep, ThrottleDep, UowDep
 from auth.password_reset.schemas import Accepted, ResetConfirm, ResetRequest
 from auth.password_reset.service import PasswordResetService
 from auth.sessions.endpoints import get_service as get_session_service
@@ -30,13 +30,18 @@ Service = Annotated[PasswordResetService, Depends(get_service)]
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
-async def request_reset(body: ResetRequest, service: Service) -> Accepted:
+async def request_reset(body: ResetRequest, service: Service, address: ClientAddress) -> Accepted:
     """Always 202: whether the email has an account is not revealed."""
-    await service.request(body.email)
+    await service.request(body.email, address)
     return Accepted()
 
 
 @router.post("/confirm", status_code=status.HTTP_204_NO_CONTENT)
-async def confirm_reset(body: ResetConfirm, service: Service) -> None:
+async def confirm_reset(body: ResetConfirm, service: Service, address: ClientAddress) -> None:
     """Sets the new password and revokes every session of the account."""
-    await service.confirm(email=body.email, code=body.code, new_password=body.new_password.get_secret_value())
+    await service.confirm(
+        email=body.email,
+        code=body.code,
+        new_password=body.new_password.get_secret_value(),
+        client_address=address,
+    )

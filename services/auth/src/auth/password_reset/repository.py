@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -14,7 +15,7 @@ class PasswordResetRepository:
         self.session = session
 
     async def invalidate_open(self, account_id: uuid.UUID, now: datetime) -> None:
-        """A new code supersedes older ones: only the latest mail works."""
+        """Cancel every open code (the account-wide guessing ceiling was reached)."""
         await self.session.execute(
             update(PasswordReset)
             .where(
@@ -29,8 +30,10 @@ class PasswordResetRepository:
         self.session.add(reset)
         await self.session.flush()
 
-    async def open_for_update(self, account_id: uuid.UUID, now: datetime) -> PasswordReset | None:
-        return await self.session.scalar(
+    async def open_for_update(self, account_id: uuid.UUID, now: datetime) -> Sequence[PasswordReset]:
+        """Every unexpired, unused code of the account (a new request does not cancel older ones, so a
+        stranger cannot keep cancelling the owner's codes; the request limit bounds how many are open)."""
+        rows = await self.session.scalars(
             select(PasswordReset)
             .where(
                 PasswordReset.account_id == account_id,
@@ -39,6 +42,6 @@ class PasswordResetRepository:
                 PasswordReset.expires_at > now,
             )
             .order_by(PasswordReset.created_at.desc())
-            .limit(1)
             .with_for_update()
         )
+        return rows.all()

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from auth.accounts.repository import AccountRepository
 from auth.errors import InvalidResetCode
-from auth.events import PasswordChanged, PasswordResetRequested
+from auth.events import PasswordChanged
 from auth.keys.crypto import CodeHasher
+from auth.mail import PasswordResetCode
 from auth.models import PasswordReset
 from auth.password_reset.repository import PasswordResetRepository
 from auth.passwords import PasswordHasher
@@ -44,11 +45,17 @@ class PasswordResetService:
         self.accounts = AccountRepository(uow.session)
         self.resets = PasswordResetRepository(uow.session)
 
-    async def request(self, email: str) -> None:
-        """Same answer whether or not the account exists; the code only travels in the event."""
+    async def request(self, email: str, client_address: str) -> None:
+        """Same answer whether or not the account exists; the code only travels on the mail topic."""
         s = self.settings
         await self.throttle.reserve(
-            [Limit(self.throttle.key("reset-request", email), s.reset_max_requests)],
+            [
+                Limit(self.throttle.key("reset-request", email), s.reset_max_requests),
+                Limit(
+                    self.throttle.key("reset-request-address", client_address),
+                    s.reset_max_requests_per_address,
+                ),
+            ],
             window_seconds=s.reset_window_seconds,
             message="too many reset requests, retry later",
         )
@@ -56,7 +63,6 @@ class PasswordResetService:
         if account is None:
             return
         now = datetime.now(UTC)
-        await self.resets.invalidate_open(account.id, now)
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
         reset = PasswordReset(
             id=uuid.uuid4(),
@@ -68,11 +74,10 @@ class PasswordResetService:
         reset.code_hash = self.codes.digest(reset.id.bytes, code)
         await self.resets.add(reset)
         self.uow.emit(
-            PasswordResetRequested(
+            PasswordResetCode(
                 account_id=account.id,
                 email=account.email,
                 name=account.name,
-                version=account.version,
                 reset_id=reset.id,
                 code=code,
                 expires_at=reset.expires_at,
@@ -80,18 +85,33 @@ class PasswordResetService:
         )
         log.info("password reset %s requested for account %s", reset.id, account.id)
 
-    async def confirm(self, *, email: str, code: str, new_password: str) -> None:
+    async def confirm(self, *, email: str, code: str, new_password: str, client_address: str) -> None:
+        s = self.settings
+        # Wrong codes count per (account, address): a stranger's guesses block only the stranger. The
+        # account-wide ceiling bounds guessing from many addresses (20 of 10^8 codes) and then cancels the
+        # open codes: the owner requests a new one.
+        pair_key = self.throttle.key("reset-guess", f"{email}|{client_address}")
+        account_key = self.throttle.key("reset-guess-account", email)
+        await self.throttle.reserve(
+            [Limit(pair_key, s.reset_max_attempts), Limit(account_key, s.reset_max_attempts_per_account)],
+            window_seconds=s.reset_code_ttl_seconds,
+            message="too many wrong reset codes, retry later",
+        )
         now = datetime.now(UTC)
         account = await self.accounts.get_by_email(email, for_update=True)
-        reset = await self.resets.open_for_update(account.id, now) if account else None
+        resets = await self.resets.open_for_update(account.id, now) if account else []
+        reset = next((r for r in resets if self.codes.matches(r.id.bytes, code, r.code_hash)), None)
         if account is None or reset is None:
-            raise InvalidResetCode()
-        if not self.codes.matches(reset.id.bytes, code, reset.code_hash):
-            reset.attempts += 1
-            if reset.attempts >= self.settings.reset_max_attempts:
-                reset.invalidated_at = now  # guessing budget spent: a new code must be requested
-            log.info("wrong reset code for reset %s (attempt %d)", reset.id, reset.attempts)
-            raise InvalidResetCode()  # commits the attempt count (CommitsChanges)
+            for open_reset in resets:
+                open_reset.attempts += 1
+            if (
+                account is not None
+                and await self.throttle.count(account_key) >= s.reset_max_attempts_per_account
+            ):
+                await self.resets.invalidate_open(account.id, now)
+            log.info("wrong reset code for account %s", account.id if account else "-")
+            raise InvalidResetCode()  # commits the attempt counts (CommitsChanges)
+        await self.throttle.release(pair_key, account_key)
         reset.used_at = now
         account.password_hash = await self.hasher.hash(new_password)
         account.version += 1

@@ -51,23 +51,34 @@ class SessionService:
 
     async def login(self, *, email: str, password: str, client_address: str) -> TokenPair:
         s = self.settings
+        # Attempts are reserved before the password check (atomic, so concurrent guesses cannot slip past) and
+        # given back on success. Per (account, address): a stranger's guesses lock out only the stranger; the
+        # account-wide ceiling (far higher) bounds guessing from many addresses for one window at most.
+        pair_key = self.throttle.key("login-pair", f"{email}|{client_address}")
         account_key = self.account_limit_key(email)
         address_key = self.throttle.key("login-address", client_address)
-        # Counted before the password check, and keyed by the email whether or not it exists.
         await self.throttle.reserve(
-            [Limit(account_key, s.login_max_failures), Limit(address_key, s.login_max_failures_per_address)],
+            [
+                Limit(pair_key, s.login_max_failures),
+                Limit(account_key, s.login_max_failures_per_account),
+                Limit(address_key, s.login_max_failures_per_address),
+            ],
             window_seconds=s.login_window_seconds,
             message="too many login attempts, retry later",
         )
-        account = await self.accounts.get_by_email(email)
+        found = await self.accounts.get_by_email(email)
+        verified_hash = found.password_hash if found else None
         # Verified against a dummy hash when there is no account: same cost, no enumeration by timing.
-        ok = await self.hasher.verify(account.password_hash if account else None, password)
-        if account is None or not ok:
-            log.info("login failed (account known: %s)", account is not None)
+        ok = await self.hasher.verify(verified_hash, password)
+        # Lock the account and check the hash is still the one verified: a password reset that committed
+        # meanwhile wins (401), and a reset that comes later waits for this login's session and revokes it.
+        account = await self.accounts.get(found.id, for_update=True) if found and ok else None
+        if account is None or account.password_hash != verified_hash:
+            log.info("login failed (account known: %s)", found is not None)
             raise Unauthorized(INVALID_CREDENTIALS)
-        await self.throttle.clear(account_key)
-        await self.throttle.release(address_key)
-        if self.hasher.needs_rehash(account.password_hash):
+        await self.throttle.clear(pair_key)
+        await self.throttle.release(account_key, address_key)
+        if self.hasher.needs_rehash(account.password_hash):  # under the lock: never overwrites a reset
             account.password_hash = await self.hasher.hash(password)
         now = datetime.now(UTC)
         login = LoginSession(id=uuid.uuid4(), account_id=account.id, created_at=now)
@@ -83,6 +94,13 @@ class SessionService:
         if login.revoked_at is not None:
             raise Unauthorized("session revoked")
         now = datetime.now(UTC)
+        if login.created_at + timedelta(seconds=self.settings.session_absolute_ttl_seconds) <= now:
+            raise Unauthorized("session expired: log in again")
+        if token.used_at is not None and now - token.used_at < timedelta(
+            seconds=self.settings.refresh_reuse_grace_seconds
+        ):
+            # Two tabs refreshing with one token at once: refuse the second, keep the session.
+            raise Unauthorized("refresh token already used: use the newest one")
         if token.used_at is not None:
             # A rotated token came back: whoever holds a copy (thief or victim) loses the whole family.
             await self.revoke([login], reason="refresh_token_reuse", now=now)
@@ -99,7 +117,7 @@ class SessionService:
     async def logout(self, token: VerifiedToken) -> None:
         now = datetime.now(UTC)
         await self.revocations.revoke_token(
-            token.jti, token.expires_at - now.timestamp() + self.settings.clock_leeway_seconds
+            token.jti, token.expires_at - now.timestamp() + 2 * self.settings.clock_leeway_seconds
         )
         if token.session_id:
             login = await self.sessions.get(uuid.UUID(token.session_id))
@@ -122,7 +140,9 @@ class SessionService:
             return
         s = self.settings
         await self.revocations.revoke_sessions(
-            [str(login.id) for login in logins], s.access_token_ttl_seconds + s.clock_leeway_seconds
+            # Twice the leeway: a verifier whose clock runs behind still accepts the last token that long.
+            [str(login.id) for login in logins],
+            s.access_token_ttl_seconds + 2 * s.clock_leeway_seconds,
         )
         for login in logins:
             login.revoked_at = now

@@ -1,0 +1,240 @@
+"""The security review's auth findings (issue 15), each against real PostgreSQL, Redis and HTTP.
+
+Where a finding is a race, the test forces the interleaving with a hook on the password hasher (a real
+Argon2id hasher; the hook only decides *when* the other side runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from auth_testkit import KEY_ENCRYPTION_KEY, REDIS_URL, Secrets, fake_address, new_login, strong_password
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from auth.accounts.service import AccountService
+from auth.keys.crypto import KeyCipher
+from auth.keys.service import Keyring
+from auth.mail import TOPIC as MAIL_TOPIC
+from auth.mail import scrub_once
+from auth.models import LoginSession
+from auth.passwords import PasswordHasher
+from auth.sessions.service import SessionService
+from auth.settings import Settings
+from auth.throttle import Throttle
+from outbox import OutboxWriter, outbox_table
+from outbox.kafka import bootstrap_from_env
+from outbox.testing import drain_outbox
+from servicekit.auth import RevocationList
+from servicekit.db import Database
+from servicekit.errors import Conflict, ServiceUnavailable, TooManyRequests, Unauthorized
+
+
+@dataclass
+class InProcess:
+    db: Database
+    redis: Redis
+    keyring: Keyring
+    settings: Settings
+    prefix: str
+
+    def sessions(self, uow, hasher: PasswordHasher) -> SessionService:  # type: ignore[no-untyped-def]
+        return SessionService(
+            uow,
+            settings=self.settings,
+            keyring=self.keyring,
+            hasher=hasher,
+            throttle=Throttle(self.redis, self.prefix),
+            revocations=RevocationList(self.redis, self.prefix),
+        )
+
+
+@pytest.fixture
+async def in_process(database_url: str, redis_prefix: str) -> AsyncIterator[InProcess]:
+    db = Database(database_url, OutboxWriter(source="auth"))
+    redis = Redis.from_url(REDIS_URL)
+    keyring = Keyring(db.sessions, KeyCipher(KEY_ENCRYPTION_KEY), cache_seconds=1)
+    await keyring.start()
+    settings = Settings(environment="local", database_url=database_url, register_max_per_address=2)
+    yield InProcess(db, redis, keyring, settings, f"{redis_prefix}sec-{uuid.uuid4().hex[:6]}:")
+    await redis.aclose()
+    await db.dispose()
+
+
+def hasher() -> PasswordHasher:
+    return PasswordHasher(time_cost=2, memory_cost_kib=19456, parallelism=1, concurrency=2)
+
+
+async def test_a_login_racing_a_password_reset_does_not_survive_it(
+    http: httpx.AsyncClient, in_process: InProcess, engine: AsyncEngine, seen: Secrets
+) -> None:
+    """Finding 3. The login verifies the old password; the reset commits (new hash, every session revoked)
+    before the login inserts its session. Before: the login's new session survived the reset. Now the login
+    re-reads the hash under a row lock and refuses."""
+    user = await new_login(http, seen)
+    racing = hasher()
+    verify = racing.verify
+
+    async def verify_then_reset(password_hash: str | None, password: str) -> bool:
+        ok = await verify(password_hash, password)
+        code = await request_reset_code(http, engine, user.email, user.account_id)
+        new_password = strong_password()
+        seen.add(code, new_password)
+        r = await http.post(
+            "/auth/api/reset-password/confirm",
+            json={"email": user.email, "code": code, "new_password": new_password},
+        )
+        assert r.status_code == 204, r.text
+        return ok
+
+    racing.verify = verify_then_reset  # type: ignore[method-assign]
+    with pytest.raises(Unauthorized):
+        async with in_process.db.unit_of_work() as uow:
+            await in_process.sessions(uow, racing).login(
+                email=user.email, password=user.password, client_address=fake_address()
+            )
+    async with engine.connect() as conn:
+        live = (
+            await conn.execute(
+                select(LoginSession.id).where(
+                    LoginSession.account_id == uuid.UUID(user.account_id), LoginSession.revoked_at.is_(None)
+                )
+            )
+        ).all()
+    assert live == []
+
+
+async def request_reset_code(
+    http: httpx.AsyncClient, engine: AsyncEngine, email: str, account_id: str
+) -> str:
+    r = await http.post(
+        "/auth/api/reset-password", json={"email": email}, headers={"X-Forwarded-For": fake_address()}
+    )
+    assert r.status_code == 202
+    async with engine.connect() as conn:
+        payload = (
+            await conn.execute(
+                select(outbox_table.c.payload)
+                .where(outbox_table.c.aggregate_id == account_id, outbox_table.c.topic == MAIL_TOPIC)
+                .order_by(outbox_table.c.id.desc())
+                .limit(1)
+            )
+        ).scalar_one()
+    return str(payload["code"])
+
+
+async def test_the_reset_code_travels_only_on_the_mail_topic_and_is_scrubbed_once_published(
+    http: httpx.AsyncClient, engine: AsyncEngine, in_process: InProcess, seen: Secrets
+) -> None:
+    """Finding 4. Before: the raw code rode `auth.account` (which console consumes) and stayed in the outbox
+    for the retention period. Now it rides `auth.mail` only, and is removed from the row once relayed."""
+    user = await new_login(http, seen)
+    code = await request_reset_code(http, engine, user.email, user.account_id)
+    seen.add(code)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(outbox_table.c.topic, outbox_table.c.payload).where(
+                    outbox_table.c.aggregate_id == user.account_id
+                )
+            )
+        ).all()
+    assert [r.topic for r in rows if code in str(r.payload)] == [MAIL_TOPIC]
+
+    await drain_outbox(engine, bootstrap_from_env())  # the real relay publishes it to the real broker
+    await scrub_once(in_process.db)
+    async with engine.connect() as conn:
+        payloads = (
+            await conn.execute(
+                select(outbox_table.c.payload, outbox_table.c.published_at).where(
+                    outbox_table.c.aggregate_id == user.account_id, outbox_table.c.topic == MAIL_TOPIC
+                )
+            )
+        ).all()
+    assert payloads and all(p.published_at is not None and "code" not in p.payload for p in payloads)
+
+
+async def test_registration_is_throttled_per_address_and_hashes_before_the_lookup(
+    in_process: InProcess,
+) -> None:
+    """Finding 6. Before: unlimited, and a taken email answered 409 before any hashing (a timing oracle)."""
+    counting = hasher()
+    hashed = 0
+    real_hash = counting.hash
+
+    async def count_hash(password: str) -> str:
+        nonlocal hashed
+        hashed += 1
+        return await real_hash(password)
+
+    counting.hash = count_hash  # type: ignore[method-assign]
+    throttle = Throttle(in_process.redis, in_process.prefix)
+    address = fake_address()
+    email = f"taken-{uuid.uuid4().hex[:8]}@example.test"
+    async with in_process.db.unit_of_work() as uow:
+        await AccountService(uow, counting, throttle, in_process.settings).register(
+            email=email, password=strong_password(), name="A", client_address=address
+        )
+    with pytest.raises(Conflict):
+        async with in_process.db.unit_of_work() as uow:
+            await AccountService(uow, counting, throttle, in_process.settings).register(
+                email=email, password=strong_password(), name="B", client_address=address
+            )
+    assert hashed == 2  # the taken email cost a hash too
+    with pytest.raises(TooManyRequests):  # register_max_per_address=2 here
+        async with in_process.db.unit_of_work() as uow:
+            await AccountService(uow, counting, throttle, in_process.settings).register(
+                email=f"x-{email}", password=strong_password(), name="C", client_address=address
+            )
+
+
+async def test_the_hash_queue_is_bounded_and_answers_503() -> None:
+    """Finding 6. Before: an unbounded queue, so a registration flood slowed every login."""
+    bounded = PasswordHasher(time_cost=2, memory_cost_kib=19456, parallelism=1, concurrency=1, queue_limit=3)
+    results = await asyncio.gather(
+        *(bounded.hash(strong_password()) for _ in range(8)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, ServiceUnavailable)]
+    assert len(refused) == 5 and all(r.headers["Retry-After"] == "1" for r in refused)
+    assert all(isinstance(r, str) and r.startswith("$argon2id$") for r in results if r not in refused)
+
+
+async def test_me_is_never_cached(http: httpx.AsyncClient, seen: Secrets) -> None:
+    user = await new_login(http, seen)
+    r = await http.get("/auth/api/me", headers=user.bearer)
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("name", ["Eve\r\nBcc: victim@example.com", "Eve\nX", "Eve\x00"])
+async def test_names_with_control_characters_are_refused(http: httpx.AsyncClient, name: str) -> None:
+    r = await http.post(
+        "/auth/api/register",
+        json={
+            "email": f"crlf-{uuid.uuid4().hex[:8]}@example.test",
+            "password": strong_password(),
+            "name": name,
+        },
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+
+
+async def test_a_session_cannot_be_refreshed_past_its_absolute_lifetime(
+    http: httpx.AsyncClient, engine: AsyncEngine, seen: Secrets
+) -> None:
+    """Finding 8: before, the refresh lifetime slid forever."""
+    user = await new_login(http, seen)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(LoginSession)
+            .where(LoginSession.account_id == uuid.UUID(user.account_id))
+            .values(created_at=datetime.now(UTC) - timedelta(days=31))
+        )
+    r = await http.post("/auth/api/refresh-token", json={"refresh_token": user.refresh_token})
+    assert r.status_code == 401 and "log in again" in r.json()["error"]["message"]
