@@ -40,7 +40,7 @@ bench-peers: stack  ## libs/outbox vs faststream-outbox, same PostgreSQL and bro
 lint: setup
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy --strict libs/outbox/src
+	$(RUN) mypy --strict libs/outbox/src libs/servicekit/src services/auth/src services/console/src services/indexer/src
 
 fmt: setup
 	$(RUN) ruff format .

@@ -19,7 +19,7 @@ class AccountRepository:
     async def get_by_email(self, email: str, *, for_update: bool = False) -> Account | None:
         return await self._one(select(Account).where(Account.email == email), for_update)
 
-    async def _one(self, stmt: Select[tuple[Account]], for_update: bool) -> Account | None:
+    async def _one(self, stmt: Select[Account], for_update: bool) -> Account | None:
         if for_update:
             # A locked read must see the row as it is now, not the copy this session loaded earlier.
             stmt = stmt.with_for_update().execution_options(populate_existing=True)
