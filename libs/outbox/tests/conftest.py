@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from outbox import OutboxWriter, create_tables
+from outbox import IdempotentConsumer, OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env
 from outbox.testing import EFFECTS_DDL
 from servicekit.testing import recreate_database
@@ -65,3 +66,20 @@ def bootstrap() -> str:
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path / "logs"
+
+
+@pytest.fixture
+async def run_consumer(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[Callable[[IdempotentConsumer], None]]:
+    """Start consumers as tasks; stopped (batch in hand finished) and awaited after the test."""
+    tasks: list[tuple[IdempotentConsumer, asyncio.Task[None]]] = []
+
+    def start(consumer: IdempotentConsumer) -> None:
+        tasks.append((consumer, asyncio.create_task(consumer.run())))
+
+    yield start
+    for consumer, _task in tasks:
+        consumer.stop()
+    for _, task in tasks:
+        await asyncio.wait_for(task, 30)

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox import admin, trace_view
+from outbox.metrics import serve_metrics_from_env, setup_metrics
 from outbox.relay import Relay, RelaySettings
 from outbox.tracing import setup_tracing
 
@@ -74,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run_relay(url: str, name: str) -> None:
     setup_tracing(name + "-relay")
+    setup_metrics(name + "-relay")
+    serve_metrics_from_env()  # OUTBOX_METRICS_PORT: this relay's counters for Prometheus
     relay = Relay(url, RelaySettings.from_env(), name=name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,6 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from outbox.envelope import MalformedMessage, ReceivedEvent, decode_record
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
+from outbox.metrics import consumer_metrics, observe_consumer_lag
 from outbox.schema import inbox_table
 from outbox.tracing import context_from, tracer
 
@@ -260,12 +261,14 @@ class IdempotentConsumer:
         consumer = self._consumer
         backoff = self.settings.retry_initial_s
         while not self._stopping.is_set():
+            await observe_consumer_lag(self.name, consumer)
             fetched = await consumer.getmany(
                 timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
             )
             batches = {tp: records for tp, records in fetched.items() if records}
             if not batches:
                 continue
+            started = time.monotonic()
             try:
                 # One transaction and one offset commit for everything fetched, across partitions: the
                 # offset commit is a broker round trip, so doing it per partition would dominate latency.
@@ -290,6 +293,8 @@ class IdempotentConsumer:
                 continue
             backoff = self.settings.retry_initial_s
             await self._commit_offsets({tp: records[-1].offset + 1 for tp, records in batches.items()})
+            counts = {(tp.topic, tp.partition): len(records) for tp, records in batches.items()}
+            consumer_metrics().batch_done(self.name, counts, self.stats, started)
 
     async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None

@@ -43,6 +43,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from outbox.envelope import encode_headers
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
+from outbox.metrics import relay_metrics
 from outbox.tracing import capture_context, context_from, tracer
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
@@ -301,6 +302,7 @@ class Relay:
                 rows = (await conn.execute(_CLAIM, {"limit": self.settings.batch_size})).all()
                 if not rows:
                     return 0
+                relay_metrics().claimed(self.name, len(rows))
                 publishable = self._in_aggregate_order(rows)
                 if publishable:
                     await self._publish(conn, publishable)
@@ -429,6 +431,7 @@ class Relay:
                     },
                 )
             ).scalar_one()
+            relay_metrics().failed(self.name, p.row.topic, p.error, dead=dead)
             if dead:
                 self.stats.dead_lettered += 1
                 log.error(
@@ -451,6 +454,8 @@ class Relay:
         if published:
             await conn.execute(_MARK_PUBLISHED, {"ids": published})
             self.stats.published += len(published)
+            acked = set(published)
+            relay_metrics().published(self.name, (p.row for p in pending if p.row.id in acked))
         if transient and not published:
             raise TransientPublishError(f"{transient} rows not acked by the broker")
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
 
 from outbox import OutboxWriter
+from outbox.metrics import setup_metrics
 from outbox.tracing import setup_tracing
 from servicekit.auth import TokenVerifier
 from servicekit.db import Database
 from servicekit.errors import install_error_handlers
 from servicekit.limits import BodySizeLimitMiddleware
+from servicekit.metrics import MetricsSources
 
 
 def create_service_app(
@@ -22,8 +24,10 @@ def create_service_app(
     routers: list[APIRouter],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
     max_body_bytes: int = 1_048_576,
+    consumer_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> FastAPI:
     setup_tracing(name)
+    setup_metrics(name)
     app = FastAPI(title=name, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
@@ -34,14 +38,27 @@ def create_service_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    sources = MetricsSources(name, consumer_groups or {})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        body, content_type = await sources.render(getattr(request.state, "db", None))
+        return Response(body, media_type=content_type)
+
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
     return app
 
 
 def create_database_service_app(
-    *, name: str, routers: list[APIRouter], database_url: str, pool_size: int, max_body_bytes: int
+    *,
+    name: str,
+    routers: list[APIRouter],
+    database_url: str,
+    pool_size: int,
+    max_body_bytes: int,
+    consumer_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> FastAPI:
     """A service that owns a database and verifies tokens: lifespan state `db` (Database with this
     service's OutboxWriter) and `token_verifier`, both disposed on shutdown."""
@@ -56,4 +73,10 @@ def create_database_service_app(
         finally:
             await db.dispose()
 
-    return create_service_app(name=name, routers=routers, lifespan=lifespan, max_body_bytes=max_body_bytes)
+    return create_service_app(
+        name=name,
+        routers=routers,
+        lifespan=lifespan,
+        max_body_bytes=max_body_bytes,
+        consumer_groups=consumer_groups,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from console.consumer import TOPICS
 from console.datasets.endpoints import router as datasets_router
 from console.documents.endpoints import router as documents_router
 from console.settings import Settings, get_settings
@@ -18,4 +19,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database_url=settings.database_url,
         pool_size=settings.db_pool_size,
         max_body_bytes=settings.max_body_bytes,
+        consumer_groups={settings.consumer_name: TOPICS},
     )

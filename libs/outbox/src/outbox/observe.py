@@ -1,0 +1,112 @@
+"""Figures read from outside the relay and the consumers: an outbox's backlog, a consumer group's lag.
+
+Lag = the partition's highwater minus the group's committed offset. The highwater comes from a fetch
+response, not from ListOffsets(latest): some brokers (Tansu, see ../shared/BROKER.md) answer the latter
+with the first offset of the last batch + 1, which under-reports lag whenever batches hold several records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.metrics import BacklogSnapshot
+from outbox.schema import outbox_table as t
+
+Lag = dict[tuple[str, int], int]
+
+
+async def read_backlog(engine: AsyncEngine) -> BacklogSnapshot:
+    pending = and_(t.c.published_at.is_(None), t.c.dead_at.is_(None))
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    func.count().filter(pending).label("pending"),
+                    func.min(t.c.occurred_at).filter(pending).label("oldest"),
+                    func.count().filter(t.c.dead_at.is_not(None)).label("dead"),
+                    func.now().label("now"),
+                )
+            )
+        ).one()
+    age = (row.now - row.oldest).total_seconds() if row.oldest is not None else 0.0
+    return BacklogSnapshot(pending=row.pending, oldest_pending_age_s=max(age, 0.0), dead=row.dead)
+
+
+class LagUnknown(Exception):
+    """The broker did not say enough to compute a true lag (no highwater in time, unknown topic)."""
+
+
+async def group_lag(bootstrap: str, group: str, topics: Sequence[str], *, timeout_s: float = 5.0) -> Lag:
+    """Per (wire topic, partition): highwater minus committed offset (minus the log start when nothing committed)."""
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        max_partition_fetch_bytes=1024,
+        request_timeout_ms=int(timeout_s * 1000) + 1000,
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await probe.start()
+    try:
+        await admin.start()
+        try:
+            known = await probe.topics()
+            partitions: list[TopicPartition] = []
+            for topic in topics:
+                if topic not in known:
+                    continue
+                ids = probe.partitions_for_topic(topic) or set()
+                partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+            if not partitions:
+                return {}
+            # Explicit partitions: some brokers answer the no-partitions form with a malformed response.
+            committed_raw = await admin.list_consumer_group_offsets(group, partitions=partitions)
+        finally:
+            await admin.close()
+        starts = await probe.beginning_offsets(partitions)
+        committed: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            meta = committed_raw.get(tp)
+            offset = meta.offset if meta is not None else -1
+            committed[tp] = offset if offset >= 0 else starts[tp]
+        probe.assign(partitions)
+        for tp in partitions:
+            probe.seek(tp, committed[tp])
+        deadline = time.monotonic() + timeout_s
+        while any(probe.highwater(tp) is None for tp in partitions):
+            if time.monotonic() > deadline:
+                raise LagUnknown(f"no fetch highwater within {timeout_s}s for group {group}")
+            await probe.getmany(timeout_ms=50, max_records=1)
+        return {
+            (tp.topic, tp.partition): max(int(probe.highwater(tp)) - committed[tp], 0) for tp in partitions
+        }
+    finally:
+        await probe.stop()
+
+
+class CachedGroupLag:
+    """Group lag computed at most every `interval_s` (a scrape should not cost a broker probe each time)."""
+
+    def __init__(self, bootstrap: str, group: str, topics: Sequence[str], interval_s: float = 5.0) -> None:
+        self.bootstrap, self.group, self.topics, self.interval_s = bootstrap, group, list(topics), interval_s
+        self._value: Lag | None = None
+        self._at = -float("inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Lag | None:
+        async with self._lock:
+            if time.monotonic() - self._at >= self.interval_s:
+                try:
+                    self._value = await group_lag(self.bootstrap, self.group, self.topics)
+                except Exception:
+                    self._value = None  # absent rather than stale
+                self._at = time.monotonic()
+            return self._value
