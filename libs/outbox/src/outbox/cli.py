@@ -1,7 +1,8 @@
 """`outbox` command: run a relay, inspect an outbox, replay retained events, redrive dead-lettered rows.
 
     outbox relay   --database-url URL [--name NAME]
-    outbox status  --database-url URL
+    outbox status  --database-url URL [--group G ...] [--json]
+    outbox dlq     list|show|redrive --group G [--id PARTITION:OFFSET ...] [--yes]
     outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since ISO] [--until ISO] [--yes]
     outbox redrive --database-url URL [--id N ...] [--yes]
     outbox trace   SPANS_FILE [--trace-id ID] [--last N]
@@ -24,7 +25,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from outbox import admin, trace_view
+from outbox import admin, dlq, observe, trace_view
+from outbox.kafka import bootstrap_from_env
 from outbox.metrics import serve_metrics_from_env, setup_metrics
 from outbox.relay import Relay, RelaySettings
 from outbox.tracing import setup_tracing
@@ -51,7 +53,18 @@ def _parser() -> argparse.ArgumentParser:
 
     relay = with_db(sub.add_parser("relay", help="publish this database's outbox to Kafka until SIGTERM"))
     relay.add_argument("--name", default="relay", help="service name, for logs and traces")
-    with_db(sub.add_parser("status", help="pending, oldest pending age, dead-lettered, retained rows"))
+    status = with_db(
+        sub.add_parser("status", help="pending, oldest pending age, dead rows, consumer groups' lag")
+    )
+    status.add_argument(
+        "--group", dest="groups", action="append", help="consumer group (repeatable); default: the inbox's"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    dlq = sub.add_parser("dlq", help="list, show or redrive a consumer group's dead letters (<group>.dlq)")
+    dlq.add_argument("action", choices=["list", "show", "redrive"])
+    dlq.add_argument("--group", required=True, help="the consumer group whose <group>.dlq to read")
+    dlq.add_argument("--id", dest="ids", action="append", help="PARTITION:OFFSET on the dlq (repeatable)")
+    dlq.add_argument("--yes", action="store_true", help="redrive: do it (without: list what would go)")
     replay = with_db(
         sub.add_parser("replay", help="publish retained (already published) events again, in order")
     )
@@ -89,7 +102,11 @@ async def _admin(args: argparse.Namespace) -> dict[str, Any]:
     engine = create_async_engine(_normalise(args.database_url))
     try:
         if args.command == "status":
-            return await admin.status(engine)
+            report = await admin.status(engine)
+            report["consumer_groups"] = await observe.consumer_lag_report(
+                engine, bootstrap_from_env(), args.groups
+            )
+            return report
         if args.command == "replay":
             selection = admin.Selection(
                 topic=args.topic,
@@ -114,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
             trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
         )
         return 0
+    if args.command == "dlq":
+        try:
+            result = asyncio.run(
+                dlq.run(bootstrap_from_env(), args.action, args.group, args.ids, yes=args.yes)
+            )
+        except LookupError as exc:
+            print(f"outbox dlq: {exc.args[0]}", file=sys.stderr)
+            return 1
+        print(json.dumps(result, indent=2, default=str))
+        return 0
     if not args.database_url:
         print("outbox: --database-url or OUTBOX_DATABASE_URL is required", file=sys.stderr)
         return 2
@@ -121,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "relay":
         asyncio.run(_run_relay(args.database_url, args.name))
         return 0
-    print(json.dumps(asyncio.run(_admin(args)), indent=2, default=str))
+    result = asyncio.run(_admin(args))
+    if args.command == "status" and not args.json:
+        print(observe.render_status(result))
+    else:
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.kafka import topic_prefix
 from outbox.metrics import BacklogSnapshot
 from outbox.schema import outbox_table as t
 
@@ -43,8 +45,12 @@ class LagUnknown(Exception):
     """The broker did not say enough to compute a true lag (no highwater in time, unknown topic)."""
 
 
-async def group_lag(bootstrap: str, group: str, topics: Sequence[str], *, timeout_s: float = 5.0) -> Lag:
-    """Per (wire topic, partition): highwater minus committed offset (minus the log start when nothing committed)."""
+async def group_lag(
+    bootstrap: str, group: str, topics: Sequence[str] | None, *, timeout_s: float = 5.0
+) -> Lag:
+    """Per (wire topic, partition): highwater minus committed offset (minus the log start when nothing
+    committed). `topics=None`: every topic under OUTBOX_TOPIC_PREFIX (dead-letter topics aside) on which
+    the group has committed an offset, so a stopped consumer's lag is still seen."""
     probe = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -59,6 +65,9 @@ async def group_lag(bootstrap: str, group: str, topics: Sequence[str], *, timeou
         await admin.start()
         try:
             known = await probe.topics()
+            discover = topics is None
+            if topics is None:
+                topics = sorted(t for t in known if t.startswith(topic_prefix()) and not t.endswith(".dlq"))
             partitions: list[TopicPartition] = []
             for topic in topics:
                 if topic not in known:
@@ -71,6 +80,13 @@ async def group_lag(bootstrap: str, group: str, topics: Sequence[str], *, timeou
             committed_raw = await admin.list_consumer_group_offsets(group, partitions=partitions)
         finally:
             await admin.close()
+        if discover:
+            consumed = {
+                tp.topic for tp, meta in committed_raw.items() if meta is not None and meta.offset >= 0
+            }
+            partitions = [tp for tp in partitions if tp.topic in consumed]
+            if not partitions:
+                return {}
         starts = await probe.beginning_offsets(partitions)
         committed: dict[TopicPartition, int] = {}
         for tp in partitions:
@@ -110,3 +126,60 @@ class CachedGroupLag:
                     self._value = None  # absent rather than stale
                 self._at = time.monotonic()
             return self._value
+
+
+# The inbox's consumers without scanning it: a skip scan over its primary key (consumer, event_id).
+_CONSUMERS = text(
+    """
+    WITH RECURSIVE c AS (
+        (SELECT consumer FROM inbox ORDER BY consumer LIMIT 1)
+        UNION ALL
+        SELECT (SELECT i.consumer FROM inbox i WHERE i.consumer > c.consumer ORDER BY i.consumer LIMIT 1)
+        FROM c WHERE c.consumer IS NOT NULL
+    )
+    SELECT consumer FROM c WHERE consumer IS NOT NULL
+    """
+)
+
+
+async def inbox_consumers(engine: AsyncEngine) -> list[str]:
+    """The consumer groups that applied events into this database (its inbox's `consumer` values)."""
+    async with engine.connect() as conn:
+        return [row[0] for row in await conn.execute(_CONSUMERS)]
+
+
+async def consumer_lag_report(
+    engine: AsyncEngine, bootstrap: str, groups: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Per consumer group of this database: total lag and lag per topic-partition (None when unknown)."""
+    report: dict[str, Any] = {}
+    for group in groups or await inbox_consumers(engine):
+        try:
+            lag = await group_lag(bootstrap, group, None)
+        except Exception as exc:
+            report[group] = {"lag": None, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        report[group] = {
+            "lag": sum(lag.values()),
+            "partitions": {
+                f"{topic}[{partition}]": value for (topic, partition), value in sorted(lag.items())
+            },
+        }
+    return report
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """`outbox status` for a person: the relay's figures, then one line per consumer group."""
+    lines = [
+        f"outbox  pending {status.get('pending')}  oldest pending {status.get('oldest_pending_age_s')} s  "
+        f"dead {status.get('dead_lettered')}  retained {status.get('published_retained')}"
+    ]
+    for row in status.get("dead_letter_sample") or []:
+        lines.append(f"  dead #{row['id']} {row['event_type']} {row['aggregate_id']}: {row['last_error']}")
+    for group, lag in (status.get("consumer_groups") or {}).items():
+        if lag.get("lag") is None:
+            lines.append(f"group {group}  lag unknown ({lag.get('error')})")
+            continue
+        parts = "  ".join(f"{tp}={value}" for tp, value in lag["partitions"].items() if value)
+        lines.append(f"group {group}  lag {lag['lag']}" + (f"  ({parts})" if parts else ""))
+    return "\n".join(lines)
