@@ -328,3 +328,61 @@ async def test_batch_handler_applies_runs_of_events_in_one_call_and_isolates_a_p
     assert calls.count(1) >= 1  # after the failure, the careful path called it one event at a time
     dead = await read_topic(bootstrap, consumer.dead_letter_topic, expect=1, timeout=15)
     assert headers_of(dead[0])["ce_id"] == str(events[12].id)
+
+
+async def test_records_postgresql_cannot_store_are_dead_lettered_one_by_one(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+    run_consumer: Callable[[IdempotentConsumer], None],
+) -> None:
+    """Security review, finding 5. Before: a NUL byte in ce_type/ce_subject or an out-of-range
+    ce_aggregateversion failed in the inbox insert, outside any handler, so the batch was rewound and
+    retried forever and every partition the consumer held stalled. Now each is malformed: dead-lettered at
+    once while the records around it, on the same partition, are applied."""
+    key = b"same-key"
+    await write(
+        sessions,
+        writer,
+        Event(topic=topic, type=f"{topic}.changed", aggregate_id="same-key", data={}, version=1),
+    )
+    await drain_outbox(engine, bootstrap)
+
+    def headers(**overrides: object) -> list[tuple[str, bytes]]:
+        fields: dict[str, object] = {
+            "event_id": uuid.uuid4(),
+            "event_type": f"{topic}.changed",
+            "source": "test",
+            "subject": "same-key",
+            "time": "2026-11-24T00:00:00+00:00",
+            "version": 2,
+            "trace_context": {},
+        }
+        return encode_headers(**{**fields, **overrides})  # type: ignore[arg-type]
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await producer.send_and_wait(
+        wire(topic), b"{}", key=key, headers=headers(event_type=f"{topic}.chan\x00ged")
+    )
+    await producer.send_and_wait(wire(topic), b"{}", key=key, headers=headers(subject="same\x00key"))
+    await producer.send_and_wait(wire(topic), b"{}", key=key, headers=headers(version=2**63))
+    await producer.send_and_wait(wire(topic), b'{"name": "a\\u0000b"}', key=key, headers=headers())
+    await producer.stop()
+    await write(
+        sessions,
+        writer,
+        Event(topic=topic, type=f"{topic}.changed", aggregate_id="same-key", data={}, version=3),
+    )
+    await drain_outbox(engine, bootstrap)
+
+    consumer = recording_consumer(sessions, topic)
+    run_consumer(consumer)
+    await wait_until(lambda: _at_least(consumer, "applied", 2), timeout=30, what="the good events applied")
+    assert [e[2] for e in await effects(engine, consumer.name)] == [1, 3]
+    dead = await read_topic(bootstrap, consumer.dead_letter_topic, expect=4, timeout=15)
+    reasons = sorted(headers_of(r)["dlq_reason"] for r in dead)
+    assert len(dead) == 4 and all(r.startswith("malformed") for r in reasons), reasons
+    assert any("NUL" in r and "ce_type" in r for r in reasons) and any("out of range" in r for r in reasons)

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from auth_testkit import KEY_ENCRYPTION_KEY, REDIS_URL, Secrets, fake_address, new_login, strong_password
 from redis.asyncio import Redis
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth.accounts.service import AccountService
@@ -33,7 +34,7 @@ from outbox import OutboxWriter, outbox_table
 from outbox.kafka import bootstrap_from_env
 from outbox.testing import drain_outbox
 from servicekit.auth import RevocationList
-from servicekit.db import Database
+from servicekit.db import Database, make_engine
 from servicekit.errors import Conflict, ServiceUnavailable, TooManyRequests, Unauthorized
 
 
@@ -238,3 +239,17 @@ async def test_a_session_cannot_be_refreshed_past_its_absolute_lifetime(
         )
     r = await http.post("/auth/api/refresh-token", json={"refresh_token": user.refresh_token})
     assert r.status_code == 401 and "log in again" in r.json()["error"]["message"]
+
+
+async def test_sql_errors_never_carry_parameter_values(database_url: str) -> None:
+    """Finding 8: before, a failing statement's error (and so the log line) carried its parameters, e.g. a
+    password hash on register."""
+    engine = make_engine(database_url, pool_size=1)
+    secret = "$argon2id$v=19$m=65536,t=3,p=4$secret-looking-hash"
+    try:
+        with pytest.raises(DBAPIError) as failure:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT CAST(:value AS text), 1 / 0"), {"value": secret})
+    finally:
+        await engine.dispose()
+    assert secret not in str(failure.value) and "parameters hidden" in str(failure.value)

@@ -62,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     console_env = {**common, "CONSOLE_DATABASE_URL": console_url, "CONSOLE_CONSUMER_NAME": console_group}
     indexer_env = {**common, "INDEXER_DATABASE_URL": indexer_url, "INDEXER_CONSUMER_NAME": indexer_group}
     console_env["CONSOLE_MAX_BODY_BYTES"] = "300000"
+    console_env["OUTBOX_MAX_EVENT_BYTES"] = "100000"  # below the body limit: test_errors shows the 413
     processes: list[ServiceProcess] = []
     try:
         console = HttpService("console-api", "console.main:create_app", env=console_env, log_dir=logs).start()

@@ -144,3 +144,45 @@ async def test_oversize_body_is_413(api: Api) -> None:
     )
     assert r.status_code == 413 and error_code(r) == "payload_too_large"
     assert (await api.console.get(f"/console/api/datasets/{ds}/documents")).json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/console/api/datasets", '{"name": "a\\u0000b"}'),
+        ("post", "/console/api/datasets", '{"name": "ok", "description": "x\\u0000"}'),
+        ("get", "/console/api/datasets?keyword=a%00b", None),
+        ("get", "/console/api/datasets/%00", None),
+    ],
+)
+async def test_nul_characters_anywhere_are_422(api: Api, method: str, path: str, body: str | None) -> None:
+    """Security review, finding 8: before, a NUL reached PostgreSQL and came back as a 500."""
+    headers = {"content-type": "application/json"}
+    r = await api.console.request(method, path, content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert error_code(r) == "validation_error" and "NUL" in r.json()["error"]["message"]
+
+
+async def test_an_escaped_backslash_before_u0000_is_not_a_nul(api: Api) -> None:
+    r = await api.console.post(
+        "/console/api/datasets",
+        content='{"name": "a\\\\u0000b"}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "a\\u0000b"
+
+
+async def test_a_change_whose_event_the_broker_could_not_carry_is_413_and_writes_nothing(
+    api: Api, stack: Stack
+) -> None:
+    """Security review, finding 8: before, a body under the HTTP limit could exceed the broker's record size
+    and leave an outbox row that could only be dead-lettered. Now it is refused when written."""
+    ds = (await api.create_dataset())["id"]
+    r = await api.console.post(
+        f"/console/api/datasets/{ds}/documents", json={"name": "big", "text": "word " * 30_000}
+    )  # 150 KB: under the console's body limit here (300 KB) and text limit, over its event limit (100 KB)
+    assert r.status_code == 413, r.text
+    assert error_code(r) == "payload_too_large" and "would publish an event" in r.json()["error"]["message"]
+    listed = await api.console.get(f"/console/api/datasets/{ds}/documents")
+    assert listed.json()["total"] == 0

@@ -10,7 +10,7 @@ Public API:
 """
 
 from outbox.consumer import BatchContext, ConsumerSettings, EventContext, IdempotentConsumer
-from outbox.envelope import Event, MalformedMessage, ReceivedEvent
+from outbox.envelope import Event, EventTooLarge, MalformedMessage, ReceivedEvent
 from outbox.relay import Relay, RelaySettings
 from outbox.schema import consumer_versions_table, create_tables, inbox_table, metadata, outbox_table
 from outbox.tracing import setup_tracing
@@ -21,6 +21,7 @@ __all__ = [
     "ConsumerSettings",
     "Event",
     "EventContext",
+    "EventTooLarge",
     "IdempotentConsumer",
     "MalformedMessage",
     "OutboxWriter",

@@ -18,6 +18,9 @@ import orjson
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_type", "ce_source")
+# What PostgreSQL can store: an aggregate version is a BIGINT, and no text or JSON string may hold NUL.
+MAX_VERSION = 2**63 - 1
+_STORED_HEADERS = ("ce_type", "ce_source", "ce_subject", "ce_id")
 
 
 def _now() -> datetime:
@@ -40,6 +43,16 @@ class Event:
     version: int | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     time: datetime = field(default_factory=_now)
+
+
+class EventTooLarge(ValueError):
+    """An event whose JSON payload exceeds the configured limit (the broker's record size, 1 MiB by default
+    on Kafka): refused when written, never left as a row the relay can only dead-letter."""
+
+    def __init__(self, event: Event, size: int, limit: int) -> None:
+        super().__init__(f"event {event.type} for {event.aggregate_id} is {size} bytes; the limit is {limit}")
+        self.size = size
+        self.limit = limit
 
 
 class MalformedMessage(ValueError):
@@ -108,6 +121,9 @@ def decode_record(
     missing = [h for h in REQUIRED_HEADERS if not hdrs.get(h)]
     if missing:
         raise MalformedMessage(f"missing CloudEvents headers: {', '.join(missing)}")
+    for name in _STORED_HEADERS:
+        if "\x00" in hdrs.get(name, ""):
+            raise MalformedMessage(f"{name} contains a NUL character")
     if hdrs["ce_specversion"] != SPEC_VERSION:
         raise MalformedMessage(f"unsupported ce_specversion {hdrs['ce_specversion']!r}")
     try:
@@ -122,6 +138,8 @@ def decode_record(
         raise MalformedMessage(f"value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise MalformedMessage(f"value is JSON {type(data).__name__}, expected an object")
+    if b"\\u0000" in value and _holds_nul(data):  # cheap scan first: the walk runs only on a suspect value
+        raise MalformedMessage("value contains a NUL character in a string")
     version: int | None = None
     if "ce_aggregateversion" in hdrs:
         try:
@@ -130,6 +148,8 @@ def decode_record(
             raise MalformedMessage(
                 f"ce_aggregateversion is not an integer: {hdrs['ce_aggregateversion']!r}"
             ) from exc
+        if not 0 <= version <= MAX_VERSION:
+            raise MalformedMessage(f"ce_aggregateversion is out of range: {version}")
     when: datetime | None = None
     if hdrs.get("ce_time"):
         try:
@@ -149,3 +169,13 @@ def decode_record(
         partition=partition,
         offset=offset,
     )
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False

@@ -16,6 +16,7 @@ from servicekit.db import Database
 from servicekit.errors import install_error_handlers
 from servicekit.limits import BodySizeLimitMiddleware
 from servicekit.metrics import MetricsSources
+from servicekit.nul import NulRejectMiddleware
 
 
 def create_service_app(
@@ -30,7 +31,8 @@ def create_service_app(
     setup_metrics(name)
     app = FastAPI(title=name, lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(NulRejectMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)  # outermost: size before content
     for router in routers:
         app.include_router(router)
 

@@ -25,7 +25,11 @@ def normalise_url(url: str) -> str:
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     engine = create_async_engine(
-        normalise_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        normalise_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,  # errors and logs never carry values (password hashes, document text)
     )
     if tracing_configured():
         # One span per statement, children of the request's or the message's span: the DB leg of a trace.

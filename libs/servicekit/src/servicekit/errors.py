@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from outbox import EventTooLarge
+
 log = logging.getLogger("servicekit.errors")
 
 
@@ -85,6 +87,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(EventTooLarge)
+    async def _event_too_large(_: Request, exc: EventTooLarge) -> JSONResponse:
+        # The change would publish an event the broker cannot carry: refused, nothing written.
+        message = f"this change would publish an event of {exc.size} bytes; the limit is {exc.limit}"
+        return JSONResponse(error_body("payload_too_large", message), status_code=413)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
