@@ -165,3 +165,36 @@ async def test_errors_and_openapi(indexer: Indexer, client: Client) -> None:
     assert (await client.http.get("/indexer/api/documents/not-a-uuid")).status_code == 422
     r = await client.http.get(f"/indexer/api/documents/{uuid.uuid4()}")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+async def test_snippets_escape_the_documents_markup_and_mark_only_the_matches(client: Client) -> None:
+    """Security review, finding 8: before, ts_headline's snippet carried the document's raw HTML."""
+    doc = Doc(owner=client.account, text='Wombats dig "<img src=x onerror=alert(1)>" burrows.')
+    await doc.send("created")
+    await wait_until(lambda: indexed_at(client, doc), what="created indexed")
+    [hit] = await client.search(doc.dataset_id, "wombat")
+    assert "<img" not in hit["snippet"] and "&lt;img src=x onerror=alert(1)&gt;" in hit["snippet"]
+    assert hit["snippet"].startswith("<b>Wombats</b>")
+
+
+async def test_an_event_naming_another_tenant_never_moves_a_document(indexer: Indexer) -> None:
+    """Security review, finding 5: before, every event's owner_account_id was copied onto the document, so
+    one forged event put a document's text into another tenant's search. Now the first event pins it."""
+    owner = Client(indexer, uuid.uuid4())
+    thief = Client(indexer, uuid.uuid4())
+    try:
+        doc = Doc(owner=owner.account, text="Quokkas smile for photographs.")
+        await doc.send("created")
+        await wait_until(lambda: indexed_at(owner, doc), what="created indexed")
+        forged = {**doc.state(), "owner_account_id": str(thief.account), "version": doc.version + 1}
+        await doc.publish_state("updated", doc.version + 1, forged)
+        doc.version += 1
+        await doc.send("updated", text="Quokkas smile for photographs on Rottnest Island.")
+        got = await wait_until(lambda: indexed_at(owner, doc), what="the owner's next change applied")
+        assert got["version"] == 3
+        assert [v for _, v, _ in indexer.reports(str(doc.id))].count(2) == 0  # the forged v2: never applied
+        assert await thief.search(doc.dataset_id, "quokka") == []
+        assert len(await owner.search(doc.dataset_id, "rottnest")) == 1
+    finally:
+        await owner.http.aclose()
+        await thief.http.aclose()

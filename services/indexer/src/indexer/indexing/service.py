@@ -6,6 +6,11 @@ whose version is not newer than what is indexed changes nothing.
 
 Disabled or archived documents keep their segments but are not searchable; a deleted document loses its
 segments and stays as a tombstone. Each applied version is reported back in the same transaction.
+
+Tenancy comes from the indexer's own state: the first event of a document pins its dataset, workspace and
+owner, and a later event that names others is refused (dead-lettered), never applied. So an event forged or
+mistaken on the topic cannot move a document, and its text, into another tenant's search. (Who may produce
+to `console.document` at all is the broker's ACL: see ARCHITECTURE.md.)
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from outbox import Event, OutboxWriter
 NO_TEXT_REASON = "the document has no indexable text"
 
 
+class TenancyMismatch(ValueError):
+    """An event names another dataset, workspace or owner than the document was first indexed under."""
+
+
 class Outcome(StrEnum):
     STALE = "stale"
     REMOVED = "removed"
@@ -35,6 +44,10 @@ async def apply(session: AsyncSession, writer: OutboxWriter, state: DocumentStat
     current = await repository.lock(session, state.document_id)
     if current is not None and (current.version >= state.version or current.deleted):
         return Outcome.STALE
+    if current is not None and _tenancy(current) != _tenancy(state):
+        raise TenancyMismatch(
+            f"document {state.document_id} belongs to another dataset/workspace/owner than this event names"
+        )
     if state.deleted:
         await _remove(session, current, state)
         return Outcome.REMOVED
@@ -65,6 +78,10 @@ async def apply(session: AsyncSession, writer: OutboxWriter, state: DocumentStat
         outcome = Outcome.INDEXED
     await writer.add(session, *reports)
     return outcome
+
+
+def _tenancy(row: IndexedDocument | DocumentState) -> tuple[str, str, str]:
+    return (str(row.dataset_id), str(row.workspace_id), str(row.owner_account_id))
 
 
 def _copy_state(document: IndexedDocument, state: DocumentState) -> None:
