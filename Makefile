@@ -4,7 +4,7 @@ PY_BOOT ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: setup stack migrate run test test-fast e2e chaos bench bench-peers consistency lint fmt down status e2e-docker
+.PHONY: reconcile rebuild-index setup stack migrate run test test-fast e2e chaos bench bench-peers consistency lint fmt down status e2e-docker
 
 $(CURDIR)/.tools/bin/uv:
 	$(PY_BOOT) -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -64,3 +64,9 @@ e2e-docker: setup  ## e2e infra tests with E2E_BACKEND=docker (see tests/e2e/REA
 
 consistency: stack  ## the seed's dual write vs the outbox under the same crashes -> bench/results/consistency.json
 	$(RUN) python -m bench.consistency.run
+
+reconcile: setup  ## does the search index agree with console? REPAIR=1 re-announces drifted documents
+	$(RUN) python scripts/projection.py reconcile $(if $(REPAIR),--repair)
+
+rebuild-index: setup  ## rebuild the indexer's projection from console's current state (resumable)
+	$(RUN) python scripts/projection.py rebuild

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -47,6 +48,9 @@ def create_service_app(
         body, content_type = await sources.render(getattr(request.state, "db", None))
         return Response(body, media_type=content_type)
 
+    # The stable HTTP semantic conventions: http.server.request.duration (s) rather than the old
+    # http.server.duration (ms); read once per process, when the first instrumentation initialises.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")

@@ -78,3 +78,15 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True), nullable=True)
+
+
+class SnapshotRun(Base):
+    """The cursor of a re-snapshot of every document (`make rebuild-index`): resumable after a crash."""
+
+    __tablename__ = "snapshot_runs"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    after_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    announced: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True), nullable=True)

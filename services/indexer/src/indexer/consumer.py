@@ -25,7 +25,7 @@ def build_consumer(
     @consumer.handler("console.document.*", version_guard=True)
     async def document_changed(ctx: EventContext) -> None:
         state = DocumentState.model_validate(ctx.event.data)
-        await service.apply(ctx.session, db.writer, state)
+        await service.apply(ctx.session, db.writer, state, snapshot=ctx.event.type == service.SNAPSHOT_TYPE)
 
     return consumer
 

@@ -22,6 +22,9 @@ class DocumentEventType(StrEnum):
     ARCHIVED = "console.document.archived"
     UNARCHIVED = "console.document.unarchived"
     DELETED = "console.document.deleted"
+    # The current state re-announced without a change (reconcile, rebuild-index): same version, so the
+    # indexer applies it when its own version is not newer (console/snapshots.py).
+    SNAPSHOT = "console.document.snapshot"
 
 
 def document_event(document: Document, event_type: DocumentEventType, *, owner_account_id: str) -> Event:

@@ -40,9 +40,20 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
-async def apply(session: AsyncSession, writer: OutboxWriter, state: DocumentState) -> Outcome:
+SNAPSHOT_TYPE = "console.document.snapshot"
+
+
+async def apply(
+    session: AsyncSession, writer: OutboxWriter, state: DocumentState, *, snapshot: bool = False
+) -> Outcome:
+    """`snapshot`: console re-announced its current state without a change (reconcile, rebuild-index):
+    applied when the index's version is not newer, so an index that lost or botched that version recovers."""
     current = await repository.lock(session, state.document_id)
-    if current is not None and (current.version >= state.version or current.deleted):
+    if current is not None and (
+        current.deleted
+        or current.version > state.version
+        or (current.version == state.version and not snapshot)
+    ):
         return Outcome.STALE
     if current is not None and _tenancy(current) != _tenancy(state):
         raise TenancyMismatch(
@@ -58,7 +69,7 @@ async def apply(session: AsyncSession, writer: OutboxWriter, state: DocumentStat
         session.add(current)
     _copy_state(current, state)
     digest = text_sha256(state.text)
-    if current.text_sha256 != digest:
+    if snapshot or current.text_sha256 != digest:  # a snapshot also rebuilds segments a restore lost
         reports.append(report(state, ReportType.INDEXING))
         segments = split(state.document_id, state.text)
         await session.flush()  # the document row exists before its segments reference it

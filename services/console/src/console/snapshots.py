@@ -1,0 +1,142 @@
+"""Console re-announces documents through its own outbox: the repair path of `make reconcile` and
+`make rebuild-index` (scripts/projection.py). Nothing here changes a document or its version.
+
+- `announce(ids)`: a `console.document.snapshot` event with each document's current state and version,
+  recorded under a share lock so no change of that document commits between the read and the event
+  (a concurrent writer waits, then records version + 1 after it: order per aggregate holds).
+- `announce_absent(items)`: for documents the index still has but console no longer does (ids are never
+  reused, so absence is final), a snapshot with `deleted: true` at the version the index holds.
+- `snapshot_next(run, limit)`: the next `limit` documents in id order, with the run's cursor advanced in
+  the same transaction: a crash leaves either both or neither, so a rerun resumes exactly there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from console.documents.events import TOPIC, DocumentEventType, document_event
+from console.models import Document, SnapshotRun, Workspace, utcnow
+from outbox import Event, OutboxWriter
+
+
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """What the index holds for a document console no longer has (identity fields only)."""
+
+    document_id: uuid.UUID
+    version: int
+    dataset_id: uuid.UUID
+    workspace_id: uuid.UUID
+    owner_account_id: str
+    name: str
+
+
+async def _locked_with_owner(
+    session: AsyncSession,
+    *,
+    ids: Sequence[uuid.UUID] | None = None,
+    after: uuid.UUID | None = None,
+    limit: int = 0,
+) -> list[tuple[Document, str]]:
+    stmt = select(Document, Workspace.owner_account_id).join(Workspace, Workspace.id == Document.workspace_id)
+    if ids is not None:
+        stmt = stmt.where(Document.id.in_(ids))
+    if after is not None:
+        stmt = stmt.where(Document.id > after)
+    stmt = stmt.order_by(Document.id).with_for_update(read=True, of=Document)
+    if limit:
+        stmt = stmt.limit(limit)
+    return [(doc, owner) for doc, owner in (await session.execute(stmt)).all()]
+
+
+def _snapshots(rows: Sequence[tuple[Document, str]]) -> list[Event]:
+    return [document_event(doc, DocumentEventType.SNAPSHOT, owner_account_id=owner) for doc, owner in rows]
+
+
+async def announce(session: AsyncSession, writer: OutboxWriter, ids: Sequence[uuid.UUID]) -> int:
+    """Snapshot events for those of `ids` console has; returns how many."""
+    events = _snapshots(await _locked_with_owner(session, ids=sorted(set(ids))))
+    await writer.add(session, *events)
+    return len(events)
+
+
+async def announce_absent(session: AsyncSession, writer: OutboxWriter, items: Sequence[Absent]) -> int:
+    """Deleted-state snapshots for documents console does not have (re-checked here); returns how many."""
+    present = set(
+        (await session.execute(select(Document.id).where(Document.id.in_([i.document_id for i in items]))))
+        .scalars()
+        .all()
+    )
+    events = [
+        Event(
+            topic=TOPIC,
+            type=DocumentEventType.SNAPSHOT.value,
+            aggregate_id=str(item.document_id),
+            version=item.version,
+            data={
+                "document_id": str(item.document_id),
+                "dataset_id": str(item.dataset_id),
+                "workspace_id": str(item.workspace_id),
+                "owner_account_id": item.owner_account_id,
+                "name": item.name,
+                "text": "",
+                "enabled": False,
+                "archived": False,
+                "deleted": True,
+            },
+        )
+        for item in items
+        if item.document_id not in present
+    ]
+    await writer.add(session, *events)
+    return len(events)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    announced: int
+    total: int
+    finished: bool
+
+
+async def start_run(session: AsyncSession, name: str, *, restart: bool) -> Progress:
+    """Resume the run `name` (or start it; a finished run, or `restart`, starts over)."""
+    run = await session.get(SnapshotRun, name, with_for_update=True)
+    if run is None:
+        run = SnapshotRun(name=name, after_id=None, announced=0, started_at=utcnow())
+        session.add(run)
+    elif restart or run.finished_at is not None:
+        run.after_id, run.announced, run.started_at, run.finished_at = None, 0, utcnow(), None
+    await session.flush()
+    return Progress(run.announced, await _total(session), finished=False)
+
+
+async def snapshot_next(session: AsyncSession, writer: OutboxWriter, name: str, limit: int) -> Progress:
+    """Announce the next `limit` documents after the run's cursor and advance it, in this transaction."""
+    run = await session.get(SnapshotRun, name, with_for_update=True)
+    if run is None:
+        raise LookupError(f"no snapshot run {name!r}: start it first")
+    rows = await _locked_with_owner(session, after=run.after_id, limit=limit)
+    await writer.add(session, *_snapshots(rows))
+    if rows:
+        run.after_id = rows[-1][0].id
+        run.announced += len(rows)
+    finished = len(rows) < limit
+    await session.flush()
+    return Progress(run.announced, await _total(session), finished=finished)
+
+
+async def finish_run(session: AsyncSession, name: str) -> None:
+    run = await session.get(SnapshotRun, name, with_for_update=True)
+    if run is not None:
+        run.finished_at = utcnow()
+        await session.flush()
+
+
+async def _total(session: AsyncSession) -> int:
+    return int((await session.execute(select(func.count()).select_from(Document))).scalar_one())
