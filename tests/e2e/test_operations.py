@@ -74,7 +74,9 @@ async def test_metrics_on_each_api_move_with_events(ops_system: System, user: Us
     console_group = {"messaging_consumer_group_name": s.groups["console-consumer"]}
     indexer_group = {"messaging_consumer_group_name": s.groups["indexer-consumer"]}
     ds = await user.create_dataset()
-    assert (metric(s, "auth", "http_server_request_duration_seconds_count", http_request_method="POST") or 0) >= 2
+    assert (
+        metric(s, "auth", "http_server_request_duration_seconds_count", http_request_method="POST") or 0
+    ) >= 2
     before = (
         metric(s, "console", "http_server_request_duration_seconds_count", http_request_method="POST") or 0
     )
