@@ -151,3 +151,18 @@ async def test_retention_cleanup_deletes_only_old_published_rows_in_batches(
     async with engine.connect() as conn:
         left = [r[0] for r in await conn.execute(text("SELECT id FROM outbox ORDER BY id"))]
     assert left == [21, 22, 23, 24, 25]
+
+
+def test_a_replay_of_some_event_types_only_needs_an_explicit_allow_partial(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Security review, finding 8: `replay --type` into a consumer rebuilt from scratch could resurrect a
+    deleted aggregate (its `created` replayed without its `deleted`). It now refuses without --allow-partial."""
+    from outbox.cli import main
+
+    assert (
+        main(["replay", "--database-url", database_url, "--type", "console.document.created", "--yes"]) == 2
+    )
+    assert "resurrect" in capsys.readouterr().err
+    assert main(["replay", "--database-url", database_url, "--type", "x.created", "--allow-partial"]) == 0
+    assert '"would_replay": 0' in capsys.readouterr().out

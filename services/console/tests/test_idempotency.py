@@ -5,6 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from servicekit.db import make_engine
+from servicekit.idempotency import purge_expired
 
 from .conftest import Api, Stack
 
@@ -92,3 +98,23 @@ async def test_a_failed_request_does_not_burn_its_key(api: Api) -> None:
     missing = f"/console/api/datasets/{uuid.uuid4()}"
     assert (await api.console.patch(missing, json={"name": "x"}, headers=key)).status_code == 404
     assert (await api.console.patch(missing, json={"name": "x"}, headers=key)).status_code == 404
+
+
+async def test_stored_responses_are_purged_after_the_retention(stack: Stack) -> None:
+    """Security review, finding 8: before, stored Idempotency-Key responses were never purged."""
+    scope = f"purge-{uuid.uuid4().hex[:8]}"
+    stack.console_rows(
+        "INSERT INTO idempotency_keys (scope, key, fingerprint, status_code, response_body, created_at)"
+        " VALUES (%s, 'old', 'f', 201, '{}', now() - interval '25 hours'),"
+        " (%s, 'fresh', 'f', 201, '{}', now() - interval '1 hour') RETURNING key",
+        scope,
+        scope,
+    )
+    engine = make_engine(stack.console_db, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            session = AsyncSession(bind=conn)
+            await purge_expired(session, older_than=timedelta(hours=24))
+    finally:
+        await engine.dispose()
+    assert stack.console_rows("SELECT key FROM idempotency_keys WHERE scope = %s", scope) == [("fresh",)]

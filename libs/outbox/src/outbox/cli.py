@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", type=datetime.fromisoformat)
     replay.add_argument("--until", type=datetime.fromisoformat)
     replay.add_argument("--yes", action="store_true", help="do it (without: count what would be replayed)")
+    replay.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="with --type: replay only some event types of each aggregate (see PARTIAL_REPLAY)",
+    )
     redrive = with_db(sub.add_parser("redrive", help="send dead-lettered rows through the relay again"))
     redrive.add_argument(
         "--id", dest="ids", type=int, action="append", help="row id (repeatable); default all"
@@ -121,6 +126,14 @@ async def _admin(args: argparse.Namespace) -> dict[str, Any]:
         await engine.dispose()
 
 
+PARTIAL_REPLAY = (
+    "--type replays some of an aggregate's events without the others. A consumer that already applied "
+    "them skips them, but one rebuilt from scratch would apply, say, `created` without the later `deleted` "
+    "and resurrect the aggregate. Replay whole aggregates (--topic/--aggregate-id/--since), or add "
+    "--allow-partial if every consumer of these events already holds the rest of the history."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -148,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "relay":
         asyncio.run(_run_relay(args.database_url, args.name))
         return 0
+    if args.command == "replay" and args.event_type and not args.allow_partial:
+        print(f"outbox replay: {PARTIAL_REPLAY}", file=sys.stderr)
+        return 2
     result = asyncio.run(_admin(args))
     if args.command == "status" and not args.json:
         print(observe.render_status(result))

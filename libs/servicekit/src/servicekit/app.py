@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -65,18 +66,23 @@ def create_database_service_app(
     pool_size: int,
     max_body_bytes: int,
     consumer_groups: Mapping[str, Sequence[str]] | None = None,
+    maintenance: Sequence[Callable[[Database], Awaitable[None]]] = (),
 ) -> FastAPI:
     """A service that owns a database and verifies tokens: lifespan state `db` (Database with this
-    service's OutboxWriter) and `token_verifier`, both disposed on shutdown."""
+    service's OutboxWriter) and `token_verifier`, both disposed on shutdown. `maintenance` loops (e.g.
+    purging old idempotency keys) run as tasks for the app's lifetime."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         db = Database(database_url, OutboxWriter(source=name), pool_size=pool_size)
+        tasks = [asyncio.create_task(job(db)) for job in maintenance]
         try:
             async with TokenVerifier.from_settings() as verifier:
                 # Lifespan state: request.state.db and request.state.token_verifier in dependencies.
                 yield {"db": db, "token_verifier": verifier}
         finally:
+            for task in tasks:
+                task.cancel()
             await db.dispose()
 
     return create_service_app(

@@ -7,20 +7,37 @@ rolled back, the second one claims the key and runs. So the change, its events a
 commit together or not at all, and a retried request never applies twice.
 
 Failed requests roll back, so their keys are not kept: retrying a request that failed is safe because it
-changed nothing.
+changed nothing. Stored responses are purged after a retention period (`purge_loop`): a client retries
+within minutes, not days, and the table must not grow forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import Column, Integer, MetaData, PrimaryKeyConstraint, Table, Text, func, select, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from servicekit.errors import Conflict, Unprocessable
+
+log = logging.getLogger("servicekit.idempotency")
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -107,3 +124,33 @@ async def complete(session: AsyncSession, *, scope: str, key: str, status_code: 
         .where(t.c.scope == scope, t.c.key == key)
         .values(status_code=status_code, response_body=body)
     )
+
+
+_PURGE = text(
+    "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
+    " WHERE created_at < now() - make_interval(secs => :age) LIMIT :limit)"
+)
+
+
+async def purge_expired(session: AsyncSession, *, older_than: timedelta, limit: int = 1000) -> int:
+    """Delete up to `limit` stored keys older than `older_than` (bounded: short transactions, no bloat)."""
+    result = await session.execute(_PURGE, {"age": older_than.total_seconds(), "limit": limit})
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def purge_loop(
+    sessions: async_sessionmaker[AsyncSession], *, retention: timedelta, interval_seconds: float = 300.0
+) -> None:
+    """Runs for the service's lifetime (every process may run it: the DELETE is idempotent)."""
+    while True:
+        try:
+            while True:
+                async with sessions() as session, session.begin():
+                    purged = await purge_expired(session, older_than=retention)
+                if purged:
+                    log.info("purged %d idempotency keys older than %s", purged, retention)
+                if purged < 1000:
+                    break
+        except Exception:  # the database is down: next round
+            log.warning("could not purge idempotency keys; retrying", exc_info=True)
+        await asyncio.sleep(interval_seconds)

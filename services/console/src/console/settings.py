@@ -16,6 +16,8 @@ class Settings(ServiceSettings):
     port: int = 8002
     max_body_bytes: int = 1_048_576
     consumer_name: str = "console"
+    # Stored Idempotency-Key responses older than this are purged (a retry comes within minutes).
+    idempotency_retention_hours: float = 24.0
 
 
 @lru_cache
