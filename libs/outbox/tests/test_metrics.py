@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,7 +20,7 @@ from outbox.kafka import ensure_topics
 from outbox.metrics import prometheus_text, setup_metrics
 from outbox.observe import group_lag, read_backlog
 from outbox.testing import drain_outbox, record_effect, wire
-from servicekit.testing import wait_until
+from servicekit.testing import ServiceProcess, free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 FAST = ConsumerSettings(
@@ -108,3 +111,57 @@ async def test_group_lag_uses_the_fetch_highwater(bootstrap: str) -> None:
     finally:
         await producer.stop()
     assert await group_lag(bootstrap, f"nobody-{uuid.uuid4().hex[:6]}", [topic]) == {(topic, 0): 10}
+
+
+async def test_relay_process_serves_its_metrics_port(
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    database_url: str,
+    log_dir: Path,
+) -> None:
+    """`outbox relay` with OUTBOX_METRICS_PORT: its counters on that port, moving as it publishes."""
+    port = free_port()
+    relay = ServiceProcess(
+        "relay",
+        [
+            sys.executable,
+            "-m",
+            "outbox.cli",
+            "relay",
+            "--database-url",
+            database_url,
+            "--name",
+            "metrics-test",
+        ],
+        env={"OUTBOX_METRICS_PORT": str(port)},
+        log_dir=log_dir,
+    ).start()
+    try:
+        async with sessions() as session, session.begin():
+            await writer.add(
+                session,
+                *[Event(topic=topic, type=f"{topic}.x", aggregate_id=str(i), data={}) for i in range(5)],
+            )
+
+        async def sent() -> bool:
+            try:
+                r = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)
+            except httpx.HTTPError:
+                return False
+            return (
+                _sample(r.text, "messaging_client_sent_messages_total", messaging_destination_name=topic) == 5
+            )
+
+        await wait_until(sent, timeout=60, what="5 sent on the relay's metrics port")
+    finally:
+        relay.terminate(timeout=10)
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -86,12 +87,18 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
 
 
 def serve_metrics_from_env() -> int | None:
-    """`OUTBOX_METRICS_PORT` (and `OUTBOX_METRICS_HOST`, default 127.0.0.1): serve there; the port or None."""
-    port = os.environ.get("OUTBOX_METRICS_PORT")
+    """`OUTBOX_METRICS_PORT` (and `OUTBOX_METRICS_HOST`, default 127.0.0.1): serve there; the port or None.
+
+    A port already taken costs the metrics endpoint, never the relay or consumer: a warning, and on."""
+    port = int(os.environ.get("OUTBOX_METRICS_PORT") or 0)
     if not port:
         return None
-    serve_metrics(int(port), os.environ.get("OUTBOX_METRICS_HOST", "127.0.0.1"))
-    return int(port)
+    try:
+        serve_metrics(port, os.environ.get("OUTBOX_METRICS_HOST", "127.0.0.1"))
+    except OSError as exc:
+        logging.getLogger("outbox.metrics").warning("metrics not served on port %d: %s", port, exc)
+        return None
+    return port
 
 
 def _meter() -> metrics.Meter:
