@@ -61,6 +61,8 @@ class AuthSettings(BaseSettings):
     jwks_cache_seconds: float = 300.0
     jwks_min_refetch_seconds: float = 5.0
     jwks_timeout_seconds: float = 3.0
+    # A hung Redis fails the request closed (503) within this, instead of hanging it.
+    redis_timeout_seconds: float = 2.0
     clock_leeway_seconds: int = 10
     # Refuse tokens whose lifetime (exp - iat) exceeds this, whatever the signer says.
     max_token_lifetime_seconds: int = 3600
@@ -232,7 +234,11 @@ class TokenVerifier:
     async def from_settings(cls, settings: AuthSettings | None = None) -> AsyncIterator[TokenVerifier]:
         """A verifier backed by auth's JWKS URL and Redis; closes its clients on exit."""
         s = settings or AuthSettings()
-        redis = Redis.from_url(s.redis_url)
+        redis = Redis.from_url(
+            s.redis_url,
+            socket_timeout=s.redis_timeout_seconds,
+            socket_connect_timeout=s.redis_timeout_seconds,
+        )
         async with httpx.AsyncClient(timeout=s.jwks_timeout_seconds) as client:
             try:
                 keys = JwksKeySource(
