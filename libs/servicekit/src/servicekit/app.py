@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -66,7 +66,7 @@ def create_database_service_app(
     pool_size: int,
     max_body_bytes: int,
     consumer_groups: Mapping[str, Sequence[str]] | None = None,
-    maintenance: Sequence[Callable[[Database], Awaitable[None]]] = (),
+    maintenance: Sequence[Callable[[Database], Coroutine[Any, Any, None]]] = (),
 ) -> FastAPI:
     """A service that owns a database and verifies tokens: lifespan state `db` (Database with this
     service's OutboxWriter) and `token_verifier`, both disposed on shutdown. `maintenance` loops (e.g.
