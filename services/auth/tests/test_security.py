@@ -14,7 +14,15 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from auth_testkit import KEY_ENCRYPTION_KEY, REDIS_URL, Secrets, fake_address, new_login, strong_password
+from auth_testkit import (
+    KEY_ENCRYPTION_KEY,
+    REDIS_URL,
+    Secrets,
+    VerifierApp,
+    fake_address,
+    new_login,
+    strong_password,
+)
 from redis.asyncio import Redis
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -33,9 +41,10 @@ from auth.throttle import Throttle
 from outbox import OutboxWriter, outbox_table
 from outbox.kafka import bootstrap_from_env
 from outbox.testing import drain_outbox
-from servicekit.auth import RevocationList
+from servicekit.auth import AuthSettings, RevocationList
 from servicekit.db import Database, make_engine
 from servicekit.errors import Conflict, ServiceUnavailable, TooManyRequests, Unauthorized
+from servicekit.testing import HttpService
 
 
 @dataclass
@@ -253,3 +262,36 @@ async def test_sql_errors_never_carry_parameter_values(database_url: str) -> Non
     finally:
         await engine.dispose()
     assert secret not in str(failure.value) and "parameters hidden" in str(failure.value)
+
+
+async def test_a_hung_redis_fails_verification_closed_within_the_timeout(
+    auth_service: HttpService, http: httpx.AsyncClient, seen: Secrets
+) -> None:
+    """Finding 8: before, Redis clients had no timeouts, so a Redis that accepts connections but never
+    answers hung every authenticated request. Now the verifier answers 503 within its timeout."""
+    user = await new_login(http, seen)
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)  # accept, read, never answer
+
+    hung = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    app = VerifierApp(
+        AuthSettings(
+            jwks_url=f"{auth_service.base_url}/auth/.well-known/jwks.json",
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            redis_timeout_seconds=1.0,
+        )
+    )
+    await app.start()
+    try:
+        async with httpx.AsyncClient(base_url=app.base_url, timeout=15) as client:
+            started = asyncio.get_running_loop().time()
+            r = await client.get("/whoami", headers=user.bearer)
+            elapsed = asyncio.get_running_loop().time() - started
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        # The configured 1 s bounds it (before: redis-py's own 5 s connect bound, or forever once connected).
+        assert elapsed < 4
+    finally:
+        await app.stop()
+        hung.close()
