@@ -15,7 +15,15 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from outbox import ConsumerSettings, Event, EventContext, IdempotentConsumer, OutboxWriter
+from outbox import (
+    ConsumerSettings,
+    Event,
+    EventContext,
+    IdempotentConsumer,
+    OutboxWriter,
+    Relay,
+    RelaySettings,
+)
 from outbox.kafka import ensure_topics
 from outbox.metrics import prometheus_text, setup_metrics
 from outbox.observe import group_lag, read_backlog
@@ -165,3 +173,39 @@ def _sample(text: str, name: str, **labels: str) -> float:
         for s in family.samples
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+async def test_refused_and_dead_lettered_rows_are_counted(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+) -> None:
+    setup_metrics("outbox-tests")
+    huge = Event(topic=topic, type=f"{topic}.changed", aggregate_id="big", data={"blob": "x" * 300_000})
+    async with sessions() as session, session.begin():
+        await writer.add(session, huge)
+    relay = Relay(
+        engine,
+        RelaySettings(
+            bootstrap=bootstrap, max_message_bytes=100_000, max_attempts=3, row_backoff_initial_s=0.05
+        ),
+        name=f"r-{uuid.uuid4().hex[:6]}",
+    )
+    await relay.start()
+    try:
+
+        async def dead() -> bool:
+            await relay.publish_batch_with_retries()
+            return (await read_backlog(engine)).dead == 1
+
+        await wait_until(dead, timeout=30, what="the huge row dead-lettered")
+    finally:
+        await relay.close()
+    by_relay = {"outbox_relay_name": relay.name, "messaging_destination_name": topic}
+    assert (
+        scrape("outbox_relay_publish_failures_total", **by_relay, error_type="MessageSizeTooLargeError") == 3
+    )
+    assert scrape("outbox_relay_dead_lettered_total", **by_relay) == 1
+    assert scrape("messaging_client_sent_messages_total", messaging_destination_name=topic) == 0

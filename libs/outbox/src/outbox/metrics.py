@@ -140,17 +140,17 @@ class RelayMetrics:
 
     def published(self, relay: str, rows: Iterable[_RowLike]) -> None:
         now = time.time()
-        per_topic: dict[str, int] = {}
+        latencies: dict[str, list[float]] = {}
         for row in rows:
-            per_topic[row.topic] = per_topic.get(row.topic, 0) + 1
             occurred = _epoch(row.occurred_at)
-            if occurred is not None:
-                self.latency.record(
-                    max(now - occurred, 0.0),
-                    {"outbox.relay.name": relay, "messaging.destination.name": row.topic},
-                )
-        for topic, count in per_topic.items():
-            self.sent.add(count, {**SYSTEM, "messaging.destination.name": topic, "outbox.relay.name": relay})
+            latencies.setdefault(row.topic, []).append(now - occurred if occurred is not None else -1.0)
+        for topic, values in latencies.items():
+            attrs = {"outbox.relay.name": relay, "messaging.destination.name": topic}
+            record = self.latency.record
+            for value in values:
+                if value >= 0:
+                    record(value, attrs)
+            self.sent.add(len(values), {**SYSTEM, **attrs})
 
     def failed(self, relay: str, topic: str, error: BaseException, *, dead: bool) -> None:
         attrs = {"outbox.relay.name": relay, "messaging.destination.name": topic}
