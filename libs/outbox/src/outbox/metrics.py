@@ -258,9 +258,18 @@ class ConsumerMetrics:
                 )
 
 
+_LAG_EVERY_S = 0.5
+_lag_observed_at: dict[str, float] = {}
+
+
 async def observe_consumer_lag(group: str, consumer: Any) -> None:
     """Lag of each assigned partition of an aiokafka consumer: the highwater its last fetch reported minus
-    its position (next record to hand out). Partitions without a fetch response yet are left out."""
+    its position (next record to hand out). Partitions without a fetch response yet are left out.
+    Called from the consumer's loop; does the work at most every 0.5 s."""
+    now = time.monotonic()
+    if now - _lag_observed_at.get(group, -_LAG_EVERY_S) < _LAG_EVERY_S:
+        return
+    _lag_observed_at[group] = now
     lag: dict[tuple[str, int], int] = {}
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)

@@ -120,8 +120,10 @@ class CachedGroupLag:
     async def get(self) -> Lag | None:
         async with self._lock:
             if time.monotonic() - self._at >= self.interval_s:
-                try:
-                    self._value = await group_lag(self.bootstrap, self.group, self.topics)
+                try:  # bounded: an unreachable broker costs a scrape seconds, not minutes
+                    self._value = await asyncio.wait_for(
+                        group_lag(self.bootstrap, self.group, self.topics), timeout=10
+                    )
                 except Exception:
                     self._value = None  # absent rather than stale
                 self._at = time.monotonic()
