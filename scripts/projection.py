@@ -174,7 +174,7 @@ class ProgressView:
 
     def __init__(self, total: int, done: int) -> None:
         self.tty = sys.stdout.isatty()
-        self.started, self.start_done, self.last_line = time.monotonic(), done, 0.0
+        self.started, self.start_done, self.last_line, self.last_done = time.monotonic(), done, 0.0, -1
         self.total = total
         if self.tty:
             from rich.progress import (
@@ -204,8 +204,9 @@ class ProgressView:
         if self.tty:
             self.bar.update(self.task, completed=done, total=self.total, rate=f"{rate:.0f}")
             return
-        if time.monotonic() - self.last_line >= 1.0 or done >= self.total:
-            self.last_line = time.monotonic()
+        final = done >= self.total and done != self.last_done
+        if time.monotonic() - self.last_line >= 1.0 or final:
+            self.last_line, self.last_done = time.monotonic(), done
             eta = (self.total - done) / rate if rate > 0 else float("nan")
             print(
                 f"re-snapshot {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%) "
