@@ -120,15 +120,24 @@ async def test_one_trace_from_enable_request_to_status_update(system: System, us
     assert request["parent_id"] is None
     chain = [request]
     for service, kind, name in (
-        ("console-relay", "PRODUCER", "console.document publish"),
-        ("indexer-consumer", "CONSUMER", "console.document.enabled process"),
-        ("indexer-relay", "PRODUCER", "indexer.document publish"),
-        ("console-consumer", "CONSUMER", "indexer.document.indexed process"),
+        ("console-relay", "PRODUCER", "send console.document"),
+        ("indexer-consumer", "CONSUMER", "process console.document"),
+        ("indexer-relay", "PRODUCER", "send indexer.document"),
+        ("console-consumer", "CONSUMER", "process indexer.document"),
     ):
         want = (service, kind, name, chain[-1]["span_id"])
         children = [s for s in trace if (s["service"], s["kind"], s["name"], s["parent_id"]) == want]
         assert children, f"no {service} {name!r} span under {chain[-1]['name']!r}:\n{spans.describe(trace)}"
         chain.append(children[0])
+
+    # Both sides of each hop name the same (logical) destination, although topics carry a prefix on the wire.
+    for producer, consumer in ((chain[1], chain[2]), (chain[3], chain[4])):
+        names = {str(s["attributes"]["messaging.destination.name"]) for s in (producer, consumer)}  # type: ignore[index]
+        assert names == {str(producer["name"]).removeprefix("send ")}, names
+
+    # Redis is traced too: console's token check asks the deny list under the request.
+    redis_calls = [s for s in trace if "redis" in {str(v) for v in s["attributes"].values()}]  # type: ignore[union-attr]
+    assert redis_calls, spans.describe(trace)
 
     # The database legs: the request's transaction writes the outbox row; inside the indexer's processing
     # span the version guard and the indexed document are written (the inbox rows go in once per fetched batch,

@@ -1,4 +1,5 @@
-"""One trace from the writer's span through the relay's publish to the consumer's processing."""
+"""One trace from the writer's span through the relay's `send` to the consumer's `process`, on the OpenTelemetry
+messaging semantic conventions (names, attributes, links)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as M
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import (
@@ -45,11 +48,10 @@ async def test_consumer_continues_the_writers_trace_through_the_relay(
     bootstrap: str,
 ) -> None:
     tracer = trace.get_tracer("test")
+    event = Event(topic=topic, type=f"{topic}.enabled", aggregate_id="d1", data={}, version=1)
     with tracer.start_as_current_span("PATCH enable") as request_span:
         async with sessions() as session, session.begin():
-            await writer.add(
-                session, Event(topic=topic, type=f"{topic}.enabled", aggregate_id="d1", data={}, version=1)
-            )
+            await writer.add(session, event)
     trace_id = request_span.get_span_context().trace_id
 
     await drain_outbox(engine, bootstrap)
@@ -75,10 +77,57 @@ async def test_consumer_continues_the_writers_trace_through_the_relay(
 
     assert seen == [trace_id]  # the handler runs inside the continued trace
     finished = {s.name: s for s in spans.get_finished_spans() if s.context.trace_id == trace_id}
-    publish, process = finished[f"{topic} publish"], finished[f"{topic}.enabled process"]
-    assert publish.parent is not None and publish.parent.span_id == request_span.get_span_context().span_id
-    assert process.parent is not None and process.parent.span_id == publish.context.span_id
-    assert process.attributes is not None and process.attributes["outbox.outcome"] == "applied"
+    send, process = finished[f"send {topic}"], finished[f"process {topic}"]
+    assert send.parent is not None and send.parent.span_id == request_span.get_span_context().span_id
+    assert process.parent is not None and process.parent.span_id == send.context.span_id
+    assert [link.context.span_id for link in process.links] == [send.context.span_id]
+    assert send.kind is SpanKind.PRODUCER and process.kind is SpanKind.CONSUMER
+    assert (
+        dict(send.attributes or {}).items()
+        >= {
+            M.MESSAGING_SYSTEM: "kafka",
+            M.MESSAGING_OPERATION_TYPE: "send",
+            M.MESSAGING_OPERATION_NAME: "send",
+            M.MESSAGING_DESTINATION_NAME: topic,  # the logical name, on both sides, whatever the prefix
+            M.MESSAGING_MESSAGE_ID: str(event.id),
+            M.MESSAGING_KAFKA_MESSAGE_KEY: "d1",
+        }.items()
+    )
+    assert (send.attributes or {})[M.MESSAGING_DESTINATION_PARTITION_ID].isdigit()
+    assert (
+        dict(process.attributes or {}).items()
+        >= {
+            M.MESSAGING_SYSTEM: "kafka",
+            M.MESSAGING_OPERATION_TYPE: "process",
+            M.MESSAGING_OPERATION_NAME: "process",
+            M.MESSAGING_DESTINATION_NAME: topic,
+            M.MESSAGING_DESTINATION_PARTITION_ID: send.attributes[M.MESSAGING_DESTINATION_PARTITION_ID],  # type: ignore[index]
+            M.MESSAGING_CONSUMER_GROUP_NAME: consumer.name,
+            M.MESSAGING_MESSAGE_ID: str(event.id),
+            "outbox.outcome": "applied",
+        }.items()
+    )
+    assert M.MESSAGING_KAFKA_OFFSET in (process.attributes or {})
+
+
+def test_the_librarys_attribute_names_are_the_semantic_conventions() -> None:
+    """outbox.tracing spells the names itself (it depends on the API only); they must match the package."""
+    from outbox import tracing
+
+    for name in (
+        "MESSAGING_SYSTEM",
+        "MESSAGING_OPERATION_TYPE",
+        "MESSAGING_OPERATION_NAME",
+        "MESSAGING_DESTINATION_NAME",
+        "MESSAGING_DESTINATION_PARTITION_ID",
+        "MESSAGING_MESSAGE_ID",
+        "MESSAGING_CONSUMER_GROUP_NAME",
+        "MESSAGING_BATCH_MESSAGE_COUNT",
+        "MESSAGING_KAFKA_MESSAGE_KEY",
+        "MESSAGING_KAFKA_OFFSET",
+    ):
+        assert getattr(tracing, name) == getattr(M, name), name
+    assert M.MessagingSystemValues.KAFKA.value == tracing.KAFKA
 
 
 async def _applied(consumer: IdempotentConsumer) -> bool:

@@ -34,7 +34,7 @@ from outbox.envelope import MalformedMessage, ReceivedEvent, decode_record
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
 from outbox.metrics import consumer_metrics, observe_consumer_lag
 from outbox.schema import inbox_table
-from outbox.tracing import context_from, tracer
+from outbox.tracing import MESSAGING_BATCH_MESSAGE_COUNT, context_from, process_attributes, tracer
 
 log = logging.getLogger("outbox.consumer")
 
@@ -335,20 +335,22 @@ class IdempotentConsumer:
         return _Parsed(record, event, route, None)
 
     def _span(self, item: _Parsed) -> Span:
+        """`process {topic}`: a child of the producer's span (one trace end to end) and linked to it, as the
+        messaging conventions ask of a span that processes a message created elsewhere."""
         assert item.event is not None
+        producer = context_from(item.event.headers)
         return tracer().start_span(
-            f"{item.event.type} process",
-            context=context_from(item.event.headers),
+            f"process {item.event.topic}",
+            context=producer,
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation": "process",
-                "messaging.destination.name": item.record.topic,
-                "messaging.kafka.partition": item.record.partition,
-                "messaging.kafka.offset": item.record.offset,
-                "messaging.message.id": str(item.event.id),
-                "messaging.consumer.group.name": self.name,
-            },
+            links=[Link(trace.get_current_span(producer).get_span_context())],
+            attributes=process_attributes(
+                item.event.topic,
+                self.name,
+                partition=item.record.partition,
+                offset=item.record.offset,
+                message_id=str(item.event.id),
+            ),
         )
 
     async def _apply_batch(self, session: AsyncSession, parsed: Sequence[_Parsed]) -> None:
@@ -428,8 +430,16 @@ class IdempotentConsumer:
         route, events = group
         # One span for the call, linked to every event's trace (a span has one parent, a batch many).
         links = [Link(trace.get_current_span(context_from(e.headers)).get_span_context()) for e in events]
-        span = tracer().start_span(f"{route.pattern} process batch", kind=SpanKind.CONSUMER, links=links)
-        span.set_attribute("messaging.batch.message_count", len(events))
+        span = tracer().start_span(
+            f"process {events[0].topic}",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                **process_attributes(events[0].topic, self.name, partition=events[0].partition),
+                MESSAGING_BATCH_MESSAGE_COUNT: len(events),
+                "outbox.handler": route.pattern,
+            },
+        )
         with trace.use_span(span, end_on_exit=True):
             await self._call_fast(session, route, events, span)
 

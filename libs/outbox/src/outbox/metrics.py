@@ -45,11 +45,17 @@ def setup_metrics(service_name: str) -> None:
     with _setup_lock:
         if _installed or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
             return
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        try:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+            from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+            from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        except ImportError:  # the `otel` extra is not installed: the instruments stay no-ops
+            logging.getLogger("outbox.metrics").info(
+                "metrics off: install kafka-txoutbox[otel] to export them"
+            )
+            return
 
         readers: list[MetricReader] = [PrometheusMetricReader()]
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(

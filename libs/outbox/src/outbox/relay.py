@@ -34,7 +34,6 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sqlalchemy import text
 from sqlalchemy.engine import Row
@@ -44,7 +43,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 from outbox.envelope import encode_headers
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
 from outbox.metrics import relay_metrics
-from outbox.tracing import capture_context, context_from, tracer
+from outbox.tracing import (
+    MESSAGING_DESTINATION_PARTITION_ID,
+    capture_context,
+    context_from,
+    send_attributes,
+    tracer,
+)
+from outbox.tracing import recording as tracing_recording
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
 log = logging.getLogger("outbox.relay")
@@ -334,7 +340,7 @@ class Relay:
         prefix = self.settings.topic_prefix
         await self._ensure_topics({prefix + r.topic for r in rows})
         # Without a recording tracer provider, pass the writer's context through untouched (cheap path).
-        recording = isinstance(trace.get_tracer_provider(), SdkTracerProvider)
+        recording = tracing_recording()
         pending: list[_Pending] = []
         refused: set[tuple[str, str]] = set()
         for row in rows:
@@ -348,15 +354,11 @@ class Relay:
             trace_context = stored_context
             if recording:
                 span = tracer().start_span(
-                    f"{row.topic} publish",
+                    f"send {row.topic}",
                     context=context_from(stored_context),
                     kind=SpanKind.PRODUCER,
                     attributes={
-                        "messaging.system": "kafka",
-                        "messaging.operation": "publish",
-                        "messaging.destination.name": row.topic,
-                        "messaging.message.id": str(row.event_id),
-                        "messaging.kafka.message.key": row.aggregate_id,
+                        **send_attributes(row.topic, str(row.event_id), row.aggregate_id),
                         "outbox.id": row.id,
                     },
                 )
@@ -391,6 +393,8 @@ class Relay:
                 result = next(it)
                 if isinstance(result, BaseException):
                     p.error = result
+                elif recording:
+                    p.span.set_attribute(MESSAGING_DESTINATION_PARTITION_ID, str(result.partition))
         await self._record_outcomes(conn, pending)
 
     async def _record_outcomes(self, conn: AsyncConnection, pending: list[_Pending]) -> None:

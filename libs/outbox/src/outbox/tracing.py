@@ -7,17 +7,28 @@
 
 from __future__ import annotations
 
-import json
 import os
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 TRACER_NAME = "outbox"
+
+# OpenTelemetry messaging semantic conventions (checked against opentelemetry-semantic-conventions by
+# libs/outbox/tests/test_tracing.py). Only the API is imported here: the SDK is the `otel` extra.
+MESSAGING_SYSTEM = "messaging.system"
+MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+MESSAGING_OPERATION_NAME = "messaging.operation.name"
+MESSAGING_DESTINATION_NAME = "messaging.destination.name"
+MESSAGING_DESTINATION_PARTITION_ID = "messaging.destination.partition.id"
+MESSAGING_MESSAGE_ID = "messaging.message.id"
+MESSAGING_CONSUMER_GROUP_NAME = "messaging.consumer.group.name"
+MESSAGING_BATCH_MESSAGE_COUNT = "messaging.batch.message_count"
+MESSAGING_KAFKA_MESSAGE_KEY = "messaging.kafka.message.key"
+MESSAGING_KAFKA_OFFSET = "messaging.kafka.offset"
+KAFKA = "kafka"
 
 
 def tracer() -> trace.Tracer:
@@ -35,6 +46,48 @@ def context_from(carrier: Mapping[str, str]) -> Context:
     return propagate.extract(dict(carrier))
 
 
+def recording() -> bool:
+    """True when a real (SDK) tracer provider is installed; spans are then worth building."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def send_attributes(topic: str, message_id: str, key: str) -> dict[str, Any]:
+    """A relay's `send {topic}` span. `topic` is the logical name, the same one consumers record."""
+    return {
+        MESSAGING_SYSTEM: KAFKA,
+        MESSAGING_OPERATION_TYPE: "send",
+        MESSAGING_OPERATION_NAME: "send",
+        MESSAGING_DESTINATION_NAME: topic,
+        MESSAGING_MESSAGE_ID: message_id,
+        MESSAGING_KAFKA_MESSAGE_KEY: key,
+    }
+
+
+def process_attributes(
+    topic: str,
+    group: str,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
+    """A consumer's `process {topic}` span (one message, or a batch without message id and offset)."""
+    attributes: dict[str, Any] = {
+        MESSAGING_SYSTEM: KAFKA,
+        MESSAGING_OPERATION_TYPE: "process",
+        MESSAGING_OPERATION_NAME: "process",
+        MESSAGING_DESTINATION_NAME: topic,
+        MESSAGING_CONSUMER_GROUP_NAME: group,
+    }
+    if partition is not None:
+        attributes[MESSAGING_DESTINATION_PARTITION_ID] = str(partition)
+    if offset is not None:
+        attributes[MESSAGING_KAFKA_OFFSET] = offset
+    if message_id is not None:
+        attributes[MESSAGING_MESSAGE_ID] = message_id
+    return attributes
+
+
 def tracing_configured() -> bool:
     """True when OTEL_* variables ask for spans to be exported (so instrumentation is worth its cost)."""
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
@@ -47,10 +100,21 @@ def tracing_configured() -> bool:
 
 
 def setup_tracing(service_name: str) -> None:
-    """Install a tracer provider for this process, configured from standard OTEL_* variables."""
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    """Install a tracer provider for this process, configured from standard OTEL_* variables.
+
+    Needs the SDK (`pip install kafka-txoutbox[otel]`) only when an exporter is configured; without one the
+    no-op provider stays and trace context still propagates through the outbox and the Kafka headers."""
+    if not tracing_configured():
+        return
+    try:
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    except ImportError as exc:
+        raise RuntimeError(
+            "OTEL_* asks for spans to be exported but the OpenTelemetry SDK is missing: "
+            "pip install 'kafka-txoutbox[otel]'"
+        ) from exc
 
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
@@ -68,44 +132,7 @@ def setup_tracing(service_name: str) -> None:
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if spans_file:
+        from outbox.span_file import JsonLinesSpanExporter
+
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(spans_file)))
     trace.set_tracer_provider(provider)
-
-
-class JsonLinesSpanExporter(SpanExporter):
-    """Appends finished spans as one JSON object per line; several processes may share the file."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = []
-        for span in spans:
-            ctx = span.get_span_context()
-            assert ctx is not None
-            lines.append(
-                json.dumps(
-                    {
-                        "trace_id": f"{ctx.trace_id:032x}",
-                        "span_id": f"{ctx.span_id:016x}",
-                        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
-                        "name": span.name,
-                        "service": span.resource.attributes.get("service.name"),
-                        "kind": span.kind.name,
-                        "start": span.start_time,
-                        "end": span.end_time,
-                        "status": span.status.status_code.name,
-                        "attributes": {k: str(v) for k, v in (span.attributes or {}).items()},
-                    }
-                )
-            )
-        with self._lock, open(self._path, "a", encoding="utf-8") as fh:
-            fh.write("".join(line + "\n" for line in lines))
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True

@@ -12,13 +12,26 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from outbox import OutboxWriter
 from outbox.metrics import setup_metrics
-from outbox.tracing import setup_tracing
+from outbox.tracing import setup_tracing, tracing_configured
 from servicekit.auth import TokenVerifier
 from servicekit.db import Database
 from servicekit.errors import install_error_handlers
 from servicekit.limits import BodySizeLimitMiddleware
 from servicekit.metrics import MetricsSources
 from servicekit.nul import NulRejectMiddleware
+
+
+def instrument_clients() -> None:
+    """Redis calls (deny list, throttles) and outgoing HTTP (the JWKS fetch) as client spans, when spans
+    are exported at all; each instrumentor patches its library once per process."""
+    if not tracing_configured():
+        return
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    for instrumentor in (RedisInstrumentor(), HTTPXClientInstrumentor()):
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
 
 
 def create_service_app(
@@ -30,6 +43,7 @@ def create_service_app(
     consumer_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> FastAPI:
     setup_tracing(name)
+    instrument_clients()
     setup_metrics(name)
     app = FastAPI(title=name, lifespan=lifespan)
     install_error_handlers(app)
