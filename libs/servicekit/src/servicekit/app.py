@@ -19,6 +19,7 @@ from servicekit.errors import install_error_handlers
 from servicekit.limits import BodySizeLimitMiddleware
 from servicekit.metrics import MetricsSources
 from servicekit.nul import NulRejectMiddleware
+from servicekit.readiness import readiness
 
 
 def instrument_clients() -> None:
@@ -56,6 +57,8 @@ def create_service_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.add_api_route("/readyz", readiness, methods=["GET"], include_in_schema=False)
+
     sources = MetricsSources(name, consumer_groups or {})
 
     @app.get("/metrics", include_in_schema=False)
@@ -68,7 +71,7 @@ def create_service_app(
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     return app
 
 

@@ -35,11 +35,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from servicekit.errors import ServiceUnavailable, Unauthorized
+from servicekit.settings import local_redis_url
 
 log = logging.getLogger("servicekit.auth")
 
@@ -56,7 +58,7 @@ class AuthSettings(BaseSettings):
     jwks_url: str = "http://127.0.0.1:8001/auth/.well-known/jwks.json"
     jwt_audience: str = "outbox-reference"
     jwt_issuer: str = "auth"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default_factory=local_redis_url)
     redis_prefix: str = "auth:"
     jwks_cache_seconds: float = 300.0
     jwks_min_refetch_seconds: float = 5.0
@@ -153,6 +155,12 @@ class JwksKeySource:
         if not self._keys:
             raise ServiceUnavailable("signing keys are unavailable")
         return self._keys.get(kid)
+
+    async def ready(self) -> bool:
+        """True when keys are held (fetching them now if none are): the verifier can check a token."""
+        if not self._keys:
+            await self._refetch()
+        return bool(self._keys)
 
     async def _refetch(self) -> None:
         async with self._lock:

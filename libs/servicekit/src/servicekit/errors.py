@@ -11,6 +11,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis import exceptions as redis_exc
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from outbox import EventTooLarge
@@ -87,6 +89,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database is down, restarting or out of connections: nothing was committed, retrying is safe.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        body = error_body("unavailable", "the database is unavailable: retry shortly")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(redis_exc.ConnectionError)
+    @app.exception_handler(redis_exc.TimeoutError)
+    async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        body = error_body("unavailable", "a dependency (Redis) is unavailable: retry shortly")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(EventTooLarge)
     async def _event_too_large(_: Request, exc: EventTooLarge) -> JSONResponse:

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from servicekit.db import normalise_url
+from servicekit.settings import local_database_url, local_redis_url
 
 log = logging.getLogger("auth.settings")
 
@@ -27,7 +28,7 @@ class DatabaseSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/auth"
+    database_url: str = Field(default_factory=lambda: local_database_url("auth"))
 
     @field_validator("database_url")
     @classmethod
@@ -40,7 +41,7 @@ class Settings(DatabaseSettings):
     host: str = "127.0.0.1"
     port: int = 8001
     log_level: str = "INFO"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default_factory=local_redis_url)
     # Every Redis key auth writes starts with this (the verifiers in other services read the same prefix).
     redis_prefix: str = "auth:"
     max_body_bytes: int = 64 * 1024

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from servicekit.settings import ServiceSettings
+from servicekit.settings import ServiceSettings, local_database_url
 
 
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CONSOLE_", extra="ignore")
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/console"
+    database_url: str = Field(default_factory=lambda: local_database_url("console"))
     port: int = 8002
     max_body_bytes: int = 1_048_576
     consumer_name: str = "console"

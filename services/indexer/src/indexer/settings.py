@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from servicekit.settings import ServiceSettings
+from servicekit.settings import ServiceSettings, local_database_url
 
 
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INDEXER_", extra="ignore")
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/indexer"
+    database_url: str = Field(default_factory=lambda: local_database_url("indexer"))
     port: int = 8003
     max_body_bytes: int = 65_536
     consumer_name: str = "indexer"
