@@ -159,6 +159,16 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
             for name, db in databases.items()
         },
         "AUTH_JWKS_URL": f"http://127.0.0.1:{ports['auth']}/auth/.well-known/jwks.json",
+        **{
+            f"{name}_METRICS_PORT": str(free_port())
+            for name in (
+                "AUTH_RELAY",
+                "CONSOLE_RELAY",
+                "INDEXER_RELAY",
+                "CONSOLE_CONSUMER",
+                "INDEXER_CONSUMER",
+            )
+        },
         "AUTH_REDIS_PREFIX": f"quickstart-{run}:",
         "CONSOLE_CONSUMER_NAME": f"quickstart-{run}-console",
         "INDEXER_CONSUMER_NAME": f"quickstart-{run}-indexer",
