@@ -43,6 +43,10 @@ def create_service_app(
     max_body_bytes: int = 1_048_576,
     consumer_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> FastAPI:
+    # The stable HTTP semantic conventions (http.server.request.duration in s, not the old
+    # http.server.duration in ms): read once per process, when the first instrumentor initialises, so set
+    # before any (the Redis/httpx client instrumentors below included).
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     setup_tracing(name)
     instrument_clients()
     setup_metrics(name)
@@ -66,9 +70,6 @@ def create_service_app(
         body, content_type = await sources.render(getattr(request.state, "db", None))
         return Response(body, media_type=content_type)
 
-    # The stable HTTP semantic conventions: http.server.request.duration (s) rather than the old
-    # http.server.duration (ms); read once per process, when the first instrumentation initialises.
-    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
