@@ -28,9 +28,8 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -157,7 +156,12 @@ async def repair(db: Database, index: AsyncEngine, drift: Sequence[Drift]) -> in
 
 
 async def wait_converged(
-    console: AsyncEngine, index: AsyncEngine, *, settle_s: float, wait_s: float, report: Any = None
+    console: AsyncEngine,
+    index: AsyncEngine,
+    *,
+    settle_s: float,
+    wait_s: float,
+    report: Callable[[int], None] | None = None,
 ) -> list[Drift]:
     deadline = time.monotonic() + wait_s
     while True:
@@ -248,7 +252,13 @@ async def rebuild(db: Database, index: AsyncEngine, args: argparse.Namespace) ->
                 f"announced the deletion of {await snapshots.announce_absent(session, db.writer, orphans)} orphans"
             )
     print("waiting for the indexer to apply the snapshots...", flush=True)
-    drift = await wait_converged(db.engine, index, settle_s=args.settle, wait_s=args.wait)
+    drift = await wait_converged(
+        db.engine,
+        index,
+        settle_s=args.settle,
+        wait_s=args.wait,
+        report=lambda n: print(f"  {n} still differ", flush=True),
+    )
     if not drift:
         async with db.sessions() as session, session.begin():
             await snapshots.finish_run(session, RUN_NAME)
