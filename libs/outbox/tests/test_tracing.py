@@ -132,3 +132,33 @@ def test_the_librarys_attribute_names_are_the_semantic_conventions() -> None:
 
 async def _applied(consumer: IdempotentConsumer) -> bool:
     return consumer.stats.applied >= 1
+
+
+def test_json_logs_carry_the_current_trace_and_span_ids(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], spans: InMemorySpanExporter
+) -> None:
+    import json
+    import logging
+
+    from outbox.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    try:
+        configure_logging("log-test")
+        with trace.get_tracer("test").start_as_current_span("request") as span:
+            logging.getLogger("outbox.test").warning("inside %s", "a span")
+        logging.getLogger("outbox.test").warning("outside")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    inside, outside = (json.loads(line) for line in capsys.readouterr().err.strip().splitlines()[-2:])
+    ctx = span.get_span_context()
+    assert (
+        inside["message"] == "inside a span"
+        and inside["level"] == "WARNING"
+        and inside["service"] == "log-test"
+    )
+    assert (inside["trace_id"], inside["span_id"]) == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+    assert inside["logger"] == "outbox.test" and outside["trace_id"] == ""

@@ -1,7 +1,8 @@
 """`outbox` command: run a relay, inspect an outbox, replay retained events, redrive dead-lettered rows.
 
     outbox relay   --database-url URL [--name NAME]
-    outbox status  --database-url URL [--group G ...] [--json]
+    outbox status  --database-url URL [--group G ...] [--json] [--max-age S] [--allow-dead]   (exit 1: dead rows or old backlog)
+    outbox health  --heartbeat-file F [--max-age S]   (exit 1: the relay or consumer loop stopped turning)
     outbox dlq     list|show|redrive --group G [--id PARTITION:OFFSET ...] [--yes]
     outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since ISO] [--until ISO] [--yes]
     outbox redrive --database-url URL [--id N ...] [--yes]
@@ -26,7 +27,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox import admin, dlq, observe, trace_view
+from outbox.health import heartbeat_age
 from outbox.kafka import bootstrap_from_env
+from outbox.logs import configure_logging
 from outbox.metrics import serve_metrics_from_env, setup_metrics
 from outbox.relay import Relay, RelaySettings
 from outbox.tracing import setup_tracing
@@ -60,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
         "--group", dest="groups", action="append", help="consumer group (repeatable); default: the inbox's"
     )
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status.add_argument(
+        "--max-age",
+        type=float,
+        default=300.0,
+        help="exit 1 when the oldest pending event waited longer than this many seconds (default 300)",
+    )
+    status.add_argument(
+        "--allow-dead", action="store_true", help="do not exit 1 because of dead-lettered rows"
+    )
+    health = sub.add_parser("health", help="exit 0 when a relay or consumer loop touched its heartbeat file")
+    health.add_argument("--heartbeat-file", required=True, help="the process's OUTBOX_HEARTBEAT_FILE")
+    health.add_argument("--max-age", type=float, default=60.0, help="seconds (default 60)")
     dlq = sub.add_parser("dlq", help="list, show or redrive a consumer group's dead letters (<group>.dlq)")
     dlq.add_argument("action", choices=["list", "show", "redrive"])
     dlq.add_argument("--group", required=True, help="the consumer group whose <group>.dlq to read")
@@ -136,13 +151,18 @@ PARTIAL_REPLAY = (
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(f"outbox-{args.command}")
     if args.command == "trace":
         print(
             trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
         )
+        return 0
+    if args.command == "health":
+        age = heartbeat_age(Path(args.heartbeat_file))
+        if age is None or age > args.max_age:
+            print(f"unhealthy: heartbeat {'missing' if age is None else f'{age:.0f}s old'}", file=sys.stderr)
+            return 1
+        print(f"healthy: heartbeat {age:.1f}s old")
         return 0
     if args.command == "dlq":
         try:
@@ -169,7 +189,22 @@ def main(argv: list[str] | None = None) -> int:
         print(observe.render_status(result))
     else:
         print(json.dumps(result, indent=2, default=str))
+    if args.command == "status":
+        return status_exit_code(result, max_age=args.max_age, allow_dead=args.allow_dead)
     return 0
+
+
+def status_exit_code(report: dict[str, Any], *, max_age: float, allow_dead: bool) -> int:
+    """0 healthy; 1 when rows are dead-lettered or the oldest pending event waited past `max_age`
+    (so `outbox status` works as a check in cron, CI or a healthcheck). Reasons go to stderr."""
+    problems = []
+    if report.get("dead_lettered") and not allow_dead:
+        problems.append(f"{report['dead_lettered']} dead-lettered row(s): see `outbox redrive`")
+    if float(report.get("oldest_pending_age_s") or 0) > max_age:
+        problems.append(f"oldest pending event waited {report['oldest_pending_age_s']}s (> {max_age:g}s)")
+    for problem in problems:
+        print(f"outbox status: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from outbox.envelope import MalformedMessage, ReceivedEvent, decode_record
+from outbox.health import Heartbeat
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
 from outbox.metrics import consumer_metrics, observe_consumer_lag
 from outbox.schema import inbox_table
@@ -260,7 +261,9 @@ class IdempotentConsumer:
         assert self._consumer is not None
         consumer = self._consumer
         backoff = self.settings.retry_initial_s
+        heartbeat = Heartbeat.from_env()
         while not self._stopping.is_set():
+            heartbeat.beat()
             await observe_consumer_lag(self.name, consumer)
             fetched = await consumer.getmany(
                 timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from outbox.envelope import encode_headers
+from outbox.health import Heartbeat
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
 from outbox.metrics import relay_metrics
 from outbox.tracing import (
@@ -239,7 +240,9 @@ class Relay:
     async def _publish_loop(self) -> None:
         s = self.settings
         idle = s.idle_poll_min_s
+        heartbeat = Heartbeat.from_env()
         while not self._stopping.is_set():
+            heartbeat.beat()
             claimed = await self.publish_batch_with_retries()
             if claimed >= s.batch_size:
                 idle = s.idle_poll_min_s

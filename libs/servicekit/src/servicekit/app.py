@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -11,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from outbox import OutboxWriter
+from outbox.logs import configure_logging
 from outbox.metrics import setup_metrics
 from outbox.tracing import setup_tracing, tracing_configured
 from servicekit.auth import TokenVerifier
@@ -49,6 +51,8 @@ def create_service_app(
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     setup_tracing(name)
     instrument_clients()
+    if not logging.getLogger().handlers:  # a service that configured its own logging (auth) keeps it
+        configure_logging(name)
     setup_metrics(name)
     app = FastAPI(title=name, lifespan=lifespan)
     install_error_handlers(app)

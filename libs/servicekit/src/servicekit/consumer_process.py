@@ -8,12 +8,13 @@ import signal
 from collections.abc import Callable
 
 from outbox import IdempotentConsumer, setup_tracing
+from outbox.logs import configure_logging
 from outbox.metrics import serve_metrics_from_env, setup_metrics
 from servicekit.db import Database
 
 
 async def run_consumer(service: str, db: Database, build: Callable[[Database], IdempotentConsumer]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(f"{service}-consumer")
     setup_tracing(f"{service}-consumer")
     setup_metrics(f"{service}-consumer")
     serve_metrics_from_env()

@@ -26,6 +26,7 @@ from auth.sessions.endpoints import router as sessions_router
 from auth.settings import Settings
 from auth.throttle import Throttle
 from outbox import OutboxWriter
+from outbox.logs import configure_logging
 from servicekit.app import create_service_app
 from servicekit.auth import RevocationList, TokenVerifier
 from servicekit.db import Database
@@ -33,17 +34,9 @@ from servicekit.db import Database
 log = logging.getLogger("auth")
 
 
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("auth").setLevel(level.upper())
-    logging.getLogger("servicekit").setLevel(level.upper())
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    _configure_logging(settings.log_level)
+    configure_logging("auth", level=settings.log_level)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:

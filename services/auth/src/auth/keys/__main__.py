@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -13,6 +12,7 @@ from auth.keys.crypto import KeyCipher
 from auth.keys.repository import SigningKeyRepository
 from auth.keys.service import rotate
 from auth.settings import Settings
+from outbox.logs import configure_logging
 from servicekit.db import make_engine
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m auth.keys", description=__doc__)
     parser.add_argument("command", choices=["rotate", "list"])
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging("auth-keys")
     asyncio.run(_run(args.command))
 
 

@@ -1,0 +1,60 @@
+"""Process logging, set up in one place for every process (APIs, relays, consumers, CLI).
+
+`LOG_LEVEL` (INFO) sets the level. `LOG_FORMAT=json` writes one JSON object per line (python-json-logger,
+the `json` extra) with `trace_id` and `span_id` of the current span, so a log line leads to its trace;
+otherwise plain text, which carries the ids too when a span is active.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from opentelemetry import trace
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(trace_suffix)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(trace_id)s %(span_id)s"
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds the current span's ids to every record (empty outside a span)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        trace_id = f"{ctx.trace_id:032x}" if ctx.is_valid else ""
+        span_id = f"{ctx.span_id:016x}" if ctx.is_valid else ""
+        record.__dict__.update(
+            trace_id=trace_id,
+            span_id=span_id,
+            trace_suffix=f" trace_id={trace_id} span_id={span_id}" if ctx.is_valid else "",
+        )
+        return True
+
+
+def configure_logging(service: str, *, level: str | None = None) -> None:
+    """Replace the root handlers with one stream handler in the configured format. Idempotent."""
+    fmt = os.environ.get("LOG_FORMAT", "text").lower()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TraceContextFilter())
+    if fmt == "json":
+        try:
+            from pythonjsonlogger.json import JsonFormatter
+        except ImportError as exc:
+            raise RuntimeError(
+                "LOG_FORMAT=json needs python-json-logger: pip install 'kafka-txoutbox[json]'"
+            ) from exc
+        handler.setFormatter(
+            JsonFormatter(
+                JSON_FIELDS,
+                rename_fields={"levelname": "level", "name": "logger"},
+                static_fields={"service": service},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
