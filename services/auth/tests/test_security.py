@@ -44,6 +44,7 @@ from outbox.testing import drain_outbox
 from servicekit.auth import AuthSettings, RevocationList
 from servicekit.db import Database, make_engine
 from servicekit.errors import Conflict, ServiceUnavailable, TooManyRequests, Unauthorized
+from servicekit.openapi import ErrorResponse
 from servicekit.testing import HttpService
 
 
@@ -295,3 +296,43 @@ async def test_a_hung_redis_fails_verification_closed_within_the_timeout(
     finally:
         await app.stop()
         hung.close()
+
+
+async def test_every_error_answer_is_documented_in_the_openapi_document(
+    http: httpx.AsyncClient, seen: Secrets
+) -> None:
+    """Issue 13: each status auth answers is in its OpenAPI document, in the real error shape."""
+    spec = (await http.get("/openapi.json")).json()
+    user = await new_login(http, seen)
+    address = {"X-Forwarded-For": fake_address()}
+    wrong = {"email": user.email, "password": "Wrong-pass-123"}
+    login_answers = [await http.post("/auth/api/login", json=wrong, headers=address) for _ in range(6)]
+    code_body = {"email": user.email, "code": "00000000", "new_password": strong_password()}
+    answers = [
+        (
+            "post",
+            "/auth/api/register",
+            await http.post(
+                "/auth/api/register", json={"email": user.email, "password": strong_password(), "name": "D"}
+            ),
+        ),
+        ("post", "/auth/api/register", await http.post("/auth/api/register", json={"email": "not an email"})),
+        ("post", "/auth/api/login", login_answers[0]),
+        ("post", "/auth/api/login", login_answers[-1]),
+        (
+            "post",
+            "/auth/api/refresh-token",
+            await http.post("/auth/api/refresh-token", json={"refresh_token": "x" * 43}),
+        ),
+        ("get", "/auth/api/me", await http.get("/auth/api/me")),
+        (
+            "post",
+            "/auth/api/reset-password/confirm",
+            await http.post("/auth/api/reset-password/confirm", json=code_body),
+        ),
+    ]
+    assert sorted({r.status_code for _, _, r in answers}) == [400, 401, 409, 422, 429]
+    for method, path, response in answers:
+        documented = spec["paths"][path][method]["responses"]
+        assert str(response.status_code) in documented, (method, path, response.status_code)
+        ErrorResponse.model_validate(response.json())

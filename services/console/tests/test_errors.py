@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from servicekit.openapi import ErrorResponse
 from servicekit.testing_tokens import TestTokenIssuer
 
 from .conftest import Api, Stack
@@ -186,3 +187,44 @@ async def test_a_change_whose_event_the_broker_could_not_carry_is_413_and_writes
     assert error_code(r) == "payload_too_large" and "would publish an event" in r.json()["error"]["message"]
     listed = await api.console.get(f"/console/api/datasets/{ds}/documents")
     assert listed.json()["total"] == 0
+
+
+async def test_every_error_answer_is_documented_in_the_openapi_document(api: Api, stack: Stack) -> None:
+    """Issue 13: the spec lists each status an operation answers, with the services' real error shape."""
+    async with httpx.AsyncClient(base_url=stack.console.base_url) as anonymous:
+        spec = (await anonymous.get("/openapi.json")).json()
+        no_token = await anonymous.get("/console/api/datasets")
+    ds = (await api.create_dataset())["id"]
+    name = (await api.console.get(f"/console/api/datasets/{ds}")).json()["name"]
+    answers = [
+        ("get", "/console/api/datasets", no_token),
+        (
+            "get",
+            "/console/api/datasets/{dataset_id}",
+            await api.console.get(f"/console/api/datasets/{uuid.uuid4()}"),
+        ),
+        (
+            "post",
+            "/console/api/datasets",
+            await api.console.post("/console/api/datasets", json={"name": name}),
+        ),
+        ("post", "/console/api/datasets", await api.console.post("/console/api/datasets", json={"nope": 1})),
+        (
+            "post",
+            "/console/api/datasets/{dataset_id}/documents",
+            await api.console.post(f"/console/api/datasets/{ds}/documents", content=b"x" * 300_001),
+        ),
+        (
+            "patch",
+            "/console/api/datasets/{dataset_id}/documents/status/{action}/batch",
+            await api.console.patch(f"/console/api/datasets/{ds}/documents/status/explode/batch"),
+        ),
+    ]
+    assert sorted({r.status_code for _, _, r in answers}) == [401, 404, 409, 413, 422]
+    for method, path, response in answers:
+        documented = spec["paths"][path][method]["responses"]
+        assert str(response.status_code) in documented, (method, path, response.status_code)
+        schema = documented[str(response.status_code)]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+        ErrorResponse.model_validate(response.json())
+    assert "HTTPValidationError" not in str(spec)

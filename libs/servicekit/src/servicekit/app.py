@@ -21,6 +21,7 @@ from servicekit.errors import install_error_handlers
 from servicekit.limits import BodySizeLimitMiddleware
 from servicekit.metrics import MetricsSources
 from servicekit.nul import NulRejectMiddleware
+from servicekit.openapi import install_error_contract
 from servicekit.readiness import readiness
 
 
@@ -60,6 +61,7 @@ def create_service_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)  # outermost: size before content
     for router in routers:
         app.include_router(router)
+    install_error_contract(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

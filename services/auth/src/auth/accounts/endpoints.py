@@ -8,6 +8,7 @@ from auth.accounts.schemas import AccountOut, RegisterRequest
 from auth.accounts.service import AccountService
 from auth.deps import ClientAddress, HasherDep, SettingsDep, ThrottleDep, UowDep
 from servicekit.auth import CurrentToken
+from servicekit.openapi import error_responses
 
 router = APIRouter(prefix="/auth/api", tags=["accounts"])
 
@@ -21,7 +22,7 @@ def get_service(
 Service = Annotated[AccountService, Depends(get_service)]
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED)
+@router.post("/register", status_code=status.HTTP_201_CREATED, responses=error_responses(409, 429))
 async def register(body: RegisterRequest, service: Service, address: ClientAddress) -> AccountOut:
     account = await service.register(
         email=body.email, password=body.password.get_secret_value(), name=body.name, client_address=address

@@ -9,6 +9,7 @@ from auth.password_reset.schemas import Accepted, ResetConfirm, ResetRequest
 from auth.password_reset.service import PasswordResetService
 from auth.sessions.endpoints import get_service as get_session_service
 from auth.sessions.service import SessionService
+from servicekit.openapi import error_responses
 
 router = APIRouter(prefix="/auth/api/reset-password", tags=["password reset"])
 
@@ -29,14 +30,14 @@ def get_service(
 Service = Annotated[PasswordResetService, Depends(get_service)]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(429))
 async def request_reset(body: ResetRequest, service: Service, address: ClientAddress) -> Accepted:
     """Always 202: whether the email has an account is not revealed."""
     await service.request(body.email, address)
     return Accepted()
 
 
-@router.post("/confirm", status_code=status.HTTP_204_NO_CONTENT)
+@router.post("/confirm", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 429))
 async def confirm_reset(body: ResetConfirm, service: Service, address: ClientAddress) -> None:
     """Sets the new password and revokes every session of the account."""
     await service.confirm(

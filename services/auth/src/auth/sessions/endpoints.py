@@ -16,6 +16,7 @@ from auth.deps import (
 from auth.sessions.schemas import LoginRequest, RefreshRequest, TokenPair
 from auth.sessions.service import SessionService
 from servicekit.auth import CurrentToken
+from servicekit.openapi import error_responses
 
 router = APIRouter(prefix="/auth/api", tags=["sessions"])
 
@@ -37,7 +38,7 @@ Service = Annotated[SessionService, Depends(get_service)]
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-@router.post("/login")
+@router.post("/login", responses=error_responses(401, 429))
 async def login(
     body: LoginRequest, service: Service, address: ClientAddress, response: Response
 ) -> TokenPair:
@@ -47,7 +48,7 @@ async def login(
     )
 
 
-@router.post("/refresh-token")
+@router.post("/refresh-token", responses=error_responses(401))
 async def refresh_token(body: RefreshRequest, service: Service, response: Response) -> TokenPair:
     """Rotates: the presented refresh token is spent; presenting it again revokes the whole session."""
     response.headers.update(_NO_STORE)

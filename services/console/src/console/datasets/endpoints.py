@@ -11,12 +11,13 @@ from console.datasets.schemas import DatasetCreate, DatasetOut, DatasetUpdate
 from console.models import Workspace
 from console.request_context import ReadDep, WriteDep
 from servicekit.db import UnitOfWork
+from servicekit.openapi import error_responses
 from servicekit.pagination import Page, PageParamsDep
 
 router = APIRouter(prefix="/console/api/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
+@router.post("", status_code=201, response_model=DatasetOut, responses=error_responses(409))
 async def create_dataset(body: DatasetCreate, ctx: WriteDep) -> Response:
     async def run(uow: UnitOfWork, workspace: Workspace) -> DatasetOut:
         return await service.create(uow, workspace, body)
@@ -34,7 +35,7 @@ async def get_dataset(dataset_id: uuid.UUID, ctx: ReadDep) -> DatasetOut:
     return await ctx.read(lambda uow, workspace: service.get(uow, workspace, dataset_id))
 
 
-@router.patch("/{dataset_id}", response_model=DatasetOut)
+@router.patch("/{dataset_id}", response_model=DatasetOut, responses=error_responses(409))
 async def update_dataset(dataset_id: uuid.UUID, body: DatasetUpdate, ctx: WriteDep) -> Response:
     async def run(uow: UnitOfWork, workspace: Workspace) -> DatasetOut:
         return await service.update(uow, workspace, dataset_id, body)

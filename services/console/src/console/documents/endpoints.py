@@ -21,6 +21,7 @@ from console.documents.transitions import StatusAction
 from console.models import Workspace
 from console.request_context import ReadDep, WriteDep
 from servicekit.db import UnitOfWork
+from servicekit.openapi import error_responses
 from servicekit.pagination import Page, PageParamsDep
 
 router = APIRouter(prefix="/console/api/datasets/{dataset_id}/documents", tags=["documents"])
@@ -49,7 +50,7 @@ async def list_documents(
 
 
 # Declared before /{document_id} so "status" is never taken for a document id.
-@router.patch("/status/{action}/batch", response_model=BatchResult)
+@router.patch("/status/{action}/batch", response_model=BatchResult, responses=error_responses(409))
 async def change_status(
     dataset_id: uuid.UUID,
     action: StatusAction,
@@ -71,7 +72,7 @@ async def get_document(dataset_id: uuid.UUID, document_id: uuid.UUID, ctx: ReadD
     return await ctx.read(run)
 
 
-@router.patch("/{document_id}", response_model=DocumentDetail)
+@router.patch("/{document_id}", response_model=DocumentDetail, responses=error_responses(409))
 async def update_document(
     dataset_id: uuid.UUID, document_id: uuid.UUID, body: DocumentUpdate, ctx: WriteDep
 ) -> Response:
