@@ -122,6 +122,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and str(exc.detail).startswith("There was an error parsing the body"):
+            # A body that is not JSON (or not UTF-8): malformed like any other invalid input, so 422.
+            return JSONResponse(
+                error_body(
+                    "validation_error",
+                    "request body is not valid JSON",
+                    [{"loc": ["body"], "type": "json_invalid"}],
+                ),
+                status_code=422,
+            )
         return JSONResponse(
             error_body(f"http_{exc.status_code}", str(exc.detail)),
             status_code=exc.status_code,
