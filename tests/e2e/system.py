@@ -12,6 +12,7 @@ or Redis. On failure, `system.tails()` shows the end of every process's log.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import sys
 import time
@@ -145,6 +146,10 @@ def start_system(
         redis_prefix=f"{run}:",
     )
     common = {**_common_env(infra, bootstrap, spans_file, system.redis_prefix), **(env or {})}
+    # Topics of its own: a new consumer group starts at the earliest offset, so with shared topics this
+    # system's consumers would apply every other system's events of the run (a test counting documents
+    # would find strangers). The namespace nests inside the run's.
+    common.setdefault("OUTBOX_TOPIC_PREFIX", f"{os.environ.get('OUTBOX_TOPIC_PREFIX', '')}{run}.")
     auth_port = free_port()
     common["AUTH_JWKS_URL"] = f"http://127.0.0.1:{auth_port}/auth/.well-known/jwks.json"
     envs = {

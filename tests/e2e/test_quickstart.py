@@ -148,7 +148,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_PREFIXES)}
     env |= {
         "PATH": path_without_uv(),
-        "OUTBOX_TOPIC_PREFIX": os.environ.get("OUTBOX_TOPIC_PREFIX", f"run-{run}."),
+        "OUTBOX_TOPIC_PREFIX": f"{os.environ.get('OUTBOX_TOPIC_PREFIX', '')}quickstart-{run}.",
         "GATEWAY_PORT": str(ports["gateway"]),
         "AUTH_PORT": str(ports["auth"]),
         "CONSOLE_PORT": str(ports["console"]),
