@@ -23,6 +23,8 @@ SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
 MAX_EXAMPLES = "30"
 SEED = "20261124"
+PASSWORD = "correct horse 42 fuzz"
+SECRETS: list[str] = [PASSWORD]  # every password and token handed out here; none may reach a log or an event
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +35,12 @@ def fuzzed(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 def fresh_token(system: System) -> str:
-    email, password = f"fuzz-{uuid.uuid4().hex[:10]}@example.com", "correct horse 42 fuzz"
+    email, password = f"fuzz-{uuid.uuid4().hex[:10]}@example.com", PASSWORD
     auth = system.url("auth")
     httpx.post(f"{auth}/auth/api/register", json={"email": email, "password": password, "name": "Fuzz"})
     login = httpx.post(f"{auth}/auth/api/login", json={"email": email, "password": password})
     assert login.status_code == 200, login.text
+    SECRETS.extend((login.json()["access_token"], login.json()["refresh_token"]))
     return str(login.json()["access_token"])
 
 
@@ -65,3 +68,16 @@ def test_no_server_error_and_every_answer_as_documented(fuzzed: System, service:
     assert done.returncode == 0, report
     assert " passed" in done.stdout and "failures" not in done.stdout.split("SUMMARY")[-1], report
     assert not fuzzed.dead(), fuzzed.tails()
+
+
+def test_no_password_or_token_reaches_a_log_or_an_event(fuzzed: System) -> None:
+    """Issue 11 item 5: after the fuzzing, no secret handed out above appears in any process's log or in any
+    service's outbox (the events other services read)."""
+    assert len(SECRETS) > 3, "run after the fuzzing tests"
+    logs = {path.name: path.read_text(errors="replace") for path in fuzzed.log_dir.glob("*.log")}
+    assert logs, "no process logs found"
+    for name, content in logs.items():
+        assert not [s for s in SECRETS if s in content], f"a secret in {name}"
+    for service in ("auth", "console", "indexer"):
+        payloads = "\n".join(str(row) for row in fuzzed.rows(service, "SELECT payload::text FROM outbox"))
+        assert not [s for s in SECRETS if s in payloads], f"a secret in {service}'s events"
