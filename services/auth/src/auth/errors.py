@@ -24,3 +24,11 @@ class InvalidResetCode(ServiceError, CommitsChanges):
 
     def __init__(self) -> None:
         super().__init__("invalid or expired reset code")
+
+
+class InvalidLoginCode(ServiceError):
+    status_code = 400
+    code = "invalid_login_code"
+
+    def __init__(self) -> None:
+        super().__init__("invalid or expired login code")

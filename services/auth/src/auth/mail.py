@@ -67,3 +67,12 @@ async def scrub_published_mail(db: Database, interval_seconds: float) -> None:
         except Exception:  # the database is down: try again next round, never die
             log.warning("could not scrub published mail events; retrying", exc_info=True)
         await asyncio.sleep(interval_seconds)
+
+
+class LoginCode(MailEvent):
+    """Send `code` to `email` for a passwordless login; it expires at `expires_at` and works once."""
+
+    TYPE: ClassVar[str] = "auth.mail.login_code"
+
+    code: str
+    expires_at: datetime

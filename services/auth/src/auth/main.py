@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from auth.accounts.endpoints import router as accounts_router
 from auth.deps import State
+from auth.email_login.endpoints import router as email_login_router
 from auth.keys.crypto import CodeHasher, KeyCipher
 from auth.keys.endpoints import router as keys_router
 from auth.keys.service import Keyring
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     return create_service_app(
         name="auth",
-        routers=[accounts_router, sessions_router, reset_router, keys_router],
+        routers=[accounts_router, sessions_router, reset_router, email_login_router, keys_router],
         lifespan=lifespan,
         max_body_bytes=settings.max_body_bytes,
     )

@@ -73,6 +73,12 @@ class Settings(DatabaseSettings):
     reset_window_seconds: float = Field(default=900.0, gt=0)
     reset_max_requests: int = Field(default=3, ge=1)
     reset_max_requests_per_address: int = Field(default=10, ge=1)
+    # Dify's email-code login: 6-digit codes, hashed in Redis, single use, short lived, throttled.
+    email_code_ttl_seconds: int = Field(default=300, ge=60)
+    email_code_max_requests: int = Field(default=3, ge=1)
+    email_code_max_requests_per_address: int = Field(default=10, ge=1)
+    email_code_max_attempts: int = Field(default=5, ge=1)
+    email_code_max_attempts_per_account: int = Field(default=20, ge=1)
     # Published mail events (they carry one-time codes) lose the code this often, once relayed.
     mail_scrub_interval_seconds: float = Field(default=30.0, gt=0)
 

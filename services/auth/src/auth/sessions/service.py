@@ -80,6 +80,10 @@ class SessionService:
         await self.throttle.release(account_key, address_key)
         if self.hasher.needs_rehash(account.password_hash):  # under the lock: never overwrites a reset
             account.password_hash = await self.hasher.hash(password)
+        return await self.open_session(account)
+
+    async def open_session(self, account: Account) -> TokenPair:
+        """A new refresh family and its first token pair, for an account whose credentials were checked."""
         now = datetime.now(UTC)
         login = LoginSession(id=uuid.uuid4(), account_id=account.id, created_at=now)
         await self.sessions.add(login)
