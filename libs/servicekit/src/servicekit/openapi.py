@@ -9,6 +9,7 @@ its route declares with `error_responses(...)` (409, 429, 400).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -94,9 +95,43 @@ def install_error_contract(app: FastAPI) -> None:
                             }
                         },
                     }
+        _link_created_resources(schema.get("paths", {}))
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _link_created_resources(paths: dict[str, Any]) -> None:
+    """OpenAPI links from each `POST /things` that answers 201 with an `id` to every operation under
+    `/things/{thing_id}`: the created id feeds the new path parameter, the creator's own path parameters
+    pass through. Clients (and a stateful fuzzer) can then walk from a creation to the resource."""
+    for path, operations in paths.items():
+        created = operations.get("post", {}).get("responses", {}).get("201")
+        if created is None:
+            continue
+        links: dict[str, Any] = {}
+        for target, target_operations in paths.items():
+            if not target.startswith(path + "/{"):
+                continue
+            new_param, tail = target[len(path) + 2 :].split("}", 1)
+            if re.search(r"\{\w*_id\}", tail):  # a deeper resource needs ids this creation does not give
+                continue
+            known = set(re.findall(r"\{(\w+)\}", path))
+            for method, operation in target_operations.items():
+                if "operationId" not in operation:
+                    continue
+                parameters = {
+                    p["name"]: f"$request.path.{p['name']}"
+                    for p in operation.get("parameters", [])
+                    if p.get("in") == "path" and p["name"] in known
+                }
+                parameters[new_param] = "$response.body#/id"
+                links[f"{method}:{target}"] = {
+                    "operationId": operation["operationId"],
+                    "parameters": parameters,
+                }
+        if links:
+            created["links"] = links
