@@ -5,6 +5,7 @@ Body: {"error": {"code": "...", "message": "..."}}. Messages never contain secre
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from redis import exceptions as redis_exc
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from outbox import EventTooLarge
 
@@ -93,17 +95,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(sa_exc.OperationalError)
     @app.exception_handler(sa_exc.InterfaceError)
     @app.exception_handler(sa_exc.TimeoutError)
-    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        # The database is down, restarting or out of connections: nothing was committed, retrying is safe.
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        body = error_body("unavailable", "the database is unavailable: retry shortly")
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
-
     @app.exception_handler(redis_exc.ConnectionError)
     @app.exception_handler(redis_exc.TimeoutError)
-    async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        body = error_body("unavailable", "a dependency (Redis) is unavailable: retry shortly")
+    async def _dependency_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database or Redis is down, restarting or out of connections: nothing was committed, so
+        # retrying is safe.
+        dependency = "Redis" if isinstance(exc, redis_exc.RedisError) else "the database"
+        log.warning(
+            "%s unavailable on %s %s: %s", dependency, request.method, request.url.path, type(exc).__name__
+        )
+        body = error_body("unavailable", f"{dependency} is unavailable: retry shortly")
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(EventTooLarge)
@@ -142,3 +143,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+
+async def send_json_error(send: Send, status: int, body: dict[str, Any]) -> None:
+    """Answer an error in the services' shape from pure ASGI middleware (before any app runs)."""
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from servicekit.errors import error_body
+from servicekit.errors import error_body, send_json_error
 
 
 class BodySizeLimitMiddleware:
@@ -57,17 +55,5 @@ class BodySizeLimitMiddleware:
                 raise
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            error_body("payload_too_large", f"request body exceeds {self.max_bytes} bytes")
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"request body exceeds {self.max_bytes} bytes"
+        await send_json_error(send, 413, error_body("payload_too_large", message))

@@ -6,12 +6,11 @@ and come back as a 500. One check here covers every route, body field and parame
 
 from __future__ import annotations
 
-import json
 import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from servicekit.errors import error_body
+from servicekit.errors import error_body, send_json_error
 
 # A JSON \u0000 escape that is not itself escaped (an odd number of backslashes before the `u`).
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -53,21 +52,6 @@ class NulRejectMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send, where: str) -> None:
-        body = json.dumps(
-            error_body(
-                "validation_error",
-                f"request {where} contains a NUL character, which no field accepts",
-                [{"loc": [where.split()[0]], "msg": "NUL character", "type": "value_error"}],
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 422,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"request {where} contains a NUL character, which no field accepts"
+        details = [{"loc": [where.split()[0]], "msg": "NUL character", "type": "value_error"}]
+        await send_json_error(send, 422, error_body("validation_error", message, details))
