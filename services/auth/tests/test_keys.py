@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from auth.keys.crypto import KeyCipher, KeyDecryptionError
 from auth.keys.repository import SigningKeyRepository
+from auth.keys.service import Keyring
 from auth.models import SigningKey
-from servicekit.testing import HttpService, wait_until
+from servicekit.db import make_engine
+from servicekit.testing import HttpService, recreate_database, run_migrations, wait_until
 
 
 async def jwks(http: httpx.AsyncClient) -> list[dict[str, Any]]:
@@ -116,3 +119,25 @@ async def test_rotation_keeps_the_previous_key_until_its_tokens_expire(
         assert grace == timedelta(seconds=71)
         later = await SigningKeyRepository(db).published(old.publish_until + timedelta(seconds=1))
     assert [k.kid for k in later] == [new_kid]
+
+
+AUTH_INI = Path(__file__).resolve().parents[1] / "alembic.ini"
+
+
+async def test_local_mode_rotates_a_signing_key_it_cannot_decrypt_and_production_refuses() -> None:
+    """A local database written under another key-encryption key (another checkout's generated key, or the
+    old default): `make run` must still start (local mode rotates), production must refuse."""
+    url = recreate_database(f"auth_keys_local_{os.environ['TEST_RUN_ID']}")
+    run_migrations(AUTH_INI, url)
+    engine = make_engine(url, pool_size=2)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    try:
+        await Keyring(sessions, KeyCipher("a" * 40), cache_seconds=1).start()  # the other checkout's key
+        with pytest.raises(KeyDecryptionError):
+            await Keyring(sessions, KeyCipher("b" * 40), cache_seconds=1).start()
+        local = Keyring(sessions, KeyCipher("b" * 40), cache_seconds=1, replace_undecryptable=True)
+        await local.start()
+        key = await local.signing_key()
+        assert key.kid in {k["kid"] for k in (await local.jwks())["keys"]}
+    finally:
+        await engine.dispose()

@@ -47,7 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scrubber = asyncio.create_task(scrub_published_mail(db, settings.mail_scrub_interval_seconds))
         try:
             secret = settings.key_encryption_key.get_secret_value()
-            keyring = Keyring(db.sessions, KeyCipher(secret), cache_seconds=settings.key_cache_seconds)
+            keyring = Keyring(
+                db.sessions,
+                KeyCipher(secret),
+                cache_seconds=settings.key_cache_seconds,
+                replace_undecryptable=settings.environment == "local",
+            )
             await keyring.start()
             revocations = RevocationList(redis, settings.redis_prefix)
             yield State(

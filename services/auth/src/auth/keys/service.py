@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from auth.keys.crypto import KeyCipher, public_jwk
+from auth.keys.crypto import KeyCipher, KeyDecryptionError, public_jwk
 from auth.keys.repository import SigningKeyRepository
 from auth.models import SigningKey
 from servicekit.auth import ALGORITHM, parse_jwks
@@ -94,8 +94,10 @@ class Keyring:
         cache_seconds: float,
         min_reload_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        replace_undecryptable: bool = False,
     ) -> None:
         self.sessions = sessions
+        self.replace_undecryptable = replace_undecryptable
         self.cipher = cipher
         self.cache_seconds = cache_seconds
         self.min_reload_seconds = min(min_reload_seconds, cache_seconds)
@@ -109,7 +111,19 @@ class Keyring:
     async def start(self) -> None:
         async with self.sessions.begin() as session:
             await ensure_active_key(session, self.cipher)
-        await self._reload(unless_younger_than=0)
+        try:
+            await self._reload(unless_younger_than=0)
+        except KeyDecryptionError:
+            if not self.replace_undecryptable:
+                raise  # production: a wrong key-encryption key must stop the service, never be papered over
+            # Local mode only: the database was written under another key (another checkout's generated key,
+            # or an old default). Rotate to a key this process can use; tokens the old one signed stop verifying.
+            log.warning(
+                "the active signing key does not decrypt with this key-encryption key: rotating (local mode)"
+            )
+            async with self.sessions.begin() as session:
+                await rotate(session, self.cipher, grace=timedelta(0))
+            await self._reload(unless_younger_than=0)
 
     async def signing_key(self) -> ActiveKey:
         await self._reload_if_stale()
