@@ -8,15 +8,17 @@ inbox cleared) applies them all again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from outbox.schema import outbox_table as t
+from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,7 @@ async def replay(engine: AsyncEngine, selection: Selection, *, dry_run: bool) ->
             .where(selection.where())
             .values(published_at=None, attempts=0, last_error=None, available_at=func.now())
         )
-        await conn.execute(select(func.pg_notify("outbox_pending", "")))
+        await _wake_relays(conn)
         return {"replayed": result.rowcount}
 
 
@@ -102,5 +104,12 @@ async def redrive(engine: AsyncEngine, *, ids: list[int] | None, dry_run: bool) 
         result = await conn.execute(
             update(t).where(where).values(dead_at=None, attempts=0, last_error=None, available_at=func.now())
         )
-        await conn.execute(select(func.pg_notify("outbox_pending", "")))
+        await _wake_relays(conn)
         return {"redriven": result.rowcount}
+
+
+async def _wake_relays(conn: AsyncConnection) -> None:
+    """NOTIFY on the channel the relays listen on (OUTBOX_NOTIFY_CHANNEL; empty: they poll, nothing to do)."""
+    channel = os.environ.get("OUTBOX_NOTIFY_CHANNEL", DEFAULT_NOTIFY_CHANNEL)
+    if channel:
+        await conn.execute(select(func.pg_notify(channel, "")))

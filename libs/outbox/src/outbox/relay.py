@@ -268,7 +268,9 @@ class Relay:
         self._analyzed_at = now
         try:
             async with self.engine.connect() as conn:
-                await conn.execute(text("ANALYZE outbox"))
+                # SKIP_LOCKED: never queue behind a VACUUM/ANALYZE in progress (nor make autovacuum cancel
+                # itself for us); the next backlog tries again.
+                await conn.execute(text("ANALYZE (SKIP_LOCKED) outbox"))
                 await conn.commit()
         except Exception as exc:  # not fatal: e.g. the relay's role does not own the table
             log.warning(
