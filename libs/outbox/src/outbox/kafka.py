@@ -11,6 +11,7 @@ import os
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger("outbox.kafka")
@@ -35,8 +36,30 @@ def default_partitions() -> int:
     return int(os.environ.get("OUTBOX_TOPIC_PARTITIONS", "8"))
 
 
+async def replication_factor(admin: AIOKafkaAdminClient) -> int:
+    """`OUTBOX_TOPIC_REPLICATION` when set; else the cluster's own `default.replication.factor`.
+
+    aiokafka's CreateTopics (v3) cannot say "broker default" (-1), so the value is read from a broker's
+    configuration. A broker that does not report it gets min(3, brokers): never an explicit 1 on a
+    cluster, which would make `acks=all` protect nothing."""
+    configured = os.environ.get("OUTBOX_TOPIC_REPLICATION", "")
+    if configured:
+        return int(configured)
+    cluster = await admin.describe_cluster()
+    brokers = cluster["brokers"]
+    with contextlib.suppress(KafkaError, KeyError, IndexError, ValueError, TypeError):
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, str(brokers[0]["node_id"]))]
+        )
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "default.replication.factor" and entry[1]:
+                    return int(entry[1])
+    return max(1, min(3, len(brokers)))
+
+
 async def ensure_topics(bootstrap: str, topics: list[str], *, partitions: int | None = None) -> None:
-    """Create missing topics (idempotent). Replication factor 1 locally; compose's Kafka sets its own default."""
+    """Create missing topics (idempotent) with the cluster's replication factor (see replication_factor)."""
     if not topics:
         return
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
@@ -46,7 +69,7 @@ async def ensure_topics(bootstrap: str, topics: list[str], *, partitions: int | 
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if not missing:
             return
-        replication = int(os.environ.get("OUTBOX_TOPIC_REPLICATION", "1"))
+        replication = await replication_factor(admin)
         with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(
                 [NewTopic(t, partitions or default_partitions(), replication) for t in missing]

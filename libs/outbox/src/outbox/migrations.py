@@ -65,7 +65,16 @@ V1 = (
 
 V1_DOWN = ("DROP TABLE consumer_versions", "DROP TABLE inbox", "DROP TABLE outbox")
 
-STEPS = {1: (V1, V1_DOWN)}
+# 2: rows waiting out a backoff after a record-level failure, read by every claim to skip the rows queued
+# behind them (tiny: only failed rows are in it).
+V2 = (
+    "CREATE INDEX ix_outbox_backoff ON outbox (topic, aggregate_id, id) "
+    "WHERE published_at IS NULL AND dead_at IS NULL AND attempts > 0",
+)
+
+V2_DOWN = ("DROP INDEX ix_outbox_backoff",)
+
+STEPS = {1: (V1, V1_DOWN), 2: (V2, V2_DOWN)}
 LATEST = max(STEPS)
 
 
@@ -81,6 +90,15 @@ def v1(connection: Connection) -> None:
 
 def v1_downgrade(connection: Connection) -> None:
     _run(connection, V1_DOWN)
+
+
+def v2(connection: Connection) -> None:
+    """Schema version 2: the index of rows in backoff (the relay's claim skips what waits behind them)."""
+    _run(connection, V2)
+
+
+def v2_downgrade(connection: Connection) -> None:
+    _run(connection, V2_DOWN)
 
 
 def upgrade_all(connection: Connection) -> None:

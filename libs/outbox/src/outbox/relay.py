@@ -6,12 +6,14 @@ One batch = one database transaction:
   2. keep, per aggregate, only the rows that continue the aggregate's pending sequence from its head:
      a row whose predecessor is pending and not in this batch (held by another relay, or waiting on a
      retry) must wait, so two relays can never reorder one aggregate;
-  3. send them all (key = aggregate id, so one aggregate = one partition) and wait for every ack once;
-  4. mark the acked rows published; record per-row failures (attempts, error, backoff) and dead-letter a
-     row after `max_attempts` non-retriable failures; commit.
+  3. send them as record batches, one lane per partition (key = aggregate id, so one aggregate = one
+     partition), each lane never past a failed batch (`publisher.py`), all under one ack deadline;
+  4. mark the acked rows published; charge record-level failures to their row (attempts, error, backoff)
+     and dead-letter it after `max_attempts`; commit.
 A crash anywhere before the commit leaves the rows pending: they are published again (at least once) and
-the consumers' inbox makes that exactly once in effect. Broker outages (retriable errors) roll back and
-retry with backoff, never counting against a row.
+the consumers' inbox makes that exactly once in effect. Outages (the broker, the cluster, authorisation,
+a missed ack deadline: `failures.py`) never count against a row: the acked rows are marked, the rest stay
+pending, and the relay backs off.
 
 Wake-ups: adaptive polling (immediately again after a full batch, then 1 ms doubling up to
 `idle_poll_max_s`), and, when `notify_channel` is set, a LISTEN connection that wakes the relay the moment
@@ -41,9 +43,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from outbox.envelope import encode_headers
+from outbox.failures import PublishFailure, classify_publish_error, is_database_outage
 from outbox.health import Heartbeat
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
 from outbox.metrics import relay_metrics
+from outbox.outbox_store import OutboxStore, Retention
+from outbox.publisher import BatchPublisher, Outbound
 from outbox.tracing import (
     MESSAGING_DESTINATION_PARTITION_ID,
     capture_context,
@@ -55,63 +60,6 @@ from outbox.tracing import recording as tracing_recording
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
 log = logging.getLogger("outbox.relay")
-
-# One statement claims a batch and says, for each claimed row, whether a pending row of its aggregate lies
-# between it and its previous claimed row (or before it, for the first): a gap. A row after a gap must wait:
-# its predecessor is held by another relay, or waits for a retry. The header values are rendered by
-# PostgreSQL (another core) rather than per row in Python.
-_CLAIM = text(
-    """
-    WITH claimed AS (
-        SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version, payload,
-               trace_context, occurred_at, attempts
-        FROM outbox
-        WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
-        ORDER BY id
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ), sequenced AS (
-        SELECT c.*, lag(c.id, 1, 0::bigint) OVER (PARTITION BY c.topic, c.aggregate_id ORDER BY c.id) AS prev_id
-        FROM claimed c
-    )
-    SELECT s.id, s.event_id::text AS event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
-           s.payload::text AS payload_json, s.trace_context->>'traceparent' AS traceparent,
-           s.trace_context->>'tracestate' AS tracestate, to_json(s.occurred_at)#>>'{}' AS occurred_at, s.attempts,
-           EXISTS (
-               SELECT 1 FROM outbox p
-               WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
-                 AND p.published_at IS NULL AND p.dead_at IS NULL
-                 AND p.id < s.id AND p.id > s.prev_id
-           ) AS gap
-    FROM sequenced s
-    ORDER BY s.id
-    """
-)
-
-_MARK_PUBLISHED = text("UPDATE outbox SET published_at = now(), last_error = NULL WHERE id = ANY(:ids)")
-
-_MARK_FAILED = text(
-    """
-    UPDATE outbox
-    SET attempts = attempts + 1,
-        last_error = :error,
-        available_at = now() + make_interval(secs => :backoff_s),
-        dead_at = CASE WHEN attempts + 1 >= :max_attempts THEN now() END
-    WHERE id = :id
-    RETURNING dead_at IS NOT NULL AS dead
-    """
-)
-
-_CLEANUP = text(
-    """
-    DELETE FROM outbox WHERE id IN (
-        SELECT id FROM outbox
-        WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => :retention_s)
-        ORDER BY published_at
-        LIMIT :limit
-    )
-    """
-)
 
 
 def _env(name: str, default: str) -> str:
@@ -131,11 +79,18 @@ class RelaySettings:
     idle_poll_max_s: float = 0.5
     notify_channel: str | None = DEFAULT_NOTIFY_CHANNEL
     retention: timedelta = timedelta(days=7)
+    # Dead-lettered rows stay for inspection and redrive this long, then go.
+    dead_retention: timedelta = timedelta(days=30)
     cleanup_interval_s: float = 60.0
     cleanup_batch: int = 5000
     analyze_interval_s: float = 30.0
     outage_backoff_max_s: float = 5.0
     max_message_bytes: int = 1_048_576
+    # One record batch per partition lane holds up to this many bytes (below the broker's max.message.bytes).
+    batch_bytes: int = 262_144
+    # The broker must acknowledge a claim's batches within this; past it the acked rows are marked, the rest
+    # stay pending, and the transaction ends (a hung broker never holds row locks or vacuum back for long).
+    ack_timeout_s: float = 30.0
     # 0: send at once; a batch still goes out together because sends queue while the previous is in flight.
     linger_ms: int = 0
     compression: str | None = None
@@ -149,6 +104,9 @@ class RelaySettings:
             idle_poll_max_s=float(_env("OUTBOX_RELAY_IDLE_POLL_MAX_S", "0.5")),
             notify_channel=channel or None,
             retention=timedelta(hours=float(_env("OUTBOX_RETENTION_HOURS", str(7 * 24)))),
+            dead_retention=timedelta(hours=float(_env("OUTBOX_DEAD_RETENTION_HOURS", str(30 * 24)))),
+            ack_timeout_s=float(_env("OUTBOX_RELAY_ACK_TIMEOUT_S", "30")),
+            batch_bytes=int(_env("OUTBOX_RELAY_BATCH_BYTES", "262144")),
             cleanup_interval_s=float(_env("OUTBOX_CLEANUP_INTERVAL_S", "60")),
             max_message_bytes=int(_env("OUTBOX_MAX_MESSAGE_BYTES", "1048576")),
             compression=_env("OUTBOX_COMPRESSION", "") or None,
@@ -167,16 +125,7 @@ class RelayStats:
 
 
 class TransientPublishError(Exception):
-    """The broker could not take the batch (unreachable, no leader, timeout): retry the whole batch later."""
-
-
-@dataclass(slots=True)
-class _Pending:
-    row: Row[Any]
-    span: Span
-    future: asyncio.Future[Any] | None = None
-    error: BaseException | None = None
-    held_back: bool = False  # not sent: an earlier row of its aggregate failed in this batch
+    """Some rows could not be published for a reason that is not theirs (an outage): retry later."""
 
 
 class Relay:
@@ -190,7 +139,8 @@ class Relay:
         self.settings = settings or RelaySettings.from_env()
         self.name = name
         self.stats = RelayStats()
-        self._producer: AIOKafkaProducer | None = None
+        self.store = OutboxStore()
+        self.publisher: BatchPublisher | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._known_topics: set[str] = set()
@@ -199,13 +149,22 @@ class Relay:
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self._producer = await start_producer(
+        producer = await start_producer(
             s.bootstrap,
             idempotent=True,
             linger_ms=s.linger_ms,
             max_request_size=s.max_message_bytes,
+            max_batch_size=s.batch_bytes,
             compression_type=s.compression,
             request_timeout_ms=15_000,
+        )
+        self.publisher = self.make_publisher(producer)
+
+    def make_publisher(self, producer: AIOKafkaProducer) -> BatchPublisher:
+        return BatchPublisher(
+            producer,
+            max_request_size=self.settings.max_message_bytes,
+            ack_timeout_s=self.settings.ack_timeout_s,
         )
 
     def stop(self) -> None:
@@ -214,9 +173,9 @@ class Relay:
         self._wake.set()
 
     async def close(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        if self.publisher is not None:
+            await self.publisher.producer.stop()
+            self.publisher = None
         if self._owns_engine:
             await self.engine.dispose()
 
@@ -243,6 +202,8 @@ class Relay:
         heartbeat = Heartbeat.from_env()
         while not self._stopping.is_set():
             heartbeat.beat()
+            # Cleared before the claim, not after: a commit notified while the claim runs must wake us.
+            self._wake.clear()
             claimed = await self.publish_batch_with_retries()
             if claimed >= s.batch_size:
                 idle = s.idle_poll_min_s
@@ -250,7 +211,6 @@ class Relay:
                 continue
             if claimed:
                 idle = s.idle_poll_min_s
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), idle)
             idle = min(idle * 2, s.idle_poll_max_s)
@@ -280,8 +240,7 @@ class Relay:
     async def publish_batch_with_retries(self) -> int:
         """One batch; broker or database outages are retried with backoff until it goes through or we stop."""
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((TransientPublishError, OSError, psycopg.OperationalError))
-            | retry_if_exception_type(_DatabaseUnavailable),
+            retry=retry_if_exception_type((TransientPublishError, _DatabaseUnavailable)),
             wait=wait_exponential_jitter(
                 multiplier=0.05, max=self.settings.outage_backoff_max_s, jitter=0.05
             ),
@@ -298,7 +257,7 @@ class Relay:
         self.stats.outages += 1
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         log.warning(
-            "relay %s: batch not published (%s: %s); retry %d in %.2fs, rows stay pending",
+            "relay %s: rows not published (%s: %s); retry %d in %.2fs, they stay pending",
             self.name,
             type(exc).__name__,
             exc,
@@ -307,24 +266,32 @@ class Relay:
         )
 
     async def publish_batch(self) -> int:
-        """Claim, publish and mark one batch; returns how many rows were claimed."""
+        """Claim, publish and mark one batch; returns how many rows were claimed.
+
+        Raises TransientPublishError after committing what was acknowledged when an outage kept some rows
+        from going out (the caller backs off), _DatabaseUnavailable when the database failed."""
+        outage: BaseException | None = None
         try:
             async with self.engine.begin() as conn:
-                rows = (await conn.execute(_CLAIM, {"limit": self.settings.batch_size})).all()
+                rows = await self.store.claim(conn, self.settings.batch_size)
                 if not rows:
                     return 0
                 relay_metrics().claimed(self.name, len(rows))
                 publishable = self._in_aggregate_order(rows)
                 if publishable:
-                    await self._publish(conn, publishable)
+                    outage = await self._publish(conn, publishable)
                 self.stats.batches += 1
-                return len(rows)
         except TransientPublishError:
             raise
+        except KafkaError as exc:  # metadata or topic creation: the cluster, not the rows
+            raise TransientPublishError(f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:
-            if _is_database_outage(exc):
+            if is_database_outage(exc):
                 raise _DatabaseUnavailable(str(exc)) from exc
             raise
+        if outage is not None:
+            raise TransientPublishError(f"{type(outage).__name__}: {outage}") from outage
+        return len(rows)
 
     @staticmethod
     def _in_aggregate_order(rows: Sequence[Row[Any]]) -> list[Row[Any]]:
@@ -339,19 +306,17 @@ class Relay:
                 keep.append(row)
         return keep
 
-    async def _publish(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
-        producer = self._producer
-        assert producer is not None, "Relay.start() not called"
+    async def _publish(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> BaseException | None:
+        """Send `rows`, mark the acked ones, charge record failures; returns the first outage, if any."""
+        publisher = self.publisher
+        assert publisher is not None, "Relay.start() not called"
         prefix = self.settings.topic_prefix
         await self._ensure_topics({prefix + r.topic for r in rows})
         # Without a recording tracer provider, pass the writer's context through untouched (cheap path).
         recording = tracing_recording()
-        pending: list[_Pending] = []
-        refused: set[tuple[str, str]] = set()
+        spans: list[Span] = []
+        items: list[Outbound] = []
         for row in rows:
-            if (row.topic, row.aggregate_id) in refused:
-                pending.append(_Pending(row=row, span=trace.INVALID_SPAN, held_back=True))
-                continue
             stored_context = {"traceparent": row.traceparent} if row.traceparent else {}
             if row.tracestate:
                 stored_context["tracestate"] = row.tracestate
@@ -378,95 +343,76 @@ class Relay:
                 version=row.aggregate_version,
                 trace_context=trace_context,
             )
-            item = _Pending(row=row, span=span)
-            try:
-                item.future = await producer.send(
-                    prefix + row.topic,
-                    value=row.payload_json.encode(),
+            spans.append(span)
+            items.append(
+                Outbound(
+                    topic=prefix + row.topic,
                     key=row.aggregate_id.encode(),
+                    value=row.payload_json.encode(),
                     headers=headers,
                 )
-            except KafkaError as exc:
-                item.error = exc
-                refused.add((row.topic, row.aggregate_id))
-            pending.append(item)
-        futures = [p.future for p in pending if p.future is not None]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        it = iter(results)
-        for p in pending:
-            if p.future is not None:
-                result = next(it)
-                if isinstance(result, BaseException):
-                    p.error = result
-                elif recording:
-                    p.span.set_attribute(MESSAGING_DESTINATION_PARTITION_ID, str(result.partition))
-        await self._record_outcomes(conn, pending)
+            )
+        await publisher.publish(items)
+        return await self._record_outcomes(conn, rows, items, spans, recording)
 
-    async def _record_outcomes(self, conn: AsyncConnection, pending: list[_Pending]) -> None:
+    async def _record_outcomes(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[Row[Any]],
+        items: list[Outbound],
+        spans: list[Span],
+        recording: bool,
+    ) -> BaseException | None:
         s = self.settings
-        published: list[int] = []
-        transient = 0
-        failed_aggregates: set[tuple[str, str]] = set()
-        for p in pending:
-            key = (p.row.topic, p.row.aggregate_id)
-            if p.held_back:
+        published: list[Row[Any]] = []
+        outage: BaseException | None = None
+        for row, item, span in zip(rows, items, spans, strict=True):
+            if item.acked:
+                published.append(row)
+                if recording:
+                    span.set_attribute(MESSAGING_DESTINATION_PARTITION_ID, str(item.partition))
+                span.end()
                 continue
-            if p.error is None and key not in failed_aggregates:
-                published.append(p.row.id)
-                p.span.end()
+            error = item.error
+            if error is None:  # held back behind a failure in its partition: the next claim sends it
+                span.end()
                 continue
-            if p.error is None:
-                # Acked, but an earlier row of its aggregate failed: publish it again after that one,
-                # so the aggregate's last delivery is in order (consumers drop the duplicate).
-                p.span.end()
-                continue
-            failed_aggregates.add(key)
-            p.span.record_exception(p.error)
-            p.span.set_status(Status(StatusCode.ERROR, type(p.error).__name__))
-            p.span.end()
-            if _is_retriable(p.error):
-                transient += 1
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            span.end()
+            if classify_publish_error(error) is PublishFailure.OUTAGE:
+                outage = outage or error
                 continue
             self.stats.failed_attempts += 1
-            backoff = min(s.row_backoff_initial_s * 2**p.row.attempts, s.row_backoff_max_s)
-            dead = (
-                await conn.execute(
-                    _MARK_FAILED,
-                    {
-                        "id": p.row.id,
-                        "error": f"{type(p.error).__name__}: {p.error}"[:2000],
-                        "backoff_s": backoff,
-                        "max_attempts": s.max_attempts,
-                    },
-                )
-            ).scalar_one()
-            relay_metrics().failed(self.name, p.row.topic, p.error, dead=dead)
+            backoff = min(s.row_backoff_initial_s * 2**row.attempts, s.row_backoff_max_s)
+            dead = await self.store.mark_failed(
+                conn,
+                row.id,
+                f"{type(error).__name__}: {error}",
+                backoff_s=backoff,
+                max_attempts=s.max_attempts,
+            )
+            relay_metrics().failed(self.name, row.topic, error, dead=dead)
             if dead:
                 self.stats.dead_lettered += 1
                 log.error(
                     "relay %s: outbox row %d (%s %s) dead-lettered after %d attempts: %s",
                     self.name,
-                    p.row.id,
-                    p.row.event_type,
-                    p.row.event_id,
-                    p.row.attempts + 1,
-                    p.error,
+                    row.id,
+                    row.event_type,
+                    row.event_id,
+                    row.attempts + 1,
+                    error,
                 )
             else:
                 log.warning(
-                    "relay %s: outbox row %d failed (%s); retry in %.1fs",
-                    self.name,
-                    p.row.id,
-                    p.error,
-                    backoff,
+                    "relay %s: outbox row %d failed (%s); retry in %.1fs", self.name, row.id, error, backoff
                 )
         if published:
-            await conn.execute(_MARK_PUBLISHED, {"ids": published})
+            await self.store.mark_published(conn, [r.id for r in published])
             self.stats.published += len(published)
-            acked = set(published)
-            relay_metrics().published(self.name, (p.row for p in pending if p.row.id in acked))
-        if transient and not published:
-            raise TransientPublishError(f"{transient} rows not acked by the broker")
+            relay_metrics().published(self.name, published)
+        return outage
 
     async def _ensure_topics(self, topics: set[str]) -> None:
         missing = topics - self._known_topics
@@ -505,44 +451,16 @@ class Relay:
             await asyncio.sleep(self.settings.cleanup_interval_s)
 
     async def cleanup_published(self) -> int:
-        """Delete published rows older than the retention window, in bounded batches; returns rows deleted."""
-        total = 0
-        while True:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    _CLEANUP,
-                    {
-                        "retention_s": self.settings.retention.total_seconds(),
-                        "limit": self.settings.cleanup_batch,
-                    },
-                )
-            deleted = result.rowcount or 0
-            total += deleted
-            if deleted < self.settings.cleanup_batch or self._stopping.is_set():
-                break
-            await asyncio.sleep(0)  # let the publish loop run between batches
+        """Delete published rows past `retention` and dead rows past `dead_retention`; returns rows deleted."""
+        s = self.settings
+        total = await self.store.prune(
+            self.engine,
+            Retention(published=s.retention, dead=s.dead_retention, batch=s.cleanup_batch),
+            stop=self._stopping.is_set,
+        )
         self.stats.cleaned += total
         return total
 
 
 class _DatabaseUnavailable(Exception):
     pass
-
-
-def _is_retriable(exc: BaseException) -> bool:
-    if isinstance(exc, KafkaError):
-        return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in {
-            "KafkaTimeoutError",
-            "KafkaConnectionError",
-            "NodeNotReadyError",
-            "RequestTimedOutError",
-        }
-    return isinstance(exc, (OSError, asyncio.TimeoutError))
-
-
-def _is_database_outage(exc: BaseException) -> bool:
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    if isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, OSError)):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated

@@ -49,6 +49,13 @@ outbox_table = Table(
     Index("ix_outbox_pending_aggregate", "topic", "aggregate_id", "id", postgresql_where=_PENDING),
     Index("ix_outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")),
     Index("ix_outbox_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
+    Index(
+        "ix_outbox_backoff",
+        "topic",
+        "aggregate_id",
+        "id",
+        postgresql_where=text("published_at IS NULL AND dead_at IS NULL AND attempts > 0"),
+    ),
 )
 
 inbox_table = Table(

@@ -1,0 +1,55 @@
+"""What a failure means, decided in one place by exception type.
+
+A publish failure is either about one record (it can never be written as it is: too large, corrupt, a bad
+timestamp) or about the path to the broker (unreachable, no leader, not authorised, timed out). Only
+record failures count against a row and can dead-letter it; everything else is an outage: the rows stay
+pending, untouched, and the relay backs off. Dead-lettering good rows during an ACL or cluster outage
+would publish their successors first and make any later redrive arrive out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import Enum
+
+import psycopg
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+
+class PublishFailure(Enum):
+    RECORD = "record"  # this record can never be written as it is: counts against the row
+    OUTAGE = "outage"  # the broker, the cluster or the way to it: the row is untouched, retried later
+
+
+# CorruptRecordException and InvalidMessageError share error code 2; aiokafka raises the former.
+RECORD_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
+
+
+class PublishTimeout(Exception):
+    """The broker did not acknowledge within the relay's ack deadline (a hung broker, too few replicas)."""
+
+
+def classify_publish_error(exc: BaseException) -> PublishFailure:
+    return PublishFailure.RECORD if isinstance(exc, RECORD_ERRORS) else PublishFailure.OUTAGE
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """The database (or the connection to it) failed, not the statement: retry the batch later."""
+    if isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, OSError)):
+        return True
+    if isinstance(exc, asyncio.TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
