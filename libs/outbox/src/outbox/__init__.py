@@ -5,12 +5,14 @@ Public API:
     Relay, RelaySettings                  publish outbox rows to Kafka in per-aggregate order
     IdempotentConsumer, ConsumerSettings, EventContext, ReceivedEvent
                                           apply each event once in effect (inbox + effect in one transaction)
+    Reject, Outcome                       a handler's "never retry this"; what became of a delivered event
     metadata, create_tables               the library's tables, for each service's Alembic migrations
     setup_tracing                         OTEL_* configured tracing for a process
 """
 
 from outbox.consumer import BatchContext, ConsumerSettings, EventContext, IdempotentConsumer
 from outbox.envelope import Event, EventTooLarge, MalformedMessage, ReceivedEvent
+from outbox.handlers import HandlerCommitted, Outcome, Reject
 from outbox.relay import Relay, RelaySettings
 from outbox.schema import consumer_versions_table, create_tables, inbox_table, metadata, outbox_table
 from outbox.tracing import setup_tracing
@@ -22,10 +24,13 @@ __all__ = [
     "Event",
     "EventContext",
     "EventTooLarge",
+    "HandlerCommitted",
     "IdempotentConsumer",
     "MalformedMessage",
     "OutboxWriter",
+    "Outcome",
     "ReceivedEvent",
+    "Reject",
     "Relay",
     "RelaySettings",
     "consumer_versions_table",

@@ -116,8 +116,13 @@ def select(letters: Sequence[DeadLetter], ids: Sequence[str] | None) -> list[Dea
     return [d for d in letters if d.id in wanted]
 
 
+REDRIVE_HEADER = "outbox_redrive"
+
+
 async def redrive(bootstrap: str, letters: Sequence[DeadLetter]) -> int:
-    """Republish each dead letter to its original topic with its original key, value and headers."""
+    """Republish each dead letter to its original topic with its original key, value and headers, plus
+    `outbox_redrive`: the consumer's inbox remembers a dead-lettered event (so a plain redelivery is a
+    duplicate); this header tells it the delivery is an operator's new attempt."""
     producer = await start_producer(bootstrap, idempotent=True)
     try:
         futures = []
@@ -125,7 +130,8 @@ async def redrive(bootstrap: str, letters: Sequence[DeadLetter]) -> int:
             topic = letter.original_topic
             if not topic:
                 raise ValueError(f"dead letter {letter.id} has no dlq_original_topic header")
-            headers = [(k, v) for k, v in letter.headers if not k.startswith("dlq_")]
+            headers = [(k, v) for k, v in letter.headers if not k.startswith("dlq_") and k != REDRIVE_HEADER]
+            headers.append((REDRIVE_HEADER, f"{letter.id}@{time.time():.3f}".encode()))
             futures.append(await producer.send(topic, value=letter.value, key=letter.key, headers=headers))
         for future in futures:
             await future
