@@ -40,7 +40,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def clean(engine: AsyncEngine) -> None:
     """Every test starts from empty tables (they share one database)."""
     async with engine.begin() as conn:
-        await conn.execute(text("TRUNCATE outbox, inbox, consumer_versions, effects RESTART IDENTITY"))
+        await conn.execute(
+            text("TRUNCATE outbox, inbox, consumer_versions, inbox_parked, effects RESTART IDENTITY")
+        )
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import ConsumerSettings, Event, EventContext, IdempotentConsumer, OutboxWriter
 from outbox.consumer import Reject
+from outbox.handlers import Outcome
 from outbox.kafka import ensure_topics
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
 from servicekit.testing import wait_until
@@ -202,10 +203,11 @@ async def test_events_without_a_subject_are_not_stale_against_each_other(
         return ReceivedEvent(uuid.uuid4(), "t.x", "test", subject, None, version, {}, {}, "t", 0, 0)
 
     async with sessions() as session, session.begin():
-        assert await store.advance_version(session, received(None, 5))
-        assert await store.advance_version(session, received(None, 2))  # unrelated: not stale
-        assert await store.advance_version(session, received("doc", 5))
-        assert not await store.advance_version(session, received("doc", 2))
+        assert await store.advance_version(session, received(None, 5)) is Outcome.APPLIED
+        # unrelated: not stale
+        assert await store.advance_version(session, received(None, 2)) is Outcome.APPLIED
+        assert await store.advance_version(session, received("doc", 5)) is Outcome.APPLIED
+        assert await store.advance_version(session, received("doc", 2)) is Outcome.STALE
 
 
 async def test_the_inbox_is_pruned_past_its_retention(

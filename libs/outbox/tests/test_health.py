@@ -69,7 +69,11 @@ def test_status_exits_1_on_dead_rows_or_an_old_backlog(
     assert status() == 1
     assert "1 dead-lettered row(s)" in capsys.readouterr().err
     assert status("--allow-dead") == 0
-    insert("old", "available_at", "now() + interval '1 hour'")  # pending for 10 minutes already
+    # Age counts from when a row became due (`available_at`), not from `occurred_at` (issue 14, finding 13):
+    # an event of 10 minutes ago replayed just now is not an alarm; a row due for 10 minutes is.
+    insert("replayed", "available_at", "now()")
+    assert status("--allow-dead") == 0
+    insert("old", "available_at", "now() - interval '10 minutes'")  # due for 10 minutes already
     assert status("--allow-dead") == 1
     assert "oldest pending event waited" in capsys.readouterr().err
     assert status("--allow-dead", "--max-age", "3600") == 0

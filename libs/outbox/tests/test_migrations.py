@@ -22,7 +22,7 @@ def test_versioned_ddl_matches_metadata() -> None:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
         with engine.begin() as conn:
-            migrations.v1_downgrade(conn)
+            migrations.downgrade_all(conn)
             left = conn.execute(
                 text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
             ).scalar_one()

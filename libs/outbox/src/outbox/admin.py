@@ -3,113 +3,96 @@
 Replay and redrive go through the relay (they make rows pending again) rather than around it, so the
 relay's per-aggregate ordering and the consumers' inbox apply to them unchanged. Replayed events keep
 their event ids: a consumer that already applied one skips it; a consumer rebuilt from scratch (state and
-inbox cleared) applies them all again.
+inbox cleared) applies them all again. The statements live in `outbox_store.OutboxAdmin`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from datetime import datetime
+from enum import Enum
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.schema import outbox_table as t
+from outbox.outbox_store import OutboxAdmin, Selection
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
+__all__ = ["RedriveOrder", "Selection", "redrive", "replay", "status"]
 
-@dataclass(frozen=True, slots=True)
-class Selection:
-    topic: str | None = None
-    event_type: str | None = None
-    aggregate_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+REPLAY_CHUNK = 5000
 
-    def where(self) -> ColumnElement[bool]:
-        clauses: list[ColumnElement[bool]] = [t.c.published_at.is_not(None)]
-        if self.topic:
-            clauses.append(t.c.topic == self.topic)
-        if self.event_type:
-            clauses.append(t.c.event_type == self.event_type)
-        if self.aggregate_id:
-            clauses.append(t.c.aggregate_id == self.aggregate_id)
-        if self.since:
-            clauses.append(t.c.occurred_at >= self.since)
-        if self.until:
-            clauses.append(t.c.occurred_at < self.until)
-        return and_(*clauses)
+
+class RedriveOrder(Enum):
+    """What to do with a dead row whose aggregate already published later rows (v4..v9 out, v3 dead)."""
+
+    REFUSE = "refuse"  # the default: say which rows are affected and change nothing
+    REORDER = "reorder"  # v3 goes out again, then v4..v9 are sent once more after it (order on the topic)
+    FORCE = "force"  # v3 alone, after v4..v9 (guarded consumers drop it as stale; gap-aware ones apply it)
+
+
+def _wake_channel() -> str | None:
+    """The channel relays listen on (OUTBOX_NOTIFY_CHANNEL; empty: they poll, nothing to wake)."""
+    return os.environ.get("OUTBOX_NOTIFY_CHANNEL", DEFAULT_NOTIFY_CHANNEL) or None
 
 
 async def status(engine: AsyncEngine) -> dict[str, Any]:
-    pending = and_(t.c.published_at.is_(None), t.c.dead_at.is_(None))
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(
-                    func.count().filter(pending).label("pending"),
-                    func.min(t.c.occurred_at).filter(pending).label("oldest_pending"),
-                    func.count().filter(t.c.dead_at.is_not(None)).label("dead"),
-                    func.count().filter(t.c.published_at.is_not(None)).label("published_retained"),
-                    func.max(t.c.published_at).label("last_published_at"),
-                    func.now().label("now"),
-                )
-            )
-        ).one()
-        dead_rows = (
-            await conn.execute(
-                select(t.c.id, t.c.event_type, t.c.aggregate_id, t.c.attempts, t.c.last_error, t.c.dead_at)
-                .where(t.c.dead_at.is_not(None))
-                .order_by(t.c.id)
-                .limit(20)
-            )
-        ).all()
-    oldest_age = (row.now - row.oldest_pending).total_seconds() if row.oldest_pending else 0.0
+    store = OutboxAdmin(engine)
+    backlog = await store.backlog()
     return {
-        "pending": row.pending,
-        "oldest_pending_age_s": round(oldest_age, 3),
-        "dead_lettered": row.dead,
-        "published_retained": row.published_retained,
-        "last_published_at": row.last_published_at,
-        "dead_letter_sample": [dict(r._mapping) for r in dead_rows],
+        "pending": backlog.pending,
+        "ready": backlog.ready,
+        "behind_backoff": backlog.behind_backoff,
+        "behind_dead": backlog.behind_dead,
+        "backoff": backlog.backoff,
+        "oldest_pending_age_s": round(backlog.oldest_due_age_s, 3),
+        "dead_lettered": backlog.dead,
+        "published_retained": max(backlog.estimated_rows - backlog.pending - backlog.dead, 0),
+        "published_retained_is_estimate": True,
+        "last_published_at": backlog.last_published_at,
+        "dead_letter_sample": await store.dead_sample() if backlog.dead else [],
     }
 
 
-async def replay(engine: AsyncEngine, selection: Selection, *, dry_run: bool) -> dict[str, Any]:
-    """Make matching published rows pending again; the relay republishes them in their original order."""
-    async with engine.begin() as conn:
-        if dry_run:
-            count = (await conn.execute(select(func.count()).where(selection.where()))).scalar_one()
-            return {"would_replay": count}
-        result = await conn.execute(
-            update(t)
-            .where(selection.where())
-            .values(published_at=None, attempts=0, last_error=None, available_at=func.now())
-        )
-        await _wake_relays(conn)
-        return {"replayed": result.rowcount}
+async def replay(
+    engine: AsyncEngine, selection: Selection, *, dry_run: bool, chunk: int = REPLAY_CHUNK
+) -> dict[str, Any]:
+    """Make matching published rows pending again, in bounded chunks; the relay republishes them in order."""
+    store = OutboxAdmin(engine)
+    if dry_run:
+        return {"would_replay": await store.count_replayable(selection)}
+    return {"replayed": await store.replay(selection, chunk=chunk, wake=_wake_channel())}
 
 
-async def redrive(engine: AsyncEngine, *, ids: list[int] | None, dry_run: bool) -> dict[str, Any]:
-    """Give dead-lettered rows a fresh set of attempts."""
-    where: ColumnElement[bool] = t.c.dead_at.is_not(None)
-    if ids:
-        where = and_(where, t.c.id.in_(ids))
-    async with engine.begin() as conn:
-        if dry_run:
-            return {"would_redrive": (await conn.execute(select(func.count()).where(where))).scalar_one()}
-        result = await conn.execute(
-            update(t).where(where).values(dead_at=None, attempts=0, last_error=None, available_at=func.now())
-        )
-        await _wake_relays(conn)
-        return {"redriven": result.rowcount}
+async def redrive(
+    engine: AsyncEngine,
+    *,
+    ids: list[int] | None,
+    dry_run: bool,
+    order: RedriveOrder = RedriveOrder.REFUSE,
+) -> dict[str, Any]:
+    """Give dead-lettered rows a fresh set of attempts.
 
-
-async def _wake_relays(conn: AsyncConnection) -> None:
-    """NOTIFY on the channel the relays listen on (OUTBOX_NOTIFY_CHANNEL; empty: they poll, nothing to do)."""
-    channel = os.environ.get("OUTBOX_NOTIFY_CHANNEL", DEFAULT_NOTIFY_CHANNEL)
-    if channel:
-        await conn.execute(select(func.pg_notify(channel, "")))
+    A dead row whose aggregate already published later rows would reach consumers after them; by default
+    such rows are refused (listed under `out_of_order`), `REORDER` re-sends those later rows after it and
+    `FORCE` sends it alone. Rows with nothing published after them (the relay's `block_on_dead`) go."""
+    store = OutboxAdmin(engine)
+    dead = await store.dead_rows(ids)
+    late = [d for d in dead if d.published_after]
+    out_of_order = [
+        {
+            "id": d.id,
+            "aggregate_id": d.aggregate_id,
+            "version": d.aggregate_version,
+            "published_after": d.published_after,
+        }
+        for d in late
+    ]
+    chosen = [d for d in dead if not d.published_after or order is not RedriveOrder.REFUSE]
+    resend = sorted({i for d in chosen for i in d.published_after}) if order is RedriveOrder.REORDER else []
+    report: dict[str, Any] = {"out_of_order": out_of_order, "order": order.value}
+    if dry_run:
+        report |= {"would_redrive": len(chosen), "would_resend": len(resend)}
+        return report
+    count = await store.redrive([d.id for d in chosen], resend, wake=_wake_channel())
+    report |= {"redriven": count, "resent": len(resend), "refused": len(dead) - len(chosen)}
+    return report

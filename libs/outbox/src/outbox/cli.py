@@ -5,7 +5,8 @@
     outbox health  --heartbeat-file F [--max-age S]   (exit 1: the relay or consumer loop stopped turning)
     outbox dlq     list|show|redrive --group G [--id PARTITION:OFFSET ...] [--yes]
     outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since ISO] [--until ISO] [--yes]
-    outbox redrive --database-url URL [--id N ...] [--yes]
+    outbox redrive --database-url URL [--id N ...] [--reorder | --force] [--yes]
+    outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
     outbox trace   SPANS_FILE [--trace-id ID] [--last N]
 
 The database URL may also come from OUTBOX_DATABASE_URL; the broker from KAFKA_BOOTSTRAP.
@@ -26,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from outbox import admin, dlq, observe, trace_view
+from outbox import admin, dlq, observe, trace_view, why
 from outbox.health import heartbeat_age
 from outbox.kafka import bootstrap_from_env
 from outbox.logs import configure_logging
@@ -99,6 +100,31 @@ def _parser() -> argparse.ArgumentParser:
         "--id", dest="ids", type=int, action="append", help="row id (repeatable); default all"
     )
     redrive.add_argument("--yes", action="store_true", help="do it (without: count what would be redriven)")
+    ordering = redrive.add_mutually_exclusive_group()
+    ordering.add_argument(
+        "--reorder",
+        action="store_true",
+        help="a dead row whose aggregate published later rows goes out again followed by those rows",
+    )
+    ordering.add_argument(
+        "--force", action="store_true", help="send such a dead row alone, after its successors"
+    )
+    explain = with_db(
+        sub.add_parser(
+            "why",
+            help="why an aggregate's events wait (states, the row holding them, locks); where an event went",
+        )
+    )
+    explain.add_argument("target", help="an aggregate id, or an event id (UUID)")
+    explain.add_argument("--topic", help="only this topic's rows of the aggregate")
+    explain.add_argument(
+        "--consumer-db",
+        dest="consumer_urls",
+        action="append",
+        default=[],
+        help="a consumer's database: its inbox row, applied version and parked events (repeatable)",
+    )
+    explain.add_argument("--json", action="store_true")
     view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees")
     view.add_argument("spans_file", type=Path)
     view.add_argument("--trace-id")
@@ -127,6 +153,13 @@ async def _admin(args: argparse.Namespace) -> dict[str, Any]:
                 engine, bootstrap_from_env(), args.groups
             )
             return report
+        if args.command == "why":
+            return await why.explain(
+                engine,
+                args.target,
+                topic=args.topic,
+                consumer_urls=[_normalise(u) for u in args.consumer_urls],
+            )
         if args.command == "replay":
             selection = admin.Selection(
                 topic=args.topic,
@@ -136,7 +169,14 @@ async def _admin(args: argparse.Namespace) -> dict[str, Any]:
                 until=args.until,
             )
             return await admin.replay(engine, selection, dry_run=not args.yes)
-        return await admin.redrive(engine, ids=args.ids, dry_run=not args.yes)
+        order = (
+            admin.RedriveOrder.REORDER
+            if args.reorder
+            else admin.RedriveOrder.FORCE
+            if args.force
+            else admin.RedriveOrder.REFUSE
+        )
+        return await admin.redrive(engine, ids=args.ids, dry_run=not args.yes, order=order)
     finally:
         await engine.dispose()
 
@@ -146,6 +186,13 @@ PARTIAL_REPLAY = (
     "them skips them, but one rebuilt from scratch would apply, say, `created` without the later `deleted` "
     "and resurrect the aggregate. Replay whole aggregates (--topic/--aggregate-id/--since), or add "
     "--allow-partial if every consumer of these events already holds the rest of the history."
+)
+
+
+OUT_OF_ORDER = (
+    "refused the rows under out_of_order: later rows of their aggregates were already published, so they "
+    "would reach consumers after their successors. --reorder sends each again followed by those later rows "
+    "(the topic ends in order; consumers with an inbox skip what they applied); --force sends it alone."
 )
 
 
@@ -187,10 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(_admin(args))
     if args.command == "status" and not args.json:
         print(observe.render_status(result))
+    elif args.command == "why" and not args.json:
+        print(why.render(result))
     else:
         print(json.dumps(result, indent=2, default=str))
     if args.command == "status":
         return status_exit_code(result, max_age=args.max_age, allow_dead=args.allow_dead)
+    if (
+        args.command == "redrive"
+        and result.get("out_of_order")
+        and args.yes
+        and not (args.reorder or args.force)
+    ):
+        print(f"outbox redrive: {OUT_OF_ORDER}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -93,6 +93,10 @@ class ConsumerSettings:
     # Inbox rows are pruned after this; keep it longer than any topic's retention (replays from Kafka).
     inbox_retention: timedelta = timedelta(days=30)
     inbox_prune_interval_s: float = 600.0
+    # Gap-aware handlers park events that arrived before the version they follow; a sweep applies those
+    # whose gap another member closed, and warns about any parked longer than `park_alert_after_s`.
+    park_sweep_interval_s: float = 5.0
+    park_alert_after_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> ConsumerSettings:
@@ -104,6 +108,7 @@ class ConsumerSettings:
             fetch_max_wait_ms=_env_int("OUTBOX_CONSUMER_FETCH_MAX_WAIT_MS", 5),
             session_timeout_ms=_env_int("OUTBOX_CONSUMER_SESSION_TIMEOUT_MS", 10_000),
             inbox_retention=timedelta(hours=_env_float("OUTBOX_INBOX_RETENTION_HOURS", 30 * 24)),
+            park_alert_after_s=_env_float("OUTBOX_CONSUMER_PARK_ALERT_S", 60.0),
         )
 
 
@@ -145,23 +150,33 @@ class IdempotentConsumer:
         self._pipeline: ApplyPipeline | None = None
 
     # -- registration -------------------------------------------------------------------------------------
-    def handler(self, *types: str, version_guard: bool = True) -> Callable[[Handler], Handler]:
+    def handler(
+        self, *types: str, version_guard: bool = True, gap_aware: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler for `types`. `gap_aware` (with the version guard): an event whose previous
+        version (`ce_prevversion`, set by OutboxWriter) this consumer has not applied is parked, not
+        applied, and applied as soon as that version is: each aggregate's versions in order, none skipped.
+        Every event type of those aggregates must then reach a guarded handler of this consumer (an event
+        it never applies leaves its successors parked); that is why it is opt-in."""
+
         def register(fn: Handler) -> Handler:
             for t in types:
-                self._routes.append(Route(t, fn, version_guard))
+                self._routes.append(Route(t, fn, version_guard, gap_aware=gap_aware and version_guard))
             return fn
 
         return register
 
     def batch_handler(
-        self, *types: str, version_guard: bool = True
+        self, *types: str, version_guard: bool = True, gap_aware: bool = False
     ) -> Callable[[BatchHandler], BatchHandler]:
         """Register a handler that applies many events per call (bulk SQL): the same guarantees, a fraction
         of the round trips. Consecutive events routed to it within one fetched batch come in one call."""
 
         def register(fn: BatchHandler) -> BatchHandler:
             for t in types:
-                self._routes.append(Route(t, fn, version_guard, batch=True))
+                self._routes.append(
+                    Route(t, fn, version_guard, batch=True, gap_aware=gap_aware and version_guard)
+                )
             return fn
 
         return register
@@ -190,7 +205,9 @@ class IdempotentConsumer:
             DeadLetterSender(self._producer, self.dead_letter_topic, self.name),
             RetryPolicy(s.max_attempts, s.retry_initial_s, s.retry_max_s),
             self.writer,
+            self._parse,
         )
+        self._pipeline.tracks_gaps = any(route.gap_aware for route in self._routes)
         self._consumer = AIOKafkaConsumer(
             *self.wire_topics,
             bootstrap_servers=s.bootstrap,
@@ -223,13 +240,17 @@ class IdempotentConsumer:
     async def run(self) -> None:
         """Consume until `stop()`; starts and closes the Kafka clients itself, prunes the inbox meanwhile."""
         await self.start()
-        pruning = asyncio.create_task(self._prune_loop(), name="outbox-inbox-prune")
+        background = [asyncio.create_task(self._prune_loop(), name="outbox-inbox-prune")]
+        if any(route.gap_aware for route in self._routes):
+            background.append(asyncio.create_task(self._park_loop(), name="outbox-parked-sweep"))
         try:
             await self._loop()
         finally:
-            pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruning
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.close()
 
     async def _prune_loop(self) -> None:
@@ -239,6 +260,38 @@ class IdempotentConsumer:
             except Exception as exc:
                 log.warning("consumer %s: inbox pruning failed (%s); will retry", self.name, exc)
             await asyncio.sleep(self.settings.inbox_prune_interval_s)
+
+    async def _park_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.release_parked()
+            except Exception as exc:
+                log.warning("consumer %s: releasing parked events failed (%s); will retry", self.name, exc)
+            await asyncio.sleep(self.settings.park_sweep_interval_s)
+
+    async def release_parked(self) -> ConsumerStats:
+        """Apply parked events whose gap closed (by another member, say); warn about long-parked ones."""
+        pipeline = self._pipeline
+        assert pipeline is not None, "IdempotentConsumer.start() not called"
+        async with self.sessions() as session, session.begin():
+            counts = await pipeline.release_parked(guard_session(session))
+            waiting = await self.inbox.parked(session)
+        self.stats.merge(counts)
+        now = time.time()
+        for row in waiting:
+            if now - row.since.timestamp() > self.settings.park_alert_after_s:
+                log.error(
+                    "consumer %s: %d event(s) of %s %s parked since %s, waiting for version %s: "
+                    "find it with `outbox why %s` (dead-lettered upstream? redrive it)",
+                    self.name,
+                    row.events,
+                    row.topic,
+                    row.aggregate_id,
+                    row.since.isoformat(),
+                    row.waiting_for,
+                    row.aggregate_id,
+                )
+        return counts
 
     # -- the loop -----------------------------------------------------------------------------------------
     async def _loop(self) -> None:

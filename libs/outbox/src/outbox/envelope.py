@@ -1,7 +1,8 @@
 """The event envelope: CloudEvents 1.0 in Kafka binary mode.
 
 Headers carry the attributes (`ce_id`, `ce_type`, `ce_source`, `ce_subject` = aggregate id, `ce_time`,
-`ce_specversion`, the extension `ce_aggregateversion`), `traceparent`/`tracestate` and `content-type`;
+`ce_specversion`, the extensions `ce_aggregateversion` and `ce_prevversion`: the aggregate's version
+before this event), `traceparent`/`tracestate` and `content-type`;
 the value is the JSON `data`. The Kafka key is the aggregate id, so one aggregate maps to one partition.
 """
 
@@ -34,6 +35,8 @@ class Event:
     `topic` is the aggregate type (e.g. `console.document`), `type` the CloudEvents type
     (e.g. `console.document.enabled`), `aggregate_id` the Kafka key, `version` the aggregate's version
     after the change (consumers use it to drop stale events). `data` must be JSON-serialisable.
+    `standalone`: the event carries the aggregate's whole state and follows no particular predecessor (a
+    snapshot): it gets no previous version, so a gap-aware consumer never parks it.
     """
 
     topic: str
@@ -43,6 +46,7 @@ class Event:
     version: int | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     time: datetime = field(default_factory=_now)
+    standalone: bool = False
 
 
 class EventTooLarge(ValueError):
@@ -74,6 +78,8 @@ class ReceivedEvent:
     topic: str
     partition: int
     offset: int
+    # The aggregate's version before this one (None: unknown, e.g. its first event, or an older writer).
+    prev_version: int | None = None
 
 
 def encode_headers(
@@ -85,6 +91,7 @@ def encode_headers(
     time: datetime | str,
     version: int | None,
     trace_context: Mapping[str, str],
+    prev_version: int | None = None,
 ) -> list[tuple[str, bytes]]:
     headers = [
         ("ce_specversion", SPEC_VERSION.encode()),
@@ -97,6 +104,8 @@ def encode_headers(
     ]
     if version is not None:
         headers.append(("ce_aggregateversion", str(version).encode()))
+    if prev_version is not None:
+        headers.append(("ce_prevversion", str(prev_version).encode()))
     headers.extend((k, v.encode()) for k, v in trace_context.items() if k in ("traceparent", "tracestate"))
     return headers
 
@@ -140,16 +149,8 @@ def decode_record(
         raise MalformedMessage(f"value is JSON {type(data).__name__}, expected an object")
     if b"\\u0000" in value and _holds_nul(data):  # cheap scan first: the walk runs only on a suspect value
         raise MalformedMessage("value contains a NUL character in a string")
-    version: int | None = None
-    if "ce_aggregateversion" in hdrs:
-        try:
-            version = int(hdrs["ce_aggregateversion"])
-        except ValueError as exc:
-            raise MalformedMessage(
-                f"ce_aggregateversion is not an integer: {hdrs['ce_aggregateversion']!r}"
-            ) from exc
-        if not 0 <= version <= MAX_VERSION:
-            raise MalformedMessage(f"ce_aggregateversion is out of range: {version}")
+    version = _version(hdrs, "ce_aggregateversion")
+    prev_version = _version(hdrs, "ce_prevversion")
     when: datetime | None = None
     if hdrs.get("ce_time"):
         try:
@@ -168,7 +169,20 @@ def decode_record(
         topic=topic,
         partition=partition,
         offset=offset,
+        prev_version=prev_version,
     )
+
+
+def _version(hdrs: Mapping[str, str], name: str) -> int | None:
+    if name not in hdrs:
+        return None
+    try:
+        version = int(hdrs[name])
+    except ValueError as exc:
+        raise MalformedMessage(f"{name} is not an integer: {hdrs[name]!r}") from exc
+    if not 0 <= version <= MAX_VERSION:
+        raise MalformedMessage(f"{name} is out of range: {version}")
+    return version
 
 
 def _holds_nul(value: Any) -> bool:

@@ -5,6 +5,12 @@ timestamp) or about the path to the broker (unreachable, no leader, not authoris
 record failures count against a row and can dead-letter it; everything else is an outage: the rows stay
 pending, untouched, and the relay backs off. Dead-lettering good rows during an ACL or cluster outage
 would publish their successors first and make any later redrive arrive out of order.
+
+A third kind is the producer's own state: the idempotent producer numbers each partition's batches, and
+aiokafka never rewinds that number after a rejected batch, so every later batch of the partition answers
+OUT_OF_ORDER_SEQUENCE_NUMBER (or UNKNOWN_PRODUCER_ID once the broker forgot the producer). Those are not
+the rows' fault either: the relay replaces the producer (a new producer id restarts the sequence) and
+retries without counting an attempt.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from enum import Enum
 import psycopg
 from aiokafka.errors import (
     CorruptRecordException,
+    InvalidProducerEpoch,
     InvalidTimestampError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
     RecordListTooLargeError,
     RecordTooLargeError,
+    UnknownProducerId,
 )
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -26,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 class PublishFailure(Enum):
     RECORD = "record"  # this record can never be written as it is: counts against the row
     OUTAGE = "outage"  # the broker, the cluster or the way to it: the row is untouched, retried later
+    PRODUCER = "producer"  # the producer's sequence state is broken: replace it, the row is untouched
 
 
 # CorruptRecordException and InvalidMessageError share error code 2; aiokafka raises the former.
@@ -38,12 +49,24 @@ RECORD_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
+
+
 class PublishTimeout(Exception):
     """The broker did not acknowledge within the relay's ack deadline (a hung broker, too few replicas)."""
 
 
 def classify_publish_error(exc: BaseException) -> PublishFailure:
-    return PublishFailure.RECORD if isinstance(exc, RECORD_ERRORS) else PublishFailure.OUTAGE
+    if isinstance(exc, RECORD_ERRORS):
+        return PublishFailure.RECORD
+    if isinstance(exc, PRODUCER_ERRORS):
+        return PublishFailure.PRODUCER
+    return PublishFailure.OUTAGE
 
 
 def is_database_outage(exc: BaseException) -> bool:

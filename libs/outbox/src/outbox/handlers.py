@@ -32,6 +32,7 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # a type this consumer deliberately skips
     DUPLICATE = "duplicate"  # the inbox already held it (no inbox row of its own)
     DEAD = "dead"  # dead-lettered: a redelivery is a duplicate, not a second dead letter
+    PARKED = "parked"  # arrived before the version it follows: kept, applied once that version is
 
 
 class Reject(Exception):
@@ -105,6 +106,8 @@ class Route:
     handler: Handler | BatchHandler
     version_guard: bool
     batch: bool = False
+    # Park an event whose previous version (`ce_prevversion`) was not applied yet, instead of applying it.
+    gap_aware: bool = False
 
     async def call(
         self,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import CursorResult, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -46,10 +47,48 @@ _FORGET_DEAD = text(
     "DELETE FROM inbox WHERE consumer = :consumer AND event_id = ANY(:ids) AND outcome = 'dead'"
 )
 
+# Advances unless a higher version was applied (stale) or, with :p (the event's previous version, for a
+# gap-aware consumer), unless the applied version is below it (a version in between has not arrived). An
+# aggregate this consumer never saw accepts any version: there is no baseline to find a gap against.
 _ADVANCE = text(
     "INSERT INTO consumer_versions (consumer, topic, aggregate_id, version) VALUES (:c, :t, :a, :v) "
     "ON CONFLICT (consumer, topic, aggregate_id) DO UPDATE SET version = EXCLUDED.version "
-    "WHERE consumer_versions.version <= EXCLUDED.version RETURNING version"
+    "WHERE consumer_versions.version <= EXCLUDED.version "
+    "AND (CAST(:p AS bigint) IS NULL OR consumer_versions.version >= CAST(:p AS bigint)) RETURNING version"
+)
+_APPLIED_VERSION = text(
+    "SELECT version FROM consumer_versions WHERE consumer = :c AND topic = :t AND aggregate_id = :a"
+)
+
+_PARK = text(
+    "INSERT INTO inbox_parked (consumer, event_id, topic, aggregate_id, version, prev_version, record) "
+    "VALUES (:consumer, :event_id, :topic, :aggregate_id, :version, :prev_version, CAST(:record AS jsonb)) "
+    "ON CONFLICT (consumer, event_id) DO NOTHING"
+)
+# Parked events whose gap has closed (their previous version is now applied), oldest version first; taken
+# (deleted, with their `parked` inbox rows) by whichever transaction gets them first.
+_UNPARK = text(
+    """
+    WITH due AS (
+        SELECT p.consumer, p.event_id FROM inbox_parked p
+        JOIN consumer_versions v ON v.consumer = p.consumer AND v.topic = p.topic AND v.aggregate_id = p.aggregate_id
+        WHERE p.consumer = :consumer AND v.version >= p.prev_version
+          AND (CAST(:topics AS text[]) IS NULL OR (p.topic, p.aggregate_id) IN (
+              SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:aggregates AS text[]))))
+        ORDER BY p.version, p.parked_at
+        LIMIT :limit
+        FOR UPDATE OF p SKIP LOCKED
+    ), gone AS (
+        DELETE FROM inbox i USING due WHERE i.consumer = due.consumer AND i.event_id = due.event_id
+          AND i.outcome = 'parked'
+    )
+    DELETE FROM inbox_parked p USING due WHERE p.consumer = due.consumer AND p.event_id = due.event_id
+    RETURNING p.record, p.version
+    """
+)
+_PARKED = text(
+    "SELECT topic, aggregate_id, count(*) AS events, min(parked_at) AS since, min(prev_version) AS waiting_for "
+    "FROM inbox_parked WHERE consumer = :consumer GROUP BY topic, aggregate_id"
 )
 
 _PRUNE = text(
@@ -104,17 +143,60 @@ class InboxStore:
         if ids:
             await session.execute(_FORGET_DEAD, {"consumer": self.consumer, "ids": list(ids)})
 
-    async def advance_version(self, session: AsyncSession, event: ReceivedEvent) -> bool:
-        """Record the event's version as its aggregate's highest; False when a higher one was applied.
+    async def advance_version(
+        self, session: AsyncSession, event: ReceivedEvent, *, gap_aware: bool = False
+    ) -> Outcome:
+        """Record the event's version as its aggregate's highest: APPLIED; STALE when a higher one was
+        applied; with `gap_aware`, PARKED when the event's previous version has not been applied yet.
 
         An event without a subject names no aggregate: it is not guarded (all of them sharing one key
         would make unrelated events stale)."""
         if event.version is None or not event.subject:
-            return True
-        row = await session.execute(
-            _ADVANCE, {"c": self.consumer, "t": event.topic, "a": event.subject, "v": event.version}
+            return Outcome.APPLIED
+        key = {"c": self.consumer, "t": event.topic, "a": event.subject}
+        prev = event.prev_version if gap_aware else None
+        row = await session.execute(_ADVANCE, {**key, "v": event.version, "p": prev})
+        if row.first() is not None:
+            return Outcome.APPLIED
+        if prev is None:
+            return Outcome.STALE
+        applied = (await session.execute(_APPLIED_VERSION, key)).scalar_one()
+        return Outcome.STALE if applied > event.version else Outcome.PARKED
+
+    async def park(self, session: AsyncSession, event: ReceivedEvent, record: dict[str, Any]) -> None:
+        """Keep an event that arrived before its predecessor, with its record, to apply when that comes."""
+        await session.execute(
+            _PARK,
+            {
+                "consumer": self.consumer,
+                "event_id": event.id,
+                "topic": event.topic,
+                "aggregate_id": event.subject,
+                "version": event.version,
+                "prev_version": event.prev_version,
+                "record": orjson.dumps(record).decode(),
+            },
         )
-        return row.first() is not None
+
+    async def unpark(
+        self, session: AsyncSession, aggregates: Sequence[tuple[str, str]] | None, *, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """Take the parked events (of `aggregates`, or all) whose gap closed: their stored records, in
+        version order. Their `parked` inbox rows go too, so applying them records them afresh."""
+        params: dict[str, Any] = {
+            "consumer": self.consumer,
+            "limit": limit,
+            "topics": None,
+            "aggregates": None,
+        }
+        if aggregates is not None:
+            params |= {"topics": [t for t, _ in aggregates], "aggregates": [a for _, a in aggregates]}
+        rows = (await session.execute(_UNPARK, params)).all()
+        return [r.record for r in sorted(rows, key=lambda r: r.version)]
+
+    async def parked(self, session: AsyncSession) -> list[Any]:
+        """Per parked aggregate: how many events, since when, which version they wait for."""
+        return list((await session.execute(_PARKED, {"consumer": self.consumer})).all())
 
     async def prune(
         self, sessions: async_sessionmaker[AsyncSession], retention: timedelta, *, batch: int = 5000

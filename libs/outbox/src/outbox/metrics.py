@@ -183,6 +183,8 @@ _OUTCOMES = {
     "stale": "stale",
     "ignored": "ignored",
     "dead_lettered": "dead_lettered",
+    "parked": "parked",
+    "released": "released",
 }
 
 

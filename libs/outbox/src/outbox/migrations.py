@@ -74,7 +74,45 @@ V2 = (
 
 V2_DOWN = ("DROP INDEX ix_outbox_backoff",)
 
-STEPS = {1: (V1, V1_DOWN), 2: (V2, V2_DOWN)}
+# 3: gap-aware ordering and fair claims.
+# - `prev_version`: the aggregate's version before this event, written under the writer's per-aggregate lock
+#   (`ce_prevversion` on the wire); a consumer tells "stale" from "missing" with it.
+# - claims in ready order (`available_at`, then id): a replayed or redriven row waits its turn behind rows
+#   that were ready before it instead of jumping ahead of every newer row (or the reverse).
+# - one index per aggregate over all rows (the writer's previous-version lookup; the claim's gap check).
+# - `inbox_parked`: events a consumer received before a version they depend on; released when it arrives.
+V3 = (
+    "ALTER TABLE outbox ADD COLUMN prev_version BIGINT",
+    "DROP INDEX ix_outbox_pending",
+    "CREATE INDEX ix_outbox_ready ON outbox (available_at, id) WHERE published_at IS NULL AND dead_at IS NULL",
+    "DROP INDEX ix_outbox_pending_aggregate",
+    "CREATE INDEX ix_outbox_aggregate ON outbox (topic, aggregate_id, id)",
+    """
+    CREATE TABLE inbox_parked (
+        consumer TEXT NOT NULL,
+        event_id UUID NOT NULL,
+        topic TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        prev_version BIGINT NOT NULL,
+        record JSONB NOT NULL,
+        parked_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+        CONSTRAINT pk_inbox_parked PRIMARY KEY (consumer, event_id)
+    )
+    """,
+    "CREATE INDEX ix_inbox_parked_aggregate ON inbox_parked (consumer, topic, aggregate_id, version)",
+)
+
+V3_DOWN = (
+    "DROP TABLE inbox_parked",
+    "DROP INDEX ix_outbox_aggregate",
+    "CREATE INDEX ix_outbox_pending_aggregate ON outbox (topic, aggregate_id, id) WHERE published_at IS NULL AND dead_at IS NULL",
+    "DROP INDEX ix_outbox_ready",
+    "CREATE INDEX ix_outbox_pending ON outbox (id) WHERE published_at IS NULL AND dead_at IS NULL",
+    "ALTER TABLE outbox DROP COLUMN prev_version",
+)
+
+STEPS = {1: (V1, V1_DOWN), 2: (V2, V2_DOWN), 3: (V3, V3_DOWN)}
 LATEST = max(STEPS)
 
 
@@ -101,6 +139,20 @@ def v2_downgrade(connection: Connection) -> None:
     _run(connection, V2_DOWN)
 
 
+def v3(connection: Connection) -> None:
+    """Schema version 3: previous versions (gap-aware consumers), ready-order claims, parked events."""
+    _run(connection, V3)
+
+
+def v3_downgrade(connection: Connection) -> None:
+    _run(connection, V3_DOWN)
+
+
 def upgrade_all(connection: Connection) -> None:
     for version in sorted(STEPS):
         _run(connection, STEPS[version][0])
+
+
+def downgrade_all(connection: Connection) -> None:
+    for version in sorted(STEPS, reverse=True):
+        _run(connection, STEPS[version][1])

@@ -14,31 +14,21 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.kafka import topic_prefix
 from outbox.metrics import BacklogSnapshot
-from outbox.schema import outbox_table as t
+from outbox.outbox_store import OutboxAdmin
 
 Lag = dict[tuple[str, int], int]
 
 
 async def read_backlog(engine: AsyncEngine) -> BacklogSnapshot:
-    pending = and_(t.c.published_at.is_(None), t.c.dead_at.is_(None))
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(
-                    func.count().filter(pending).label("pending"),
-                    func.min(t.c.occurred_at).filter(pending).label("oldest"),
-                    func.count().filter(t.c.dead_at.is_not(None)).label("dead"),
-                    func.now().label("now"),
-                )
-            )
-        ).one()
-    age = (row.now - row.oldest).total_seconds() if row.oldest is not None else 0.0
-    return BacklogSnapshot(pending=row.pending, oldest_pending_age_s=max(age, 0.0), dead=row.dead)
+    backlog = await OutboxAdmin(engine).backlog()
+    return BacklogSnapshot(
+        pending=backlog.pending, oldest_pending_age_s=backlog.oldest_due_age_s, dead=backlog.dead
+    )
 
 
 class LagUnknown(Exception):
@@ -174,7 +164,9 @@ def render_status(status: dict[str, Any]) -> str:
     """`outbox status` for a person: the relay's figures, then one line per consumer group."""
     lines = [
         f"outbox  pending {status.get('pending')}  oldest pending {status.get('oldest_pending_age_s')} s  "
-        f"dead {status.get('dead_lettered')}  retained {status.get('published_retained')}"
+        f"dead {status.get('dead_lettered')}  retained ~{status.get('published_retained')}",
+        f"  pending: ready {status.get('ready')}  behind a row in backoff {status.get('behind_backoff')}  "
+        f"behind a dead row {status.get('behind_dead')}  in backoff {status.get('backoff')}",
     ]
     for row in status.get("dead_letter_sample") or []:
         lines.append(f"  dead #{row['id']} {row['event_type']} {row['aggregate_id']}: {row['last_error']}")

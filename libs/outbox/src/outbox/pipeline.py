@@ -9,11 +9,13 @@ The consumer runs it over a fetched batch in one of two ways, with the same step
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from aiokafka import ConsumerRecord
 from opentelemetry import trace
@@ -47,6 +49,8 @@ class ConsumerStats:
     dead_lettered: int = 0
     retries: int = 0
     batch_failures: int = 0
+    parked: int = 0  # arrived before the version they follow (gap-aware handlers)
+    released: int = 0  # parked events applied once their gap closed
 
     def merge(self, other: ConsumerStats) -> None:
         for f in fields(self):
@@ -87,12 +91,20 @@ class ApplyPipeline:
         dead_letters: DeadLetterSender,
         retry: RetryPolicy,
         writer: OutboxWriter | None,
+        parse: Callable[[ConsumerRecord[bytes, bytes]], Parsed],
     ) -> None:
         self.consumer = consumer
         self.inbox = inbox
         self.dead_letters = dead_letters
         self.retry = retry
         self.writer = writer
+        self.parse = parse
+        # Aggregates with parked events (kept fresh by the consumer's sweep): applying one of their events
+        # looks for parked successors in the same transaction.
+        self.parked_keys: set[tuple[str, str]] = set()
+        # Set by the consumer when a handler is gap-aware: events it skips on purpose (ignored types, its own
+        # dead letters) still move their aggregate's version, so their successors are not parked for them.
+        self.tracks_gaps = False
 
     async def apply(
         self, session: AsyncSession, items: Sequence[Parsed], *, attempt: int = 1
@@ -108,6 +120,8 @@ class ApplyPipeline:
                 rows.append(self.inbox.row(p.event, outcome))
         fresh = await self.inbox.insert(session, rows)
         stale: list[uuid.UUID] = []
+        parked: list[Parsed] = []
+        advanced: set[tuple[str, str]] = set()
         dead: list[Parsed] = []
         counts = ConsumerStats()
         group: tuple[Route, list[ReceivedEvent]] | None = None  # consecutive events for one batch handler
@@ -125,15 +139,24 @@ class ApplyPipeline:
                 continue
             if item.route is None:
                 counts.ignored += 1
+                await self._pass_over(session, event)
                 continue
             route = item.route
             span = self._span(item)
             with trace.use_span(span, end_on_exit=True):
-                if route.version_guard and not await self.inbox.advance_version(session, event):
-                    stale.append(event.id)
-                    counts.stale += 1
-                    span.set_attribute("outbox.outcome", Outcome.STALE.value)
-                    continue
+                if route.version_guard:
+                    verdict = await self.inbox.advance_version(session, event, gap_aware=route.gap_aware)
+                    if verdict is Outcome.STALE:
+                        stale.append(event.id)
+                        counts.stale += 1
+                    elif verdict is Outcome.PARKED:
+                        parked.append(item)
+                        counts.parked += 1
+                    if verdict is not Outcome.APPLIED:
+                        span.set_attribute("outbox.outcome", verdict.value)
+                        continue
+                    if event.subject:
+                        advanced.add((event.topic, event.subject))
                 span.set_attribute("outbox.outcome", Outcome.APPLIED.value)
                 counts.applied += 1
                 if route.batch:
@@ -150,9 +173,47 @@ class ApplyPipeline:
         if group:
             await self._call_group(session, group, attempt)
         await self.inbox.mark(session, stale, Outcome.STALE)
+        await self._park(session, parked)
+        if released := advanced & self.parked_keys:
+            counts.merge(await self._release(session, sorted(released), attempt))
         for item in dead:
             await self.dead_letters.send(item.record, item.problem or "undecodable", attempts=0)
             counts.dead_lettered += 1
+            if item.event is not None:
+                await self._pass_over(session, item.event)
+        return counts
+
+    async def _park(self, session: AsyncSession, items: Sequence[Parsed]) -> None:
+        for item in items:
+            assert item.event is not None and item.event.subject is not None
+            log.warning(
+                "consumer %s: parked %s v%s of %s: waits for v%s",
+                self.consumer,
+                item.event.type,
+                item.event.version,
+                item.event.subject,
+                item.event.prev_version,
+            )
+            await self.inbox.park(session, item.event, stored_record(item.record))
+            self.parked_keys.add((item.event.topic, item.event.subject))
+        await self.inbox.mark(session, [i.event.id for i in items if i.event], Outcome.PARKED)
+
+    async def _release(
+        self, session: AsyncSession, aggregates: Sequence[tuple[str, str]] | None, attempt: int = 1
+    ) -> ConsumerStats:
+        """Apply the parked events whose gap closed (of `aggregates`, or all), in version order."""
+        records = await self.inbox.unpark(session, aggregates)
+        if not records:
+            return ConsumerStats()
+        counts = await self.apply(session, [self.parse(record_from(r)) for r in records], attempt=attempt)
+        counts.released += len(records)
+        return counts
+
+    async def release_parked(self, session: AsyncSession) -> ConsumerStats:
+        """The sweep: parked events whose gap another transaction (or member) closed; refreshes which
+        aggregates have parked events, and returns what was applied."""
+        counts = await self._release(session, None)
+        self.parked_keys = {(r.topic, r.aggregate_id) for r in await self.inbox.parked(session)}
         return counts
 
     async def apply_isolated(self, session: AsyncSession, item: Parsed, deadline: float) -> ConsumerStats:
@@ -214,7 +275,15 @@ class ApplyPipeline:
             return counts
         await self.dead_letters.send(item.record, reason, attempts=attempts)
         counts.dead_lettered += 1
+        if item.event is not None:
+            await self._pass_over(session, item.event)
         return counts
+
+    async def _pass_over(self, session: AsyncSession, event: ReceivedEvent) -> None:
+        """An event this consumer deliberately does not apply (ignored, or dead-lettered here) still counts
+        as seen for gap-aware ordering: a gap is a version that never arrived, not one that was refused."""
+        if self.tracks_gaps:
+            await self.inbox.advance_version(session, event)
 
     def _span(self, item: Parsed) -> Span:
         """`process {topic}`: a child of the producer's span (one trace end to end) and linked to it, as the
@@ -275,6 +344,37 @@ class _PastDeadline(stop_base):
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         return time.monotonic() >= self.deadline
+
+
+def stored_record(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """A Kafka record as JSON, to park it in the database."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": base64.b64encode(record.key).decode() if record.key is not None else None,
+        "value": base64.b64encode(record.value).decode() if record.value is not None else None,
+        "headers": [[k, base64.b64encode(v).decode()] for k, v in record.headers or ()],
+    }
+
+
+def record_from(stored: dict[str, Any]) -> ConsumerRecord[bytes, bytes]:
+    key = base64.b64decode(stored["key"]) if stored["key"] is not None else None
+    value = base64.b64decode(stored["value"]) if stored["value"] is not None else None
+    return ConsumerRecord(
+        topic=stored["topic"],
+        partition=stored["partition"],
+        offset=stored["offset"],
+        timestamp=stored["timestamp"],
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=tuple((k, base64.b64decode(v)) for k, v in stored["headers"]),
+    )
 
 
 def _worth_retrying(exc: BaseException) -> bool:

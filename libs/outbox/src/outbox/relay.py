@@ -73,6 +73,9 @@ class RelaySettings:
     batch_size: int = 1000
     # Non-retriable publish failures of one row before it is dead-lettered (kept in the table, dead_at set).
     max_attempts: int = 5
+    # A dead-lettered row holds its aggregate's later rows back until it is redriven (strict order, at the
+    # price of that aggregate's availability); off: the later rows go on and the dead row is a gap.
+    block_on_dead: bool = False
     row_backoff_initial_s: float = 0.5
     row_backoff_max_s: float = 60.0
     idle_poll_min_s: float = 0.001
@@ -93,6 +96,10 @@ class RelaySettings:
     ack_timeout_s: float = 30.0
     # 0: send at once; a batch still goes out together because sends queue while the previous is in flight.
     linger_ms: int = 0
+    # Claim loops in this process, each over its own share of the aggregates (a hash of the id): while one
+    # waits for the broker's acks or its commit, another claims and sends, so the relay's and PostgreSQL's
+    # work overlap instead of taking turns. Order per aggregate is untouched (an aggregate has one lane).
+    claim_lanes: int = 2
     compression: str | None = None
 
     @classmethod
@@ -101,6 +108,7 @@ class RelaySettings:
         return cls(
             batch_size=int(_env("OUTBOX_RELAY_BATCH_SIZE", "1000")),
             max_attempts=int(_env("OUTBOX_RELAY_MAX_ATTEMPTS", "5")),
+            block_on_dead=_env("OUTBOX_RELAY_BLOCK_ON_DEAD", "false").lower() in ("1", "true", "yes"),
             idle_poll_max_s=float(_env("OUTBOX_RELAY_IDLE_POLL_MAX_S", "0.5")),
             notify_channel=channel or None,
             retention=timedelta(hours=float(_env("OUTBOX_RETENTION_HOURS", str(7 * 24)))),
@@ -111,6 +119,7 @@ class RelaySettings:
             max_message_bytes=int(_env("OUTBOX_MAX_MESSAGE_BYTES", "1048576")),
             compression=_env("OUTBOX_COMPRESSION", "") or None,
             linger_ms=int(_env("OUTBOX_RELAY_LINGER_MS", "0")),
+            claim_lanes=max(1, int(_env("OUTBOX_RELAY_CLAIM_LANES", "2"))),
         )
 
 
@@ -122,6 +131,7 @@ class RelayStats:
     dead_lettered: int = 0
     outages: int = 0
     cleaned: int = 0
+    producer_resets: int = 0
 
 
 class TransientPublishError(Exception):
@@ -134,15 +144,17 @@ class Relay:
     def __init__(
         self, database: str | AsyncEngine, settings: RelaySettings | None = None, *, name: str = "relay"
     ) -> None:
-        self.engine = create_async_engine(database, pool_size=2) if isinstance(database, str) else database
-        self._owns_engine = isinstance(database, str)
         self.settings = settings or RelaySettings.from_env()
+        pool = self.settings.claim_lanes + 1  # a connection per lane, one for housekeeping
+        self.engine = create_async_engine(database, pool_size=pool) if isinstance(database, str) else database
+        self._owns_engine = isinstance(database, str)
         self.name = name
         self.stats = RelayStats()
         self.store = OutboxStore()
         self.publisher: BatchPublisher | None = None
         self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._wakes = [asyncio.Event() for _ in range(self.settings.claim_lanes)]
+        self._starting = asyncio.Lock()
         self._known_topics: set[str] = set()
         self._analyzed_at = -float("inf")
 
@@ -170,7 +182,11 @@ class Relay:
     def stop(self) -> None:
         """Finish the batch in flight, then return from `run()`."""
         self._stopping.set()
-        self._wake.set()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for wake in self._wakes:
+            wake.set()
 
     async def close(self) -> None:
         if self.publisher is not None:
@@ -185,7 +201,7 @@ class Relay:
         if self.settings.notify_channel:
             background.append(asyncio.create_task(self._listen_loop(), name="outbox-listen"))
         try:
-            await self._publish_loop()
+            await asyncio.gather(*(self._publish_loop(lane) for lane in range(self.settings.claim_lanes)))
         finally:
             for task in background:
                 task.cancel()
@@ -196,15 +212,16 @@ class Relay:
         log.info("relay %s stopped: %s", self.name, self.stats)
 
     # -- publishing ---------------------------------------------------------------------------------------
-    async def _publish_loop(self) -> None:
+    async def _publish_loop(self, lane: int) -> None:
         s = self.settings
         idle = s.idle_poll_min_s
         heartbeat = Heartbeat.from_env()
+        wake = self._wakes[lane]
         while not self._stopping.is_set():
             heartbeat.beat()
             # Cleared before the claim, not after: a commit notified while the claim runs must wake us.
-            self._wake.clear()
-            claimed = await self.publish_batch_with_retries()
+            wake.clear()
+            claimed = await self.publish_batch_with_retries(lane)
             if claimed >= s.batch_size:
                 idle = s.idle_poll_min_s
                 await self._refresh_statistics()
@@ -212,7 +229,7 @@ class Relay:
             if claimed:
                 idle = s.idle_poll_min_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), idle)
+                await asyncio.wait_for(wake.wait(), idle)
             idle = min(idle * 2, s.idle_poll_max_s)
 
     async def _refresh_statistics(self) -> None:
@@ -237,7 +254,7 @@ class Relay:
                 "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog", self.name, exc
             )
 
-    async def publish_batch_with_retries(self) -> int:
+    async def publish_batch_with_retries(self, lane: int | None = None) -> int:
         """One batch; broker or database outages are retried with backoff until it goes through or we stop."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((TransientPublishError, _DatabaseUnavailable)),
@@ -250,7 +267,7 @@ class Relay:
             with attempt:
                 if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
                     return 0
-                return await self.publish_batch()
+                return await self.publish_batch(lane)
         return 0  # pragma: no cover - AsyncRetrying either returns or raises
 
     def _log_outage(self, retry_state: Any) -> None:
@@ -265,21 +282,29 @@ class Relay:
             retry_state.next_action.sleep,
         )
 
-    async def publish_batch(self) -> int:
-        """Claim, publish and mark one batch; returns how many rows were claimed.
+    async def publish_batch(self, lane: int | None = None) -> int:
+        """Claim, publish and mark one batch (of `lane`'s aggregates; None: any); returns how many rows
+        were claimed.
 
         Raises TransientPublishError after committing what was acknowledged when an outage kept some rows
         from going out (the caller backs off), _DatabaseUnavailable when the database failed."""
         outage: BaseException | None = None
+        publisher = await self._ready_publisher()
         try:
             async with self.engine.begin() as conn:
-                rows = await self.store.claim(conn, self.settings.batch_size)
+                rows = await self.store.claim(
+                    conn,
+                    self.settings.batch_size,
+                    block_on_dead=self.settings.block_on_dead,
+                    lane=lane or 0,
+                    lanes=1 if lane is None else self.settings.claim_lanes,
+                )
                 if not rows:
                     return 0
                 relay_metrics().claimed(self.name, len(rows))
                 publishable = self._in_aggregate_order(rows)
                 if publishable:
-                    outage = await self._publish(conn, publishable)
+                    outage = await self._publish(conn, publishable, publisher)
                 self.stats.batches += 1
         except TransientPublishError:
             raise
@@ -290,8 +315,37 @@ class Relay:
                 raise _DatabaseUnavailable(str(exc)) from exc
             raise
         if outage is not None:
+            if classify_publish_error(outage) is PublishFailure.PRODUCER:
+                await self._replace_producer(outage)
             raise TransientPublishError(f"{type(outage).__name__}: {outage}") from outage
         return len(rows)
+
+    async def _ready_publisher(self) -> BatchPublisher:
+        """The publisher, started first if a producer fault (or `start()` never called) left none; the
+        lanes share it, and one lock makes sure only one of them starts a producer."""
+        async with self._starting:
+            if self.publisher is None:
+                try:
+                    await self.start()
+                except KafkaError as exc:
+                    raise TransientPublishError(f"cannot start a producer: {exc}") from exc
+            assert self.publisher is not None
+            return self.publisher
+
+    async def _replace_producer(self, cause: BaseException) -> None:
+        """A new producer (new producer id, sequences from 0) for one whose sequence state is broken."""
+        log.warning(
+            "relay %s: producer fault (%s: %s); replacing the producer",
+            self.name,
+            type(cause).__name__,
+            cause,
+        )
+        async with self._starting:
+            old, self.publisher = self.publisher, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.producer.stop(), self.settings.ack_timeout_s)
+        self.stats.producer_resets += 1  # the next batch starts a new one
 
     @staticmethod
     def _in_aggregate_order(rows: Sequence[Row[Any]]) -> list[Row[Any]]:
@@ -306,10 +360,10 @@ class Relay:
                 keep.append(row)
         return keep
 
-    async def _publish(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> BaseException | None:
+    async def _publish(
+        self, conn: AsyncConnection, rows: Sequence[Row[Any]], publisher: BatchPublisher
+    ) -> BaseException | None:
         """Send `rows`, mark the acked ones, charge record failures; returns the first outage, if any."""
-        publisher = self.publisher
-        assert publisher is not None, "Relay.start() not called"
         prefix = self.settings.topic_prefix
         await self._ensure_topics({prefix + r.topic for r in rows})
         # Without a recording tracer provider, pass the writer's context through untouched (cheap path).
@@ -342,6 +396,7 @@ class Relay:
                 time=row.occurred_at,
                 version=row.aggregate_version,
                 trace_context=trace_context,
+                prev_version=row.prev_version,
             )
             spans.append(span)
             items.append(
@@ -380,8 +435,10 @@ class Relay:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             span.end()
-            if classify_publish_error(error) is PublishFailure.OUTAGE:
-                outage = outage or error
+            if classify_publish_error(error) is not PublishFailure.RECORD:
+                # Not the row's fault; a producer fault first, so the producer is replaced.
+                if outage is None or classify_publish_error(error) is PublishFailure.PRODUCER:
+                    outage = error
                 continue
             self.stats.failed_attempts += 1
             backoff = min(s.row_backoff_initial_s * 2**row.attempts, s.row_backoff_max_s)
@@ -436,7 +493,7 @@ class Relay:
                     await conn.execute(f'LISTEN "{channel}"')
                     delay = 0.1
                     async for _ in conn.notifies():
-                        self._wake.set()
+                        self._wake_all()
             except (psycopg.Error, OSError) as exc:
                 log.warning("relay %s: LISTEN connection lost (%s); polling meanwhile", self.name, exc)
                 await asyncio.sleep(delay)

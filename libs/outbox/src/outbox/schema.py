@@ -3,6 +3,7 @@
 `outbox`   events waiting for (or retained after) publication; written in the caller's transaction.
 `inbox`    one row per (consumer, event id) applied: the idempotency record of the consumer.
 `consumer_versions`  highest aggregate version a consumer applied: the stale-event guard.
+`inbox_parked`  events a gap-aware consumer received before the version they follow; applied once it is.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ outbox_table = Table(
     Column("source", Text, nullable=False),
     Column("aggregate_id", Text, nullable=False),
     Column("aggregate_version", BigInteger, nullable=True),
+    # The aggregate's version before this event (the writer reads it under its per-aggregate lock).
+    Column("prev_version", BigInteger, nullable=True),
     Column("payload", JSONB, nullable=False),
     Column("trace_context", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("occurred_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
@@ -45,8 +48,8 @@ outbox_table = Table(
     Column("last_error", Text, nullable=True),
     Column("published_at", TIMESTAMP(timezone=True), nullable=True),
     Column("dead_at", TIMESTAMP(timezone=True), nullable=True),
-    Index("ix_outbox_pending", "id", postgresql_where=_PENDING),
-    Index("ix_outbox_pending_aggregate", "topic", "aggregate_id", "id", postgresql_where=_PENDING),
+    Index("ix_outbox_ready", "available_at", "id", postgresql_where=_PENDING),
+    Index("ix_outbox_aggregate", "topic", "aggregate_id", "id"),
     Index("ix_outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")),
     Index("ix_outbox_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
     Index(
@@ -83,6 +86,22 @@ consumer_versions_table = Table(
     Column("aggregate_id", Text, nullable=False),
     Column("version", BigInteger, nullable=False),
     PrimaryKeyConstraint("consumer", "topic", "aggregate_id", name="pk_consumer_versions"),
+)
+
+
+inbox_parked_table = Table(
+    "inbox_parked",
+    metadata,
+    Column("consumer", Text, nullable=False),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("aggregate_id", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("prev_version", BigInteger, nullable=False),
+    Column("record", JSONB, nullable=False),  # the Kafka record (headers, key, value), to apply it later
+    Column("parked_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("consumer", "event_id", name="pk_inbox_parked"),
+    Index("ix_inbox_parked_aggregate", "consumer", "topic", "aggregate_id", "version"),
 )
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +56,14 @@ async def _locked_with_owner(
 
 
 def _snapshots(rows: Sequence[tuple[Document, str]]) -> list[Event]:
-    return [document_event(doc, DocumentEventType.SNAPSHOT, owner_account_id=owner) for doc, owner in rows]
+    # Standalone: a snapshot is the whole state and follows no particular event (gap-aware consumers
+    # apply it whatever they applied before).
+    return [
+        dataclasses.replace(
+            document_event(doc, DocumentEventType.SNAPSHOT, owner_account_id=owner), standalone=True
+        )
+        for doc, owner in rows
+    ]
 
 
 async def announce(session: AsyncSession, writer: OutboxWriter, ids: Sequence[uuid.UUID]) -> int:
@@ -78,6 +86,7 @@ async def announce_absent(session: AsyncSession, writer: OutboxWriter, items: Se
             type=DocumentEventType.SNAPSHOT.value,
             aggregate_id=str(item.document_id),
             version=item.version,
+            standalone=True,
             data={
                 "document_id": str(item.document_id),
                 "dataset_id": str(item.dataset_id),

@@ -22,7 +22,7 @@ def build_consumer(
 ) -> IdempotentConsumer:
     consumer = IdempotentConsumer(settings.consumer_name, TOPICS, db.sessions, consumer_settings)
 
-    @consumer.handler("console.document.*", version_guard=True)
+    @consumer.handler("console.document.*", version_guard=True, gap_aware=True)
     async def document_changed(ctx: EventContext) -> None:
         state = DocumentState.model_validate(ctx.event.data)
         await service.apply(ctx.session, db.writer, state, snapshot=ctx.event.type == service.SNAPSHOT_TYPE)
