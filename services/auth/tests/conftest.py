@@ -33,7 +33,7 @@ from auth.keys.crypto import KeyCipher
 from auth.keys.repository import SigningKeyRepository
 from servicekit.auth import AuthSettings
 from servicekit.db import make_engine
-from servicekit.testing import HttpService, recreate_database, run_migrations
+from testsupport import HttpService, recreate_database, run_migrations
 
 AUTH_DIR = Path(__file__).resolve().parents[1]
 TEST_DATABASE = f"auth_svc_test_{os.environ['TEST_RUN_ID']}"

@@ -22,7 +22,7 @@ from auth.keys.repository import SigningKeyRepository
 from auth.keys.service import Keyring
 from auth.models import SigningKey
 from servicekit.db import make_engine
-from servicekit.testing import HttpService, recreate_database, run_migrations, wait_until
+from testsupport import HttpService, recreate_database, run_migrations, wait_until
 
 
 async def jwks(http: httpx.AsyncClient) -> list[dict[str, Any]]:

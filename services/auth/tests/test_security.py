@@ -45,7 +45,7 @@ from servicekit.auth import AuthSettings, RevocationList
 from servicekit.db import Database, make_engine
 from servicekit.errors import Conflict, ServiceUnavailable, TooManyRequests, Unauthorized
 from servicekit.openapi import ErrorResponse
-from servicekit.testing import HttpService
+from testsupport import HttpService
 
 
 @dataclass
