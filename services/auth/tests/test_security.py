@@ -31,13 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from auth.accounts.service import AccountService
 from auth.keys.crypto import KeyCipher
 from auth.keys.service import Keyring
-from auth.mail import TOPIC as MAIL_TOPIC
 from auth.mail import scrub_once
 from auth.models import LoginSession
 from auth.passwords import PasswordHasher
 from auth.sessions.service import SessionService
 from auth.settings import Settings
 from auth.throttle import Throttle
+from contracts.auth import MAIL_TOPIC
 from outbox import OutboxWriter, outbox_table
 from outbox.kafka import bootstrap_from_env
 from outbox.testing import drain_outbox

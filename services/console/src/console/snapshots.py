@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from console.documents.events import TOPIC, DocumentEventType, document_event
+from console.documents.events import document_event
 from console.models import Document, SnapshotRun, Workspace, utcnow
+from contracts.console import DocumentEventType, DocumentState
 from outbox import Event, OutboxWriter
 
 
@@ -73,23 +74,18 @@ async def announce_absent(session: AsyncSession, writer: OutboxWriter, items: Se
         .all()
     )
     events = [
-        Event(
-            topic=TOPIC,
-            type=DocumentEventType.SNAPSHOT.value,
-            aggregate_id=str(item.document_id),
+        DocumentState(
+            document_id=item.document_id,
+            dataset_id=item.dataset_id,
+            workspace_id=item.workspace_id,
+            owner_account_id=item.owner_account_id,
+            name=item.name,
+            text="",
+            enabled=False,
+            archived=False,
+            deleted=True,
             version=item.version,
-            data={
-                "document_id": str(item.document_id),
-                "dataset_id": str(item.dataset_id),
-                "workspace_id": str(item.workspace_id),
-                "owner_account_id": item.owner_account_id,
-                "name": item.name,
-                "text": "",
-                "enabled": False,
-                "archived": False,
-                "deleted": True,
-            },
-        )
+        ).to_event(DocumentEventType.SNAPSHOT)
         for item in items
         if item.document_id not in present
     ]

@@ -5,11 +5,11 @@ import uuid
 from datetime import UTC, datetime
 
 from auth.accounts.repository import AccountRepository
-from auth.events import AccountRegistered
 from auth.models import Account
 from auth.passwords import PasswordHasher
 from auth.settings import Settings
 from auth.throttle import Limit, Throttle
+from contracts.auth import AccountRegistered
 from servicekit.db import UnitOfWork
 from servicekit.errors import Conflict, Unauthorized
 

@@ -21,11 +21,11 @@ from redis.asyncio import Redis
 from auth.accounts.repository import AccountRepository
 from auth.errors import InvalidLoginCode
 from auth.keys.crypto import CodeHasher
-from auth.mail import LoginCode
 from auth.sessions.schemas import TokenPair
 from auth.sessions.service import SessionService
 from auth.settings import Settings
 from auth.throttle import Limit, Throttle
+from contracts.auth import LoginCode
 from servicekit.db import UnitOfWork
 
 log = logging.getLogger("auth.email_login")

@@ -9,15 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 from auth.accounts.repository import AccountRepository
 from auth.errors import InvalidResetCode
-from auth.events import PasswordChanged
 from auth.keys.crypto import CodeHasher
-from auth.mail import PasswordResetCode
 from auth.models import PasswordReset
 from auth.password_reset.repository import PasswordResetRepository
 from auth.passwords import PasswordHasher
 from auth.sessions.service import SessionService
 from auth.settings import Settings
 from auth.throttle import Limit, Throttle
+from contracts.auth import PasswordChanged, PasswordResetCode
 from servicekit.db import UnitOfWork
 
 log = logging.getLogger("auth.password_reset")

@@ -19,9 +19,9 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.console import DocumentState
+from indexer.indexing import reports as report
 from indexer.indexing import repository
-from indexer.indexing.reports import ReportType, report
-from indexer.indexing.schemas import DocumentState
 from indexer.indexing.segmentation import split, text_sha256
 from indexer.models import IndexedDocument, utcnow
 from outbox import Event, OutboxWriter
@@ -38,9 +38,6 @@ class Outcome(StrEnum):
     REMOVED = "removed"
     INDEXED = "indexed"
     FAILED = "failed"
-
-
-SNAPSHOT_TYPE = "console.document.snapshot"
 
 
 async def apply(
@@ -70,7 +67,7 @@ async def apply(
     _copy_state(current, state)
     digest = text_sha256(state.text)
     if snapshot or current.text_sha256 != digest:  # a snapshot also rebuilds segments a restore lost
-        reports.append(report(state, ReportType.INDEXING))
+        reports.append(report.indexing(state))
         segments = split(state.document_id, state.text)
         await session.flush()  # the document row exists before its segments reference it
         await repository.replace_segments(session, state.document_id, segments)
@@ -78,13 +75,11 @@ async def apply(
         current.segment_count = len(segments)
     await session.flush()
     if current.segment_count == 0:
-        reports.append(report(state, ReportType.INDEX_FAILED, reason=NO_TEXT_REASON))
+        reports.append(report.index_failed(state, reason=NO_TEXT_REASON))
         outcome = Outcome.FAILED
     else:
         reports.append(
-            report(
-                state, ReportType.INDEXED, segment_count=current.segment_count, searchable=current.searchable
-            )
+            report.indexed(state, segment_count=current.segment_count, searchable=current.searchable)
         )
         outcome = Outcome.INDEXED
     await writer.add(session, *reports)
