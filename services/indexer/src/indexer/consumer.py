@@ -25,9 +25,9 @@ def build_consumer(
     @consumer.handler(f"{TOPIC}.*", version_guard=True)
     async def document_changed(ctx: EventContext) -> None:
         state = DocumentState.model_validate(ctx.event.data)
-        await service.apply(
-            ctx.session, db.writer, state, snapshot=ctx.event.type == DocumentEventType.SNAPSHOT
-        )
+        # The reports join the message's transaction (its inbox row): one commit, by the consumer.
+        async with db.joined(ctx.session) as uow:
+            await service.apply(uow, state, snapshot=ctx.event.type == DocumentEventType.SNAPSHOT)
 
     return consumer
 

@@ -24,7 +24,8 @@ from indexer.indexing import reports as report
 from indexer.indexing import repository
 from indexer.indexing.segmentation import split, text_sha256
 from indexer.models import IndexedDocument, utcnow
-from outbox import Event, OutboxWriter
+from outbox import Event
+from servicekit.db import UnitOfWork
 
 NO_TEXT_REASON = "the document has no indexable text"
 
@@ -40,11 +41,10 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
-async def apply(
-    session: AsyncSession, writer: OutboxWriter, state: DocumentState, *, snapshot: bool = False
-) -> Outcome:
+async def apply(uow: UnitOfWork, state: DocumentState, *, snapshot: bool = False) -> Outcome:
     """`snapshot`: console re-announced its current state without a change (reconcile, rebuild-index):
     applied when the index's version is not newer, so an index that lost or botched that version recovers."""
+    session = uow.session
     current = await repository.lock(session, state.document_id)
     if current is not None and (
         current.deleted
@@ -82,7 +82,7 @@ async def apply(
             report.indexed(state, segment_count=current.segment_count, searchable=current.searchable)
         )
         outcome = Outcome.INDEXED
-    await writer.add(session, *reports)
+    uow.emit(*reports)
     return outcome
 
 
