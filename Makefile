@@ -48,7 +48,7 @@ audit: setup
 lint: setup
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy --strict libs/outbox/src libs/servicekit/src services/auth/src services/console/src services/indexer/src
+	$(RUN) mypy --strict libs/outbox/src libs/servicekit/src libs/contracts/src libs/testsupport/src services/auth/src services/console/src services/indexer/src
 
 fmt: setup
 	$(RUN) ruff format .

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from outbox import Event, OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env, ensure_topics
 from outbox.testing import EFFECTS_DDL, headers_of, read_topic
-from servicekit.testing import ServiceProcess, recreate_database
+from testsupport import ServiceProcess, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

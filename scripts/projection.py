@@ -150,9 +150,9 @@ async def repair(db: Database, index: AsyncEngine, drift: Sequence[Drift]) -> in
     orphans = [d.document_id for d in drift if d.kind == "orphaned"]
     present = [d.document_id for d in drift if d.kind != "orphaned"]
     absent = [i.identity for i in (await read_index(index, orphans)).values()] if orphans else []
-    async with db.sessions() as session, session.begin():
-        count = await snapshots.announce(session, db.writer, present)
-        return count + await snapshots.announce_absent(session, db.writer, absent)
+    async with db.unit_of_work() as uow:
+        count = await snapshots.announce(uow, present)
+        return count + await snapshots.announce_absent(uow, absent)
 
 
 async def wait_converged(
@@ -231,8 +231,8 @@ async def rebuild(db: Database, index: AsyncEngine, args: argparse.Namespace) ->
     view = ProgressView(progress.total, progress.announced)
     try:
         while True:
-            async with db.sessions() as session, session.begin():
-                progress = await snapshots.snapshot_next(session, db.writer, RUN_NAME, args.chunk)
+            async with db.unit_of_work() as uow:
+                progress = await snapshots.snapshot_next(uow, RUN_NAME, args.chunk)
             view.update(progress.announced, progress.total)
             if progress.finished:
                 break
@@ -247,10 +247,8 @@ async def rebuild(db: Database, index: AsyncEngine, args: argparse.Namespace) ->
         if doc_id not in console_ids and not i.deleted
     ]
     if orphans:
-        async with db.sessions() as session, session.begin():
-            print(
-                f"announced the deletion of {await snapshots.announce_absent(session, db.writer, orphans)} orphans"
-            )
+        async with db.unit_of_work() as uow:
+            print(f"announced the deletion of {await snapshots.announce_absent(uow, orphans)} orphans")
     print("waiting for the indexer to apply the snapshots...", flush=True)
     drift = await wait_converged(
         db.engine,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from servicekit.testing import recreate_database
+from testsupport import recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -41,7 +41,8 @@ from sqlalchemy import create_engine
 
 from bench.consistency.common import INDEX_DDL, SOURCE_DDL, Approach, Config, Op, make_plan, save_plan
 from outbox import metadata as outbox_metadata
-from tests.e2e.infra import BrokerBehindProxy, Infra
+from tests.e2e.infra import Infra
+from testsupport.broker import BrokerBehindProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "bench" / "results" / "consistency.json"

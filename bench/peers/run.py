@@ -38,7 +38,7 @@ from bench.peers.fso_relay import TABLE, table
 from bench.run import machine
 from outbox import Event, OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env, ensure_topics
-from servicekit.testing import ServiceProcess, recreate_database
+from testsupport import ServiceProcess, recreate_database
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from servicekit.testing import wait_until
 from tests.e2e.chaos_load import PHANTOM_BUMP, Corpus, LoadStats
 from tests.e2e.system import System
+from testsupport import wait_until
 
 # By event type: the topic column may hold a prefixed wire name (OUTBOX_TOPIC_PREFIX).
 CHANGES = "event_type LIKE 'console.document.%%'"

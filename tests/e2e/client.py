@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from servicekit.testing import wait_until
 from tests.e2e.system import System
+from testsupport import wait_until
 
 DOCUMENTS = "/console/api/datasets/{ds}/documents"
 

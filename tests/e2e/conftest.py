@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.e2e.infra import BrokerBehindProxy, Infra, MotoS3, TansuBroker, start_infra
+from tests.e2e.infra import Infra, start_infra
 from tests.e2e.system import System, start_system
+from testsupport.broker import BrokerBehindProxy, MotoS3, TansuBroker
 
 
 @pytest.fixture(scope="session")

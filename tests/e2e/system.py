@@ -27,8 +27,8 @@ import httpx
 import psycopg
 import redis
 
-from servicekit.testing import HttpService, ServiceProcess, run_migrations
-from tests.e2e.infra import Infra, free_port
+from tests.e2e.infra import Infra
+from testsupport import HttpService, ServiceProcess, free_port, run_migrations
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 APIS = {

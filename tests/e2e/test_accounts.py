@@ -6,9 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from servicekit.testing import wait_until
 from tests.e2e.client import login, new_credentials, register
 from tests.e2e.system import System
+from testsupport import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from servicekit.testing import wait_until
 from tests.e2e.chaos_audit import audit, backlog, render
 from tests.e2e.chaos_load import Corpus, LoadStats, client_loop, rollback_loop
 from tests.e2e.client import User
-from tests.e2e.infra import BrokerBehindProxy, Infra
+from tests.e2e.infra import Infra
 from tests.e2e.system import System, start_system
+from testsupport import wait_until
+from testsupport.broker import BrokerBehindProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from servicekit.testing import wait_until
 from tests.e2e.chaos_audit import audit, render
 from tests.e2e.chaos_load import Corpus, LoadStats, client_loop, rollback_loop
 from tests.e2e.client import User
 from tests.e2e.infra import Infra
 from tests.e2e.infra.postgres import PrivatePostgres
 from tests.e2e.system import System, start_system
+from testsupport import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(420)]
 

@@ -16,8 +16,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from servicekit.testing import wait_until
-from tests.e2e.infra import BrokerBehindProxy, Infra, TansuBroker, kafka_api_versions_ok
+from tests.e2e.infra import Infra
+from testsupport import wait_until
+from testsupport.broker import BrokerBehindProxy, TansuBroker, kafka_api_versions_ok
 
 # Small timeouts: a dead link must show within seconds (the broker holds JoinGroup session_timeout/2).
 CLIENT = {"request_timeout_ms": 4000, "metadata_max_age_ms": 1000, "retry_backoff_ms": 100}

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from servicekit.testing import wait_until
 from tests.e2e import spans
 from tests.e2e.client import User
 from tests.e2e.system import System
+from testsupport import wait_until
 
 pytestmark = pytest.mark.e2e
 

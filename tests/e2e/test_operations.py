@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from servicekit.testing import wait_until
 from tests.e2e.client import User
 from tests.e2e.infra import Infra
 from tests.e2e.system import System, start_system
+from testsupport import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

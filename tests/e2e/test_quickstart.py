@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servicekit.testing import free_port
-from tests.e2e.infra.broker import poll_until
+from testsupport import free_port
+from testsupport.broker import poll_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

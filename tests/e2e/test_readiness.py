@@ -15,9 +15,9 @@ import httpx
 import psycopg
 import pytest
 
-from servicekit.testing import HttpService
-from tests.e2e.infra.broker import poll_until
 from tests.e2e.infra.postgres import PrivatePostgres
+from testsupport import HttpService
+from testsupport.broker import poll_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

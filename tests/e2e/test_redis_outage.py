@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from tests.e2e.client import DOCUMENTS, User, login, new_credentials, register
-from tests.e2e.infra import Infra, poll_until
+from tests.e2e.infra import Infra
 from tests.e2e.infra.redis_server import PrivateRedis
 from tests.e2e.system import System, start_system
+from testsupport.broker import poll_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.e2e]
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from outbox import IdempotentConsumer, OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env
 from outbox.testing import EFFECTS_DDL
-from servicekit.testing import recreate_database
+from testsupport import recreate_database
 
 DB_NAME = os.environ.get("OUTBOX_TEST_DB", f"outbox_lib_test_{os.environ['TEST_RUN_ID']}")
 

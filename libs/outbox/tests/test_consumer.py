@@ -25,7 +25,7 @@ from outbox import (
 )
 from outbox.envelope import encode_headers
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
-from servicekit.testing import ServiceProcess, wait_until
+from testsupport import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 

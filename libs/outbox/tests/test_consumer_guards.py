@@ -22,7 +22,7 @@ from outbox.consumer import Reject
 from outbox.handlers import Outcome
 from outbox.kafka import ensure_topics
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
-from servicekit.testing import wait_until
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 

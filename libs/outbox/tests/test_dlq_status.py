@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import ConsumerSettings, Event, EventContext, IdempotentConsumer, OutboxWriter
 from outbox.testing import drain_outbox, record_effect, wire
-from servicekit.testing import wait_until
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 FAST = ConsumerSettings(

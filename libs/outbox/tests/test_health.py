@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.cli import main
-from servicekit.testing import ServiceProcess, wait_until
+from testsupport import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 OUTBOX = [sys.executable, "-m", "outbox.cli"]

@@ -28,7 +28,7 @@ from outbox.kafka import ensure_topics
 from outbox.metrics import prometheus_text, setup_metrics
 from outbox.observe import group_lag, read_backlog
 from outbox.testing import drain_outbox, record_effect, wire
-from servicekit.testing import ServiceProcess, free_port, wait_until
+from testsupport import ServiceProcess, free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 FAST = ConsumerSettings(

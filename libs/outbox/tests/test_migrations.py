@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
 from outbox import metadata, migrations
-from servicekit.testing import recreate_database
+from testsupport import recreate_database
 
 
 def test_versioned_ddl_matches_metadata() -> None:

@@ -29,7 +29,7 @@ from outbox.admin import RedriveOrder, redrive, replay, status
 from outbox.outbox_store import OutboxStore, Selection
 from outbox.publisher import BatchPublisher, Outbound
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
-from servicekit.testing import wait_until
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -334,7 +334,7 @@ async def test_the_ack_deadline_releases_the_claim_when_the_broker_link_is_black
 ) -> None:
     # Finding 2 on a real network fault: the broker's link swallows every byte (a hung broker, as the
     # idempotent producer sees one: it never expires a batch). The claim must end within the deadline.
-    from tests.e2e.infra import BrokerBehindProxy
+    from testsupport.broker import BrokerBehindProxy
 
     broker = BrokerBehindProxy().start()
     relay = Relay(

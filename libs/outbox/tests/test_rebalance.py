@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from outbox import Event, OutboxWriter
 from outbox.kafka import ensure_topics
 from outbox.testing import wire
-from servicekit.testing import ServiceProcess, wait_until
+from testsupport import ServiceProcess, wait_until
 
 pytestmark = [pytest.mark.usefixtures("clean"), pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -22,8 +22,8 @@ from outbox import (
     RelaySettings,
 )
 from outbox.testing import headers_of, read_topic, record_effect, wire
-from servicekit.testing import ServiceProcess, wait_until
-from tests.e2e.infra import BrokerBehindProxy
+from testsupport import ServiceProcess, wait_until
+from testsupport.broker import BrokerBehindProxy
 
 pytestmark = pytest.mark.usefixtures("clean")
 

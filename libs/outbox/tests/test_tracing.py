@@ -23,7 +23,7 @@ from outbox import (
     OutboxWriter,
 )
 from outbox.testing import drain_outbox
-from servicekit.testing import wait_until
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
 

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from servicekit.auth import AuthSettings, CurrentAccount, JwksKeySource, TokenVerifier
 from servicekit.errors import install_error_handlers
-from servicekit.testing import free_port, wait_until
+from testsupport import free_port, wait_until
 
 AUDIENCE = "outbox-reference"
 ISSUER = "auth"

@@ -29,11 +29,11 @@ from auth_testkit import (
     VerifierApp,
 )
 
+from auth.keys import repository as signing_keys
 from auth.keys.crypto import KeyCipher
-from auth.keys.repository import SigningKeyRepository
 from servicekit.auth import AuthSettings
 from servicekit.db import make_engine
-from servicekit.testing import HttpService, recreate_database, run_migrations
+from testsupport import HttpService, recreate_database, run_migrations
 
 AUTH_DIR = Path(__file__).resolve().parents[1]
 TEST_DATABASE = f"auth_svc_test_{os.environ['TEST_RUN_ID']}"
@@ -136,6 +136,6 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def forger(engine: AsyncEngine, auth_service: HttpService) -> Forger:
     """The active signing key as auth stored it, decrypted with the test's key-encryption key."""
     async with async_sessionmaker(engine)() as session:
-        row = await SigningKeyRepository(session).active()
+        row = await signing_keys.active(session)
     assert row is not None
     return Forger(row.kid, KeyCipher(KEY_ENCRYPTION_KEY).decrypt(row.kid, row.private_key_ciphertext))

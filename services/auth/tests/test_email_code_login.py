@@ -12,7 +12,7 @@ from auth_testkit import REDIS_URL, Secrets, fake_address, new_login, unique_ema
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth.mail import TOPIC as MAIL_TOPIC
+from contracts.auth import MAIL_TOPIC
 from outbox import outbox_table
 
 

@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from auth.keys import repository as signing_keys
 from auth.keys.crypto import KeyCipher, KeyDecryptionError
-from auth.keys.repository import SigningKeyRepository
 from auth.keys.service import Keyring
 from auth.models import SigningKey
 from servicekit.db import make_engine
-from servicekit.testing import HttpService, recreate_database, run_migrations, wait_until
+from testsupport import HttpService, recreate_database, run_migrations, wait_until
 
 
 async def jwks(http: httpx.AsyncClient) -> list[dict[str, Any]]:
@@ -117,7 +117,7 @@ async def test_rotation_keeps_the_previous_key_until_its_tokens_expire(
         grace = old.publish_until - old.retired_at
         # access TTL 60 s + keyring cache 1 s + leeway 10 s
         assert grace == timedelta(seconds=71)
-        later = await SigningKeyRepository(db).published(old.publish_until + timedelta(seconds=1))
+        later = await signing_keys.published(db, old.publish_until + timedelta(seconds=1))
     assert [k.kid for k in later] == [new_kid]
 
 

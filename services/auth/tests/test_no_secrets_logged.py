@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import outbox_table
-from servicekit.testing import HttpService
+from testsupport import HttpService
 
 
 async def test_no_secret_reaches_logs_or_error_bodies(

@@ -12,12 +12,16 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth.accounts.service import AccountService
+from auth.accounts import service as accounts
+from auth.deps import Resources
+from auth.keys.crypto import CodeHasher, KeyCipher
+from auth.keys.service import Keyring
 from auth.models import Account
 from auth.passwords import PasswordHasher
 from auth.settings import Settings
 from auth.throttle import Throttle
 from outbox import OutboxWriter, outbox_table
+from servicekit.auth import RevocationList
 from servicekit.db import Database
 
 
@@ -59,14 +63,29 @@ async def test_rolled_back_transaction_leaves_neither_account_nor_event(
     db = Database(database_url, OutboxWriter(source="auth"), pool_size=1)
     hasher = PasswordHasher(time_cost=1, memory_cost_kib=8192, parallelism=1, concurrency=1)
     redis = Redis.from_url(REDIS_URL)
-    throttle = Throttle(redis, f"test-{uuid.uuid4().hex[:8]}:")
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
     settings = Settings(environment="local", database_url=database_url)
+    secret = "k" * 32
+    resources = Resources(
+        settings=settings,
+        redis=redis,
+        keyring=Keyring(db.sessions, KeyCipher(secret), cache_seconds=1),  # never started: unused here
+        hasher=hasher,
+        codes=CodeHasher(secret),
+        throttle=Throttle(redis, prefix),
+        revocations=RevocationList(redis, prefix),
+    )
     email = unique_email("rollback")
     try:
         with pytest.raises(RuntimeError, match="after the write"):
             async with db.unit_of_work() as uow:
-                await AccountService(uow, hasher, throttle, settings).register(
-                    email=email, password=strong_password(), name="R", client_address="10.0.0.1"
+                await accounts.register(
+                    uow,
+                    resources,
+                    email=email,
+                    password=strong_password(),
+                    name="R",
+                    client_address="10.0.0.1",
                 )
                 await uow.flush_events()  # the event row exists inside the transaction...
                 raise RuntimeError("crash after the write")

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from auth.settings import DEFAULT_SECRET, Settings
-from servicekit.testing import free_port
+from testsupport import free_port
 
 AUTH_VARS = ("AUTH_ENVIRONMENT", "AUTH_KEY_ENCRYPTION_KEY")
 

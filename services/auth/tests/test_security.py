@@ -28,16 +28,17 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth.accounts.service import AccountService
-from auth.keys.crypto import KeyCipher
+from auth.accounts import service as accounts
+from auth.deps import Resources
+from auth.keys.crypto import CodeHasher, KeyCipher
 from auth.keys.service import Keyring
-from auth.mail import TOPIC as MAIL_TOPIC
 from auth.mail import scrub_once
 from auth.models import LoginSession
 from auth.passwords import PasswordHasher
-from auth.sessions.service import SessionService
+from auth.sessions import service as sessions
 from auth.settings import Settings
 from auth.throttle import Throttle
+from contracts.auth import MAIL_TOPIC
 from outbox import OutboxWriter, outbox_table
 from outbox.kafka import bootstrap_from_env
 from outbox.testing import drain_outbox
@@ -45,7 +46,7 @@ from servicekit.auth import AuthSettings, RevocationList
 from servicekit.db import Database, make_engine
 from servicekit.errors import Conflict, ServiceUnavailable, TooManyRequests, Unauthorized
 from servicekit.openapi import ErrorResponse
-from servicekit.testing import HttpService
+from testsupport import HttpService
 
 
 @dataclass
@@ -56,12 +57,13 @@ class InProcess:
     settings: Settings
     prefix: str
 
-    def sessions(self, uow, hasher: PasswordHasher) -> SessionService:  # type: ignore[no-untyped-def]
-        return SessionService(
-            uow,
+    def resources(self, hasher: PasswordHasher) -> Resources:
+        return Resources(
             settings=self.settings,
+            redis=self.redis,
             keyring=self.keyring,
             hasher=hasher,
+            codes=CodeHasher(KEY_ENCRYPTION_KEY),
             throttle=Throttle(self.redis, self.prefix),
             revocations=RevocationList(self.redis, self.prefix),
         )
@@ -108,8 +110,12 @@ async def test_a_login_racing_a_password_reset_does_not_survive_it(
     racing.verify = verify_then_reset  # type: ignore[method-assign]
     with pytest.raises(Unauthorized):
         async with in_process.db.unit_of_work() as uow:
-            await in_process.sessions(uow, racing).login(
-                email=user.email, password=user.password, client_address=fake_address()
+            await sessions.login(
+                uow,
+                in_process.resources(racing),
+                email=user.email,
+                password=user.password,
+                client_address=fake_address(),
             )
     async with engine.connect() as conn:
         live = (
@@ -186,23 +192,28 @@ async def test_registration_is_throttled_per_address_and_hashes_before_the_looku
         return await real_hash(password)
 
     counting.hash = count_hash  # type: ignore[method-assign]
-    throttle = Throttle(in_process.redis, in_process.prefix)
+    resources = in_process.resources(counting)  # one throttle (the same prefix) for every call
     address = fake_address()
     email = f"taken-{uuid.uuid4().hex[:8]}@example.test"
     async with in_process.db.unit_of_work() as uow:
-        await AccountService(uow, counting, throttle, in_process.settings).register(
-            email=email, password=strong_password(), name="A", client_address=address
+        await accounts.register(
+            uow, resources, email=email, password=strong_password(), name="A", client_address=address
         )
     with pytest.raises(Conflict):
         async with in_process.db.unit_of_work() as uow:
-            await AccountService(uow, counting, throttle, in_process.settings).register(
-                email=email, password=strong_password(), name="B", client_address=address
+            await accounts.register(
+                uow, resources, email=email, password=strong_password(), name="B", client_address=address
             )
     assert hashed == 2  # the taken email cost a hash too
     with pytest.raises(TooManyRequests):  # register_max_per_address=2 here
         async with in_process.db.unit_of_work() as uow:
-            await AccountService(uow, counting, throttle, in_process.settings).register(
-                email=f"x-{email}", password=strong_password(), name="C", client_address=address
+            await accounts.register(
+                uow,
+                resources,
+                email=f"x-{email}",
+                password=strong_password(),
+                name="C",
+                client_address=address,
             )
 
 

@@ -16,7 +16,7 @@ from auth_testkit import (
     unique_email,
 )
 
-from servicekit.testing import wait_until
+from testsupport import wait_until
 
 
 async def test_sixth_wrong_password_is_429_and_the_right_one_works_after_the_window(

@@ -14,9 +14,9 @@ import httpx
 import psycopg
 import pytest
 
-from servicekit.testing import HttpService, ServiceProcess, recreate_database, run_migrations, wait_until
-from servicekit.testing_kafka import Sent, consumed, publish
-from servicekit.testing_tokens import TestTokenIssuer
+from testsupport import HttpService, ServiceProcess, recreate_database, run_migrations, wait_until
+from testsupport.kafka import Sent, consumed, publish
+from testsupport.tokens import TestTokenIssuer
 
 __all__ = ["Api", "Sent", "Stack", "consumed", "make_api_for", "publish"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from servicekit.testing import wait_until
+from testsupport import wait_until
 
 from .conftest import Api, Stack, make_api_for
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from servicekit.openapi import ErrorResponse
-from servicekit.testing_tokens import TestTokenIssuer
+from testsupport.tokens import TestTokenIssuer
 
 from .conftest import Api, Stack
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from servicekit.testing import wait_until
+from testsupport import wait_until
 
 from .conftest import Api
 

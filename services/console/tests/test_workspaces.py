@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
-from servicekit.testing import wait_until
+from testsupport import wait_until
 
 from .conftest import Api, Stack, consumed, publish
 

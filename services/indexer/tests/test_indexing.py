@@ -6,8 +6,8 @@ import uuid
 
 import httpx
 
-from servicekit.testing import wait_until
-from servicekit.testing_tokens import TestTokenIssuer
+from testsupport import wait_until
+from testsupport.tokens import TestTokenIssuer
 
 from .conftest import Client, Doc, Indexer, consumed
 

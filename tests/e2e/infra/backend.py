@@ -27,8 +27,8 @@ from urllib.parse import quote
 
 import psycopg
 
-from .broker import TansuBroker, kafka_api_versions_ok, poll_until
-from .ports import free_port
+from testsupport.broker import TansuBroker, kafka_api_versions_ok, poll_until
+from testsupport.ports import free_port
 
 
 @dataclass

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.e2e.infra.ports import free_port
+from testsupport.ports import free_port
 
 
 def _bin_dir() -> Path:

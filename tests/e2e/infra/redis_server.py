@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 
-from tests.e2e.infra.ports import free_port
+from testsupport.ports import free_port
 
 
 class PrivateRedis:

@@ -73,16 +73,30 @@ class Database:
         self.writer = writer
 
     @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
-        """Commit on success, roll back on any exception; the one place that commits."""
+    async def unit_of_work(self, *, commit_on: tuple[type[object], ...] = ()) -> AsyncIterator[UnitOfWork]:
+        """Commit on success, roll back on any exception; the one place that commits.
+
+        `commit_on`: exceptions that commit before they propagate, for refusals whose bookkeeping must
+        persist (auth's reused refresh token revokes its family; a wrong reset code counts an attempt)."""
         async with self.sessions() as session:
             uow = UnitOfWork(session, self.writer)
             try:
                 yield uow
-                await uow.commit()
-            except BaseException:
-                await uow.rollback()
+            except BaseException as exc:
+                if commit_on and isinstance(exc, commit_on):
+                    await uow.commit()
+                else:
+                    await uow.rollback()
                 raise
+            await uow.commit()
+
+    @asynccontextmanager
+    async def joined(self, session: AsyncSession) -> AsyncIterator[UnitOfWork]:
+        """A unit of work inside a transaction someone else owns (a consumer's message, whose inbox row
+        shares it): the events recorded with `emit` are written into it at the end; the owner commits."""
+        uow = UnitOfWork(session, self.writer)
+        yield uow
+        await uow.flush_events()
 
     async def dispose(self) -> None:
         await self.engine.dispose()

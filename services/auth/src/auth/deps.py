@@ -1,65 +1,53 @@
-"""Request-scoped dependencies: the lifespan state's resources and the unit of work (the one place that commits)."""
+"""Request-scoped dependencies: the lifespan's resources and the request context (the one place that commits)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, TypedDict
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
-from auth.errors import CommitsChanges
 from auth.keys.crypto import CodeHasher
 from auth.keys.service import Keyring
 from auth.passwords import PasswordHasher
 from auth.settings import Settings
 from auth.throttle import Throttle
 from servicekit.auth import RevocationList, TokenVerifier
-from servicekit.db import Database, UnitOfWork
+from servicekit.db import Database
 
 
-class State(TypedDict):
-    """What the lifespan yields; Starlette exposes each entry on `request.state`."""
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What auth's use cases need besides their unit of work; created once, in the lifespan."""
 
     settings: Settings
-    db: Database
     redis: Redis
     keyring: Keyring
     hasher: PasswordHasher
     codes: CodeHasher
     throttle: Throttle
     revocations: RevocationList
+
+
+class State(TypedDict):
+    """What the lifespan yields; Starlette exposes each entry on `request.state` (servicekit's readiness
+    and token verification read `db`, `redis` and `token_verifier`)."""
+
+    db: Database
+    redis: Redis
     token_verifier: TokenVerifier
+    resources: Resources
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.state.settings
-    return settings
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.state.resources
+    return resources
 
 
-def get_keyring(request: Request) -> Keyring:
-    keyring: Keyring = request.state.keyring
-    return keyring
-
-
-def get_hasher(request: Request) -> PasswordHasher:
-    hasher: PasswordHasher = request.state.hasher
-    return hasher
-
-
-def get_codes(request: Request) -> CodeHasher:
-    codes: CodeHasher = request.state.codes
-    return codes
-
-
-def get_throttle(request: Request) -> Throttle:
-    throttle: Throttle = request.state.throttle
-    return throttle
-
-
-def get_revocations(request: Request) -> RevocationList:
-    revocations: RevocationList = request.state.revocations
-    return revocations
+def get_database(request: Request) -> Database:
+    db: Database = request.state.db
+    return db
 
 
 def client_address(request: Request) -> str:
@@ -68,28 +56,6 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def unit_of_work(request: Request) -> AsyncIterator[UnitOfWork]:
-    """Commit when the endpoint returns, roll back when it raises (except CommitsChanges refusals)."""
-    db: Database = request.state.db
-    async with db.sessions() as session:
-        uow = UnitOfWork(session, db.writer)
-        try:
-            yield uow
-        except BaseException as exc:
-            if isinstance(exc, CommitsChanges):
-                await uow.commit()
-            else:
-                await uow.rollback()
-            raise
-        await uow.commit()
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-KeyringDep = Annotated[Keyring, Depends(get_keyring)]
-HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
-CodesDep = Annotated[CodeHasher, Depends(get_codes)]
-ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
-RevocationsDep = Annotated[RevocationList, Depends(get_revocations)]
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 ClientAddress = Annotated[str, Depends(client_address)]
-# scope="function": the commit happens before the response is sent, so a client that got 201 can read it.
-UowDep = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from auth.accounts.endpoints import router as accounts_router
-from auth.deps import State
+from auth.deps import Resources, State
 from auth.email_login.endpoints import router as email_login_router
 from auth.keys.crypto import CodeHasher, KeyCipher
 from auth.keys.endpoints import router as keys_router
@@ -55,9 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             await keyring.start()
             revocations = RevocationList(redis, settings.redis_prefix)
-            yield State(
+            resources = Resources(
                 settings=settings,
-                db=db,
                 redis=redis,
                 keyring=keyring,
                 hasher=PasswordHasher(
@@ -70,6 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 codes=CodeHasher(secret),
                 throttle=Throttle(redis, settings.redis_prefix),
                 revocations=revocations,
+            )
+            yield State(
+                db=db,
+                redis=redis,
+                resources=resources,
                 token_verifier=TokenVerifier(
                     keyring,
                     revocations,

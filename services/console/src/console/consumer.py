@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
 
 from console.indexing.service import apply_report
 from console.settings import Settings, get_settings
 from console.workspaces.service import ensure_workspace
+from contracts import auth, indexer
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter
 from servicekit.consumer_process import run_consumer
 from servicekit.db import Database
 
-TOPICS = ("auth.account", "indexer.document")
+TOPICS = (auth.ACCOUNT_TOPIC, indexer.TOPIC)
 
 
 def build_consumer(
@@ -31,27 +31,25 @@ def build_consumer(
     consumer = IdempotentConsumer(settings.consumer_name, TOPICS, db.sessions, consumer_settings)
 
     # Creation is idempotent by itself (unique owner), so no version guard is needed.
-    @consumer.handler("auth.account.registered", version_guard=False)
+    @consumer.handler(auth.AccountRegistered.TYPE, version_guard=False)
     async def account_registered(ctx: EventContext) -> None:
+        registered = auth.AccountRegistered.model_validate(ctx.event.data)
         # Canonical UUID text, the same form a token's `sub` takes on the lazy path.
-        account_id = str(uuid.UUID(str(ctx.event.data.get("account_id") or ctx.event.subject)))
-        data = ctx.event.data
-        await ensure_workspace(
-            ctx.session, account_id, str(data.get("email") or ""), str(data.get("name") or "")
-        )
+        await ensure_workspace(ctx.session, str(registered.account_id), registered.email, registered.name)
 
     # The library's guard drops reports older than one already applied for the document; apply_report
     # also compares with the document's own version, which moves without any report.
-    @consumer.handler("indexer.document.*", version_guard=True)
+    @consumer.handler(f"{indexer.TOPIC}.*", version_guard=True)
     async def index_report(ctx: EventContext) -> None:
         event = ctx.event
-        document_id = event.data.get("document_id") or event.subject
         version = event.version if event.version is not None else event.data.get("version")
-        if document_id is None or not isinstance(version, int):
-            raise ValueError(f"{event.type} without document_id/version")
-        await apply_report(ctx.session, event.type, uuid.UUID(str(document_id)), version, event.data)
+        if not isinstance(version, int):
+            raise ValueError(f"{event.type} without a version")
+        report = indexer.parse_report(event.type, event.data)  # ValidationError (a ValueError) if malformed
+        if report is not None:  # None: a report type this contract does not know; nothing to move
+            await apply_report(ctx.session, report, version)
 
-    consumer.ignore("auth.account.*")
+    consumer.ignore(f"{auth.ACCOUNT_TOPIC}.*")
     return consumer
 
 

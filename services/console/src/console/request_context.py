@@ -1,4 +1,5 @@
-"""The per-request context: the caller's workspace, one unit of work, and the Idempotency-Key.
+"""Console's request context: servicekit's (one unit of work per call, rerun as a deadlock victim) plus the
+caller's workspace and the Idempotency-Key.
 
 Every endpoint runs its service call through `read` or `write`. Both resolve (lazily create) the caller's
 workspace in the same transaction. `write` also claims the Idempotency-Key first and stores the response
@@ -7,45 +8,43 @@ before the unit of work commits once: the change, its outbox events and the stor
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request, Response
-from psycopg.errors import DeadlockDetected, SerializationFailure
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from console.deps import Account, CurrentAccountDep, DatabaseDep
 from console.models import Workspace
 from console.workspaces.service import ensure_workspace
 from servicekit import idempotency
 from servicekit.db import Database, UnitOfWork
+from servicekit.request_context import RequestContext as UnitOfWorkContext
 
 T = TypeVar("T")
-
-log = logging.getLogger("console.request")
 
 REPLAY_HEADER = "Idempotent-Replayed"
 
 
-class RequestContext:
+class RequestContext(UnitOfWorkContext):
     def __init__(self, request: Request, db: Database, account: Account, idempotency_key: str | None) -> None:
+        # Requests lock documents in id order and the consumer locks one document per transaction, so a
+        # deadlock should not form; the retry is the safety net if one does (everything rolled back).
+        super().__init__(db, retry_deadlocks=True)
         self.request = request
-        self.db = db
         self.account = account
         self.idempotency_key = (
             idempotency.validate_key(idempotency_key) if idempotency_key is not None else None
         )
 
+    async def _workspace(self, uow: UnitOfWork) -> Workspace:
+        return await ensure_workspace(uow.session, str(self.account.id), self.account.email)
+
     async def read(self, fn: Callable[[UnitOfWork, Workspace], Awaitable[T]]) -> T:
-        async for attempt in retry_on_deadlock():
-            with attempt:
-                async with self.db.unit_of_work() as uow:
-                    workspace = await ensure_workspace(uow.session, str(self.account.id), self.account.email)
-                    return await fn(uow, workspace)
-        raise AssertionError("unreachable: the retry loop returns or raises")
+        async def use_case(uow: UnitOfWork) -> T:
+            return await fn(uow, await self._workspace(uow))
+
+        return await self.run(use_case)
 
     async def write(
         self, fn: Callable[[UnitOfWork, Workspace], Awaitable[BaseModel | None]], *, status_code: int = 200
@@ -57,55 +56,22 @@ class RequestContext:
             fingerprint = idempotency.request_fingerprint(
                 self.request.method, self.request.url.path, self.request.url.query, body
             )
-        async for attempt in retry_on_deadlock():
-            with attempt:
-                return await self._write_once(fn, status_code, key, fingerprint)
-        raise AssertionError("unreachable: the retry loop returns or raises")
+        scope = str(self.account.id)
 
-    async def _write_once(
-        self,
-        fn: Callable[[UnitOfWork, Workspace], Awaitable[BaseModel | None]],
-        status_code: int,
-        key: str | None,
-        fingerprint: str,
-    ) -> Response:
-        async with self.db.unit_of_work() as uow:
+        async def use_case(uow: UnitOfWork) -> Response:
             if key is not None:
-                stored = await idempotency.claim(
-                    uow.session, scope=str(self.account.id), key=key, fingerprint=fingerprint
-                )
+                stored = await idempotency.claim(uow.session, scope=scope, key=key, fingerprint=fingerprint)
                 if stored is not None:
                     return _response(stored.status_code, stored.body, replayed=True)
-            workspace = await ensure_workspace(uow.session, str(self.account.id), self.account.email)
-            result = await fn(uow, workspace)
+            result = await fn(uow, await self._workspace(uow))
             payload = result.model_dump_json() if result is not None else ""
             if key is not None:
                 await idempotency.complete(
-                    uow.session, scope=str(self.account.id), key=key, status_code=status_code, body=payload
+                    uow.session, scope=scope, key=key, status_code=status_code, body=payload
                 )
-        return _response(status_code, payload, replayed=False)
+            return _response(status_code, payload, replayed=False)
 
-
-def _is_deadlock(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and isinstance(exc.orig, DeadlockDetected | SerializationFailure)
-
-
-def retry_on_deadlock() -> AsyncRetrying:
-    """Rerun a whole unit of work that PostgreSQL chose as a deadlock victim.
-
-    Requests lock documents in id order and the consumer locks one document per transaction, so a cycle
-    should not form; this is the safety net if one does (a future code path locking in another order).
-    Everything rolled back (changes, events, the idempotency claim), so running again is safe.
-    """
-    return AsyncRetrying(
-        retry=retry_if_exception(_is_deadlock),
-        stop=stop_after_attempt(5),
-        wait=wait_random_exponential(multiplier=0.02, max=0.5),
-        reraise=True,
-        before_sleep=lambda state: log.warning(
-            "deadlock victim, running the unit of work again (%d)", state.attempt_number
-        ),
-    )
+        return await self.run(use_case)
 
 
 def _response(status_code: int, body: str, *, replayed: bool) -> Response:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,9 +19,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from console.documents.events import TOPIC, DocumentEventType, document_event
+from console.documents.events import document_event
 from console.models import Document, SnapshotRun, Workspace, utcnow
-from outbox import Event, OutboxWriter
+from contracts.console import DocumentEventType, DocumentState
+from outbox import Event
+from servicekit.db import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,53 +57,44 @@ async def _locked_with_owner(
 
 
 def _snapshots(rows: Sequence[tuple[Document, str]]) -> list[Event]:
-    # Standalone: a snapshot is the whole state and follows no particular event (gap-aware consumers
-    # apply it whatever they applied before).
-    return [
-        dataclasses.replace(
-            document_event(doc, DocumentEventType.SNAPSHOT, owner_account_id=owner), standalone=True
-        )
-        for doc, owner in rows
-    ]
+    return [document_event(doc, DocumentEventType.SNAPSHOT, owner_account_id=owner) for doc, owner in rows]
 
 
-async def announce(session: AsyncSession, writer: OutboxWriter, ids: Sequence[uuid.UUID]) -> int:
+async def announce(uow: UnitOfWork, ids: Sequence[uuid.UUID]) -> int:
     """Snapshot events for those of `ids` console has; returns how many."""
-    events = _snapshots(await _locked_with_owner(session, ids=sorted(set(ids))))
-    await writer.add(session, *events)
+    events = _snapshots(await _locked_with_owner(uow.session, ids=sorted(set(ids))))
+    uow.emit(*events)
     return len(events)
 
 
-async def announce_absent(session: AsyncSession, writer: OutboxWriter, items: Sequence[Absent]) -> int:
+async def announce_absent(uow: UnitOfWork, items: Sequence[Absent]) -> int:
     """Deleted-state snapshots for documents console does not have (re-checked here); returns how many."""
     present = set(
-        (await session.execute(select(Document.id).where(Document.id.in_([i.document_id for i in items]))))
+        (
+            await uow.session.execute(
+                select(Document.id).where(Document.id.in_([i.document_id for i in items]))
+            )
+        )
         .scalars()
         .all()
     )
     events = [
-        Event(
-            topic=TOPIC,
-            type=DocumentEventType.SNAPSHOT.value,
-            aggregate_id=str(item.document_id),
+        DocumentState(
+            document_id=item.document_id,
+            dataset_id=item.dataset_id,
+            workspace_id=item.workspace_id,
+            owner_account_id=item.owner_account_id,
+            name=item.name,
+            text="",
+            enabled=False,
+            archived=False,
+            deleted=True,
             version=item.version,
-            standalone=True,
-            data={
-                "document_id": str(item.document_id),
-                "dataset_id": str(item.dataset_id),
-                "workspace_id": str(item.workspace_id),
-                "owner_account_id": item.owner_account_id,
-                "name": item.name,
-                "text": "",
-                "enabled": False,
-                "archived": False,
-                "deleted": True,
-            },
-        )
+        ).to_event(DocumentEventType.SNAPSHOT)
         for item in items
         if item.document_id not in present
     ]
-    await writer.add(session, *events)
+    uow.emit(*events)
     return len(events)
 
 
@@ -125,13 +117,14 @@ async def start_run(session: AsyncSession, name: str, *, restart: bool) -> Progr
     return Progress(run.announced, await _total(session), finished=False)
 
 
-async def snapshot_next(session: AsyncSession, writer: OutboxWriter, name: str, limit: int) -> Progress:
+async def snapshot_next(uow: UnitOfWork, name: str, limit: int) -> Progress:
     """Announce the next `limit` documents after the run's cursor and advance it, in this transaction."""
+    session = uow.session
     run = await session.get(SnapshotRun, name, with_for_update=True)
     if run is None:
         raise LookupError(f"no snapshot run {name!r}: start it first")
     rows = await _locked_with_owner(session, after=run.after_id, limit=limit)
-    await writer.add(session, *_snapshots(rows))
+    uow.emit(*_snapshots(rows))
     if rows:
         run.after_id = rows[-1][0].id
         run.announced += len(rows)

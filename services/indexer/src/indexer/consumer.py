@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 
+from contracts.console import TOPIC, DocumentEventType, DocumentState
 from indexer.indexing import service
-from indexer.indexing.schemas import DocumentState
 from indexer.settings import Settings, get_settings
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter
 from servicekit.consumer_process import run_consumer
 from servicekit.db import Database
 
-TOPICS = ("console.document",)
+TOPICS = (TOPIC,)
 
 
 def build_consumer(
@@ -22,10 +22,12 @@ def build_consumer(
 ) -> IdempotentConsumer:
     consumer = IdempotentConsumer(settings.consumer_name, TOPICS, db.sessions, consumer_settings)
 
-    @consumer.handler("console.document.*", version_guard=True, gap_aware=True)
+    @consumer.handler(f"{TOPIC}.*", version_guard=True, gap_aware=True)
     async def document_changed(ctx: EventContext) -> None:
         state = DocumentState.model_validate(ctx.event.data)
-        await service.apply(ctx.session, db.writer, state, snapshot=ctx.event.type == service.SNAPSHOT_TYPE)
+        # The reports join the message's transaction (its inbox row): one commit, by the consumer.
+        async with db.joined(ctx.session) as uow:
+            await service.apply(uow, state, snapshot=ctx.event.type == DocumentEventType.SNAPSHOT)
 
     return consumer
 

@@ -1,23 +1,22 @@
-"""FastAPI dependencies: the current account (verified by servicekit.auth) and a read-only session."""
+"""FastAPI dependencies: the current account (verified by servicekit.auth) and the request context."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from servicekit.auth import CurrentAccount
 from servicekit.db import Database
+from servicekit.request_context import RequestContext
 
 CurrentAccountDep = CurrentAccount
 
 
-async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
+def request_context(request: Request) -> RequestContext:
+    """The indexer's endpoints only read; its writes come from console's events (indexer.consumer)."""
     db: Database = request.state.db
-    async with db.sessions() as session:
-        yield session
+    return RequestContext(db)
 
 
-SessionDep = Annotated[AsyncSession, Depends(read_session)]
+ContextDep = Annotated[RequestContext, Depends(request_context)]

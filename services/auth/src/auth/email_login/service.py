@@ -16,16 +16,13 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from redis.asyncio import Redis
-
-from auth.accounts.repository import AccountRepository
+from auth.accounts import repository as accounts
+from auth.deps import Resources
 from auth.errors import InvalidLoginCode
-from auth.keys.crypto import CodeHasher
-from auth.mail import LoginCode
-from auth.sessions.schemas import TokenPair
-from auth.sessions.service import SessionService
-from auth.settings import Settings
-from auth.throttle import Limit, Throttle
+from auth.sessions import service as sessions
+from auth.sessions.tokens import IssuedTokens
+from auth.throttle import Limit
+from contracts.auth import LoginCode
 from servicekit.db import UnitOfWork
 
 log = logging.getLogger("auth.email_login")
@@ -33,96 +30,79 @@ log = logging.getLogger("auth.email_login")
 CODE_DIGITS = 6
 
 
-class EmailLoginService:
-    def __init__(
-        self,
-        uow: UnitOfWork,
-        *,
-        settings: Settings,
-        redis: Redis,
-        codes: CodeHasher,
-        throttle: Throttle,
-        sessions: SessionService,
-    ) -> None:
-        self.uow = uow
-        self.settings = settings
-        self.redis = redis
-        self.codes = codes
-        self.throttle = throttle
-        self.sessions = sessions
-        self.accounts = AccountRepository(uow.session)
+def _key(r: Resources, account_id: uuid.UUID) -> str:
+    return f"{r.settings.redis_prefix}email-login:{account_id}"
 
-    def _key(self, account_id: uuid.UUID) -> str:
-        return f"{self.settings.redis_prefix}email-login:{account_id}"
 
-    async def request(self, email: str, client_address: str) -> None:
-        s = self.settings
-        await self.throttle.reserve(
-            [
-                Limit(self.throttle.key("email-code-request", email), s.email_code_max_requests),
-                Limit(
-                    self.throttle.key("email-code-request-address", client_address),
-                    s.email_code_max_requests_per_address,
-                ),
-            ],
-            window_seconds=s.email_code_ttl_seconds,
-            message="too many login codes requested, retry later",
-        )
-        account = await self.accounts.get_by_email(email)
-        if account is None:
-            return  # the same 202: nothing says whether the email has an account
-        code_id = uuid.uuid4()
-        code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-        expires_at = datetime.now(UTC) + timedelta(seconds=s.email_code_ttl_seconds)
-        key = self._key(account.id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, code_id.hex, self.codes.digest(code_id.bytes, code))
-            pipe.expire(key, s.email_code_ttl_seconds)
-            await pipe.execute()
-        self.uow.emit(
-            LoginCode(
-                account_id=account.id,
-                email=account.email,
-                name=account.name,
-                code=code,
-                expires_at=expires_at,
-            ).to_event()
-        )
-        log.info("login code requested for account %s", account.id)
-
-    async def exchange(self, email: str, code: str, client_address: str) -> TokenPair:
-        s = self.settings
-        pair_key = self.throttle.key("email-code-guess", f"{email}|{client_address}")
-        account_key = self.throttle.key("email-code-guess-account", email)
-        await self.throttle.reserve(
-            [
-                Limit(pair_key, s.email_code_max_attempts),
-                Limit(account_key, s.email_code_max_attempts_per_account),
-            ],
-            window_seconds=s.email_code_ttl_seconds,
-            message="too many wrong login codes, retry later",
-        )
-        account = await self.accounts.get_by_email(email)
-        if account is None:
-            raise InvalidLoginCode()
-        key = self._key(account.id)
-        stored = {
-            (k.decode() if isinstance(k, bytes) else k): (v.encode() if isinstance(v, str) else v)
-            for k, v in (await self.redis.hgetall(key)).items()
-        }
-        match = next(
-            (
-                field
-                for field, digest in stored.items()
-                if self.codes.matches(uuid.UUID(hex=field).bytes, code, digest)
+async def request(uow: UnitOfWork, r: Resources, email: str, client_address: str) -> None:
+    s = r.settings
+    await r.throttle.reserve(
+        [
+            Limit(r.throttle.key("email-code-request", email), s.email_code_max_requests),
+            Limit(
+                r.throttle.key("email-code-request-address", client_address),
+                s.email_code_max_requests_per_address,
             ),
-            None,
-        )
-        # HDEL succeeds for exactly one caller: the code is single use even under concurrent exchanges.
-        if match is None or await self.redis.hdel(key, match) != 1:
-            if await self.throttle.count(account_key) >= s.email_code_max_attempts_per_account:
-                await self.redis.delete(key)  # guessing from many addresses: every open code is cancelled
-            raise InvalidLoginCode()
-        await self.throttle.release(pair_key, account_key)
-        log.info("account %s logged in with an email code", account.id)
-        return await self.sessions.open_session(account)
+        ],
+        window_seconds=s.email_code_ttl_seconds,
+        message="too many login codes requested, retry later",
+    )
+    account = await accounts.get_by_email(uow.session, email)
+    if account is None:
+        return  # the same 202: nothing says whether the email has an account
+    code_id = uuid.uuid4()
+    code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+    expires_at = datetime.now(UTC) + timedelta(seconds=s.email_code_ttl_seconds)
+    key = _key(r, account.id)
+    async with r.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, code_id.hex, r.codes.digest(code_id.bytes, code))
+        pipe.expire(key, s.email_code_ttl_seconds)
+        await pipe.execute()
+    uow.emit(
+        LoginCode(
+            account_id=account.id,
+            email=account.email,
+            name=account.name,
+            code=code,
+            expires_at=expires_at,
+        ).to_event()
+    )
+    log.info("login code requested for account %s", account.id)
+
+
+async def exchange(uow: UnitOfWork, r: Resources, email: str, code: str, client_address: str) -> IssuedTokens:
+    s = r.settings
+    pair_key = r.throttle.key("email-code-guess", f"{email}|{client_address}")
+    account_key = r.throttle.key("email-code-guess-account", email)
+    await r.throttle.reserve(
+        [
+            Limit(pair_key, s.email_code_max_attempts),
+            Limit(account_key, s.email_code_max_attempts_per_account),
+        ],
+        window_seconds=s.email_code_ttl_seconds,
+        message="too many wrong login codes, retry later",
+    )
+    account = await accounts.get_by_email(uow.session, email)
+    if account is None:
+        raise InvalidLoginCode()
+    key = _key(r, account.id)
+    stored = {
+        (k.decode() if isinstance(k, bytes) else k): (v.encode() if isinstance(v, str) else v)
+        for k, v in (await r.redis.hgetall(key)).items()
+    }
+    match = next(
+        (
+            field
+            for field, digest in stored.items()
+            if r.codes.matches(uuid.UUID(hex=field).bytes, code, digest)
+        ),
+        None,
+    )
+    # HDEL succeeds for exactly one caller: the code is single use even under concurrent exchanges.
+    if match is None or await r.redis.hdel(key, match) != 1:
+        if await r.throttle.count(account_key) >= s.email_code_max_attempts_per_account:
+            await r.redis.delete(key)  # guessing from many addresses: every open code is cancelled
+        raise InvalidLoginCode()
+    await r.throttle.release(pair_key, account_key)
+    log.info("account %s logged in with an email code", account.id)
+    return await sessions.open_session(uow, r, account)

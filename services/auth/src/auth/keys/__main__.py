@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from auth.keys import repository
 from auth.keys.crypto import KeyCipher
-from auth.keys.repository import SigningKeyRepository
 from auth.keys.service import rotate
 from auth.settings import Settings
 from outbox.logs import configure_logging
@@ -26,7 +26,7 @@ async def _run(command: str) -> None:
                 kid = await rotate(session, cipher, grace=settings.retired_key_grace)
                 print(f"active signing key: {kid}")
             else:
-                for key in await SigningKeyRepository(session).published(datetime.now(UTC)):
+                for key in await repository.published(session, datetime.now(UTC)):
                     state = "active" if key.retired_at is None else f"published until {key.publish_until}"
                     print(f"{key.kid}  {key.algorithm}  created {key.created_at}  {state}")
     finally:

@@ -1,4 +1,4 @@
-"""SQL for signing keys."""
+"""SQL for signing keys. Functions of the caller's session."""
 
 from __future__ import annotations
 
@@ -14,25 +14,24 @@ from auth.models import SigningKey
 _KEYS_LOCK = 0x61757468_6B657973 & 0x7FFFFFFFFFFFFFFF
 
 
-class SigningKeyRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+async def lock(session: AsyncSession) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _KEYS_LOCK})
 
-    async def lock(self) -> None:
-        await self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _KEYS_LOCK})
 
-    async def active(self) -> SigningKey | None:
-        return await self.session.scalar(select(SigningKey).where(SigningKey.retired_at.is_(None)))
+async def active(session: AsyncSession) -> SigningKey | None:
+    return await session.scalar(select(SigningKey).where(SigningKey.retired_at.is_(None)))
 
-    async def published(self, now: datetime) -> Sequence[SigningKey]:
-        """The active key and retired keys whose tokens may still be unexpired, newest first."""
-        rows = await self.session.scalars(
-            select(SigningKey)
-            .where(or_(SigningKey.retired_at.is_(None), SigningKey.publish_until > now))
-            .order_by(SigningKey.created_at.desc())
-        )
-        return rows.all()
 
-    async def add(self, key: SigningKey) -> None:
-        self.session.add(key)
-        await self.session.flush()
+async def published(session: AsyncSession, now: datetime) -> Sequence[SigningKey]:
+    """The active key and retired keys whose tokens may still be unexpired, newest first."""
+    rows = await session.scalars(
+        select(SigningKey)
+        .where(or_(SigningKey.retired_at.is_(None), SigningKey.publish_until > now))
+        .order_by(SigningKey.created_at.desc())
+    )
+    return rows.all()
+
+
+async def add(session: AsyncSession, key: SigningKey) -> None:
+    session.add(key)
+    await session.flush()

@@ -17,8 +17,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from auth.keys import repository
 from auth.keys.crypto import KeyCipher, KeyDecryptionError, public_jwk
-from auth.keys.repository import SigningKeyRepository
 from auth.models import SigningKey
 from servicekit.auth import ALGORITHM, parse_jwks
 
@@ -45,13 +45,12 @@ def _new_key(cipher: KeyCipher, now: datetime) -> SigningKey:
 
 async def ensure_active_key(session: AsyncSession, cipher: KeyCipher, *, now: datetime | None = None) -> str:
     """The active key's kid, creating the first key if there is none. Call inside a transaction."""
-    repo = SigningKeyRepository(session)
-    await repo.lock()
-    active = await repo.active()
+    await repository.lock(session)
+    active = await repository.active(session)
     if active is not None:
         return active.kid
     key = _new_key(cipher, now or _now())
-    await repo.add(key)
+    await repository.add(session, key)
     log.info("created signing key %s", key.kid)
     return key.kid
 
@@ -61,15 +60,14 @@ async def rotate(
 ) -> str:
     """Retire the active key (published for `grace` more) and make a new one active. Returns the new kid."""
     now = now or _now()
-    repo = SigningKeyRepository(session)
-    await repo.lock()
-    active = await repo.active()
+    await repository.lock(session)
+    active = await repository.active(session)
     if active is not None:
         active.retired_at = now
         active.publish_until = now + grace
         await session.flush()  # the one-active-key index must see the retirement before the insert
     key = _new_key(cipher, now)
-    await repo.add(key)
+    await repository.add(session, key)
     log.info("rotated signing key %s -> %s", active.kid if active else None, key.kid)
     return key.kid
 
@@ -152,7 +150,7 @@ class Keyring:
             if self._loaded_at is not None and self.clock() - self._loaded_at < unless_younger_than:
                 return
             async with self.sessions() as session:
-                rows = await SigningKeyRepository(session).published(_now())
+                rows = await repository.published(session, _now())
             active = next((r for r in rows if r.retired_at is None), None)
             self._active = (
                 ActiveKey(active.kid, self.cipher.decrypt(active.kid, active.private_key_ciphertext))

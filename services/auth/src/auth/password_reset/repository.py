@@ -1,3 +1,5 @@
+"""SQL for password reset codes. Functions of the caller's session."""
+
 from __future__ import annotations
 
 import uuid
@@ -10,38 +12,38 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from auth.models import PasswordReset
 
 
-class PasswordResetRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def invalidate_open(self, account_id: uuid.UUID, now: datetime) -> None:
-        """Cancel every open code (the account-wide guessing ceiling was reached)."""
-        await self.session.execute(
-            update(PasswordReset)
-            .where(
-                PasswordReset.account_id == account_id,
-                PasswordReset.used_at.is_(None),
-                PasswordReset.invalidated_at.is_(None),
-            )
-            .values(invalidated_at=now)
+async def invalidate_open(session: AsyncSession, account_id: uuid.UUID, now: datetime) -> None:
+    """Cancel every open code (the account-wide guessing ceiling was reached)."""
+    await session.execute(
+        update(PasswordReset)
+        .where(
+            PasswordReset.account_id == account_id,
+            PasswordReset.used_at.is_(None),
+            PasswordReset.invalidated_at.is_(None),
         )
+        .values(invalidated_at=now)
+    )
 
-    async def add(self, reset: PasswordReset) -> None:
-        self.session.add(reset)
-        await self.session.flush()
 
-    async def open_for_update(self, account_id: uuid.UUID, now: datetime) -> Sequence[PasswordReset]:
-        """Every unexpired, unused code of the account (a new request does not cancel older ones, so a
-        stranger cannot keep cancelling the owner's codes; the request limit bounds how many are open)."""
-        rows = await self.session.scalars(
-            select(PasswordReset)
-            .where(
-                PasswordReset.account_id == account_id,
-                PasswordReset.used_at.is_(None),
-                PasswordReset.invalidated_at.is_(None),
-                PasswordReset.expires_at > now,
-            )
-            .order_by(PasswordReset.created_at.desc())
-            .with_for_update()
+async def add(session: AsyncSession, reset: PasswordReset) -> None:
+    session.add(reset)
+    await session.flush()
+
+
+async def open_for_update(
+    session: AsyncSession, account_id: uuid.UUID, now: datetime
+) -> Sequence[PasswordReset]:
+    """Every unexpired, unused code of the account (a new request does not cancel older ones, so a
+    stranger cannot keep cancelling the owner's codes; the request limit bounds how many are open)."""
+    rows = await session.scalars(
+        select(PasswordReset)
+        .where(
+            PasswordReset.account_id == account_id,
+            PasswordReset.used_at.is_(None),
+            PasswordReset.invalidated_at.is_(None),
+            PasswordReset.expires_at > now,
         )
-        return rows.all()
+        .order_by(PasswordReset.created_at.desc())
+        .with_for_update()
+    )
+    return rows.all()

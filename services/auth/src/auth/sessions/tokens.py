@@ -48,6 +48,15 @@ def issue_access_token(
     return AccessToken(token=token, jti=jti, expires_at=iat + ttl_seconds)
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedTokens:
+    """What a login, an email-code login or a refresh hands out (the endpoints map it to `TokenPair`)."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
 def new_refresh_token() -> tuple[str, bytes]:
     token = secrets.token_urlsafe(32)
     return token, hash_refresh_token(token)

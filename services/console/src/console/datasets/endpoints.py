@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 
 from console.datasets import service
 from console.datasets.schemas import DatasetCreate, DatasetOut, DatasetUpdate
+from console.datasets.service import DatasetView
 from console.models import Workspace
 from console.request_context import ReadDep, WriteDep
 from servicekit.db import UnitOfWork
@@ -17,28 +18,47 @@ from servicekit.pagination import Page, PageParamsDep
 router = APIRouter(prefix="/console/api/datasets", tags=["datasets"])
 
 
+def _out(view: DatasetView) -> DatasetOut:
+    d = view.dataset
+    return DatasetOut(
+        id=d.id,
+        name=d.name,
+        description=d.description,
+        document_count=view.document_count,
+        created_at=d.created_at,
+        updated_at=d.updated_at,
+    )
+
+
 @router.post("", status_code=201, response_model=DatasetOut, responses=error_responses(409))
 async def create_dataset(body: DatasetCreate, ctx: WriteDep) -> Response:
     async def run(uow: UnitOfWork, workspace: Workspace) -> DatasetOut:
-        return await service.create(uow, workspace, body)
+        return _out(await service.create(uow, workspace, body))
 
     return await ctx.write(run, status_code=201)
 
 
 @router.get("", response_model=Page[DatasetOut])
 async def list_datasets(page: PageParamsDep, ctx: ReadDep) -> Page[DatasetOut]:
-    return await ctx.read(lambda uow, workspace: service.list_page(uow, workspace, page))
+    async def run(uow: UnitOfWork, workspace: Workspace) -> Page[DatasetOut]:
+        views, total = await service.list_page(uow, workspace, page)
+        return Page[DatasetOut].of([_out(v) for v in views], page, total)
+
+    return await ctx.read(run)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
 async def get_dataset(dataset_id: uuid.UUID, ctx: ReadDep) -> DatasetOut:
-    return await ctx.read(lambda uow, workspace: service.get(uow, workspace, dataset_id))
+    async def run(uow: UnitOfWork, workspace: Workspace) -> DatasetOut:
+        return _out(await service.get(uow, workspace, dataset_id))
+
+    return await ctx.read(run)
 
 
 @router.patch("/{dataset_id}", response_model=DatasetOut, responses=error_responses(409))
 async def update_dataset(dataset_id: uuid.UUID, body: DatasetUpdate, ctx: WriteDep) -> Response:
     async def run(uow: UnitOfWork, workspace: Workspace) -> DatasetOut:
-        return await service.update(uow, workspace, dataset_id, body)
+        return _out(await service.update(uow, workspace, dataset_id, body))
 
     return await ctx.write(run)
 

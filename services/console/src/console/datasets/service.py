@@ -1,36 +1,37 @@
-"""Dataset use cases."""
+"""Dataset use cases. They return domain objects (a dataset row with its document count); the endpoints
+map them to `DatasetOut`."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from console.datasets import repository
-from console.datasets.schemas import DatasetCreate, DatasetOut, DatasetUpdate
+from console.datasets.schemas import DatasetCreate, DatasetUpdate
 from console.documents import repository as documents
 from console.documents.service import delete_locked
 from console.models import Dataset, Workspace, utcnow
 from servicekit.db import UnitOfWork
 from servicekit.errors import Conflict, NotFound
-from servicekit.pagination import Page, PageParams
+from servicekit.pagination import PageParams
 
 
 def _name_conflict(name: str) -> Conflict:
     return Conflict(f"a dataset named {name!r} already exists in this workspace")
 
 
-async def _out(uow: UnitOfWork, dataset: Dataset) -> DatasetOut:
+@dataclass(frozen=True, slots=True)
+class DatasetView:
+    dataset: Dataset
+    document_count: int
+
+
+async def _view(uow: UnitOfWork, dataset: Dataset) -> DatasetView:
     counts = await repository.document_counts(uow.session, [dataset.id])
-    return DatasetOut(
-        id=dataset.id,
-        name=dataset.name,
-        description=dataset.description,
-        document_count=counts.get(dataset.id, 0),
-        created_at=dataset.created_at,
-        updated_at=dataset.updated_at,
-    )
+    return DatasetView(dataset, counts.get(dataset.id, 0))
 
 
-async def create(uow: UnitOfWork, workspace: Workspace, body: DatasetCreate) -> DatasetOut:
+async def create(uow: UnitOfWork, workspace: Workspace, body: DatasetCreate) -> DatasetView:
     if await repository.name_taken(uow.session, workspace.id, body.name):
         raise _name_conflict(body.name)
     now = utcnow()
@@ -45,7 +46,7 @@ async def create(uow: UnitOfWork, workspace: Workspace, body: DatasetCreate) -> 
     uow.session.add(dataset)
     if not await repository.flush_unique(uow.session):
         raise _name_conflict(body.name)
-    return await _out(uow, dataset)
+    return await _view(uow, dataset)
 
 
 async def _get(
@@ -57,30 +58,19 @@ async def _get(
     return dataset
 
 
-async def get(uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID) -> DatasetOut:
-    return await _out(uow, await _get(uow, workspace, dataset_id))
+async def get(uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID) -> DatasetView:
+    return await _view(uow, await _get(uow, workspace, dataset_id))
 
 
-async def list_page(uow: UnitOfWork, workspace: Workspace, page: PageParams) -> Page[DatasetOut]:
+async def list_page(uow: UnitOfWork, workspace: Workspace, page: PageParams) -> tuple[list[DatasetView], int]:
     rows, total = await repository.list_page(uow.session, workspace.id, offset=page.offset, limit=page.limit)
     counts = await repository.document_counts(uow.session, [d.id for d in rows])
-    items = [
-        DatasetOut(
-            id=d.id,
-            name=d.name,
-            description=d.description,
-            document_count=counts.get(d.id, 0),
-            created_at=d.created_at,
-            updated_at=d.updated_at,
-        )
-        for d in rows
-    ]
-    return Page[DatasetOut].of(items, page, total)
+    return [DatasetView(d, counts.get(d.id, 0)) for d in rows], total
 
 
 async def update(
     uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID, body: DatasetUpdate
-) -> DatasetOut:
+) -> DatasetView:
     dataset = await _get(uow, workspace, dataset_id, lock="update")
     if body.name is not None and body.name != dataset.name:
         if await repository.name_taken(uow.session, workspace.id, body.name, other_than=dataset.id):
@@ -91,7 +81,7 @@ async def update(
     dataset.updated_at = utcnow()
     if not await repository.flush_unique(uow.session):
         raise _name_conflict(dataset.name)
-    return await _out(uow, dataset)
+    return await _view(uow, dataset)
 
 
 async def delete(uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID) -> None:

@@ -6,22 +6,19 @@ import uuid
 
 from fastapi import APIRouter
 
-from indexer.deps import CurrentAccountDep, SessionDep
-from indexer.documents import repository
+from indexer.deps import ContextDep, CurrentAccountDep
+from indexer.documents import service
 from indexer.documents.schemas import IndexedDocumentOut
-from servicekit.errors import NotFound
 
 router = APIRouter(prefix="/indexer/api/documents", tags=["documents"])
 
 
 @router.get("/{document_id}", response_model=IndexedDocumentOut)
 async def get_indexed_document(
-    document_id: uuid.UUID, account: CurrentAccountDep, session: SessionDep
+    document_id: uuid.UUID, account: CurrentAccountDep, ctx: ContextDep
 ) -> IndexedDocumentOut:
     """What the index holds: the version applied, segment count, and whether it is searchable."""
-    document = await repository.get_live(session, str(account.id), document_id)
-    if document is None:
-        raise NotFound(f"document {document_id} is not indexed")
+    document = await ctx.run(lambda uow: service.get_indexed(uow, str(account.id), document_id))
     return IndexedDocumentOut(
         document_id=document.id,
         dataset_id=document.dataset_id,

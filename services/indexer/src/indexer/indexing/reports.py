@@ -1,27 +1,29 @@
-"""What the indexer reports back through its own outbox: topic `indexer.document`, key = document id,
-version = the document version the report is about (console ignores reports on older versions)."""
+"""The reports the indexer records about a document version (`contracts.indexer`), built from the state
+it applied: topic `indexer.document`, key = document id, version = the version the report is about."""
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-from indexer.indexing.schemas import DocumentState
+from contracts.console import DocumentState
+from contracts.indexer import DocumentIndexed, DocumentIndexFailed, DocumentIndexing
 from outbox import Event
 
-TOPIC = "indexer.document"
 
-
-class ReportType(StrEnum):
-    INDEXING = "indexer.document.indexing"
-    INDEXED = "indexer.document.indexed"
-    INDEX_FAILED = "indexer.document.index_failed"
-
-
-def report(state: DocumentState, report_type: ReportType, **extra: object) -> Event:
-    return Event(
-        topic=TOPIC,
-        type=report_type.value,
-        aggregate_id=str(state.document_id),
-        version=state.version,
-        data={"document_id": str(state.document_id), "dataset_id": str(state.dataset_id), **extra},
+def indexing(state: DocumentState) -> Event:
+    return DocumentIndexing(document_id=state.document_id, dataset_id=state.dataset_id).to_event(
+        state.version
     )
+
+
+def indexed(state: DocumentState, *, segment_count: int, searchable: bool) -> Event:
+    return DocumentIndexed(
+        document_id=state.document_id,
+        dataset_id=state.dataset_id,
+        segment_count=segment_count,
+        searchable=searchable,
+    ).to_event(state.version)
+
+
+def index_failed(state: DocumentState, *, reason: str) -> Event:
+    return DocumentIndexFailed(
+        document_id=state.document_id, dataset_id=state.dataset_id, reason=reason
+    ).to_event(state.version)

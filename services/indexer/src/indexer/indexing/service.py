@@ -19,12 +19,13 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.console import DocumentState
+from indexer.indexing import reports as report
 from indexer.indexing import repository
-from indexer.indexing.reports import ReportType, report
-from indexer.indexing.schemas import DocumentState
 from indexer.indexing.segmentation import split, text_sha256
 from indexer.models import IndexedDocument, utcnow
-from outbox import Event, OutboxWriter
+from outbox import Event
+from servicekit.db import UnitOfWork
 
 NO_TEXT_REASON = "the document has no indexable text"
 
@@ -40,14 +41,10 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
-SNAPSHOT_TYPE = "console.document.snapshot"
-
-
-async def apply(
-    session: AsyncSession, writer: OutboxWriter, state: DocumentState, *, snapshot: bool = False
-) -> Outcome:
+async def apply(uow: UnitOfWork, state: DocumentState, *, snapshot: bool = False) -> Outcome:
     """`snapshot`: console re-announced its current state without a change (reconcile, rebuild-index):
     applied when the index's version is not newer, so an index that lost or botched that version recovers."""
+    session = uow.session
     current = await repository.lock(session, state.document_id)
     if current is not None and (
         current.deleted
@@ -70,7 +67,7 @@ async def apply(
     _copy_state(current, state)
     digest = text_sha256(state.text)
     if snapshot or current.text_sha256 != digest:  # a snapshot also rebuilds segments a restore lost
-        reports.append(report(state, ReportType.INDEXING))
+        reports.append(report.indexing(state))
         segments = split(state.document_id, state.text)
         await session.flush()  # the document row exists before its segments reference it
         await repository.replace_segments(session, state.document_id, segments)
@@ -78,16 +75,14 @@ async def apply(
         current.segment_count = len(segments)
     await session.flush()
     if current.segment_count == 0:
-        reports.append(report(state, ReportType.INDEX_FAILED, reason=NO_TEXT_REASON))
+        reports.append(report.index_failed(state, reason=NO_TEXT_REASON))
         outcome = Outcome.FAILED
     else:
         reports.append(
-            report(
-                state, ReportType.INDEXED, segment_count=current.segment_count, searchable=current.searchable
-            )
+            report.indexed(state, segment_count=current.segment_count, searchable=current.searchable)
         )
         outcome = Outcome.INDEXED
-    await writer.add(session, *reports)
+    uow.emit(*reports)
     return outcome
 
 

@@ -1,19 +1,19 @@
 """The full-text query: ranked segments of searchable documents of one owner's dataset.
 
-Snippets are HTML-safe: PostgreSQL marks the matches with private-use characters, the snippet is escaped,
-and only then do the markers become <b>…</b>. Documents' own markup is shown as text, never rendered.
+Matches in a snippet are marked with the private-use characters START and STOP (indexer.search.service
+turns them into HTML-safe <b>…</b>).
 """
 
 from __future__ import annotations
 
-import html
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from indexer.models import TS_CONFIG
-from indexer.search.schemas import SearchHit
 
 START, STOP = "\ue000", "\ue001"  # private-use characters: no text legitimately needs them
 _SEARCH = text(
@@ -35,20 +35,9 @@ _SEARCH = text(
 
 async def search(
     session: AsyncSession, *, owner_account_id: str, dataset_id: uuid.UUID, q: str, limit: int
-) -> list[SearchHit]:
-    rows = await session.execute(
+) -> Sequence[Row[Any]]:
+    """Rows of (document_id, segment_id, score, snippet), best first."""
+    result = await session.execute(
         _SEARCH, {"owner": owner_account_id, "dataset_id": dataset_id, "q": q, "limit": limit}
     )
-    return [
-        SearchHit(
-            document_id=r.document_id,
-            segment_id=r.segment_id,
-            score=float(r.score),
-            snippet=highlight(r.snippet),
-        )
-        for r in rows
-    ]
-
-
-def highlight(snippet: str) -> str:
-    return html.escape(snippet).replace(START, "<b>").replace(STOP, "</b>")
+    return result.all()

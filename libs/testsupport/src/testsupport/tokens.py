@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from servicekit.testing import free_port
+from testsupport.ports import free_port
 
 
 class TestTokenIssuer:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from .ports import free_port
-from .tcp_proxy import TcpProxy
+from testsupport.ports import free_port
+from testsupport.tcp_proxy import TcpProxy
 
 LOG_DIR = Path(os.environ.get("E2E_LOG_DIR", Path(tempfile.gettempdir()) / "outbox-e2e-logs"))
 
@@ -57,7 +57,7 @@ def kafka_api_versions_ok(host: str, port: int, timeout: float = 1.0) -> bool:
             (size,) = struct.unpack(">i", header)
             payload = _recv_exact(s, size)
             correlation, error = struct.unpack(">ih", payload[:6])
-            return correlation == 1 and error == 0
+            return bool(correlation == 1 and error == 0)
     except (OSError, struct.error):
         return False
 

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from outbox.envelope import encode_headers, encode_value
 from outbox.kafka import bootstrap_from_env, topic_prefix
-from servicekit.testing import wait_until
+from testsupport.processes import wait_until
 
 
 @dataclass(frozen=True, slots=True)

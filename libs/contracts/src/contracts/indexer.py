@@ -1,0 +1,68 @@
+"""What the indexer reports back: topic `indexer.document`, key = document id, version = the document
+version the report is about (console applies a report only to its document's current version).
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from outbox import Event
+
+TOPIC = "indexer.document"
+
+
+class ReportType(StrEnum):
+    INDEXING = "indexer.document.indexing"
+    INDEXED = "indexer.document.indexed"
+    INDEX_FAILED = "indexer.document.index_failed"
+
+
+class Report(BaseModel):
+    """Common to every report. The version travels in the envelope (and the writer copies it into the data)."""
+
+    TYPE: ClassVar[ReportType]
+
+    document_id: uuid.UUID
+    dataset_id: uuid.UUID
+
+    def to_event(self, version: int) -> Event:
+        return Event(
+            topic=TOPIC,
+            type=self.TYPE.value,
+            aggregate_id=str(self.document_id),
+            version=version,
+            data=self.model_dump(mode="json", exclude_none=True),
+        )
+
+
+class DocumentIndexing(Report):
+    TYPE: ClassVar[ReportType] = ReportType.INDEXING
+
+
+class DocumentIndexed(Report):
+    TYPE: ClassVar[ReportType] = ReportType.INDEXED
+
+    segment_count: int
+    # Whether the version is searchable (enabled, not archived); informational, absent from older reports.
+    searchable: bool | None = None
+
+
+class DocumentIndexFailed(Report):
+    TYPE: ClassVar[ReportType] = ReportType.INDEX_FAILED
+
+    reason: str
+
+
+REPORTS: dict[str, type[Report]] = {
+    model.TYPE.value: model for model in (DocumentIndexing, DocumentIndexed, DocumentIndexFailed)
+}
+
+
+def parse_report(event_type: str, data: dict[str, object]) -> Report | None:
+    """The typed report of an `indexer.document.*` event; None for a type this contract does not know."""
+    model = REPORTS.get(event_type)
+    return model.model_validate(data) if model is not None else None
