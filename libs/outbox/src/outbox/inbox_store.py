@@ -60,6 +60,20 @@ _APPLIED_VERSION = text(
     "SELECT version FROM consumer_versions WHERE consumer = :c AND topic = :t AND aggregate_id = :a"
 )
 
+# The version guard for a batch: lock the aggregates' rows, decide in delivery order in Python, then write
+# each aggregate's new highest version. Two statements per batch instead of one per event.
+_READ_VERSIONS = text(
+    "SELECT topic, aggregate_id, version FROM consumer_versions WHERE consumer = :c "
+    "AND (topic, aggregate_id) IN (SELECT * FROM unnest(CAST(:t AS text[]), CAST(:a AS text[]))) "
+    "ORDER BY topic, aggregate_id FOR UPDATE"
+)
+_WRITE_VERSIONS = text(
+    "INSERT INTO consumer_versions (consumer, topic, aggregate_id, version) "
+    "SELECT :c, t, a, v FROM unnest(CAST(:t AS text[]), CAST(:a AS text[]), CAST(:v AS bigint[])) AS x(t, a, v) "
+    "ON CONFLICT (consumer, topic, aggregate_id) DO UPDATE "
+    "SET version = greatest(consumer_versions.version, EXCLUDED.version)"
+)
+
 _PARK = text(
     "INSERT INTO inbox_parked (consumer, event_id, topic, aggregate_id, version, prev_version, record) "
     "VALUES (:consumer, :event_id, :topic, :aggregate_id, :version, :prev_version, CAST(:record AS jsonb)) "
@@ -162,6 +176,49 @@ class InboxStore:
             return Outcome.STALE
         applied = (await session.execute(_APPLIED_VERSION, key)).scalar_one()
         return Outcome.STALE if applied > event.version else Outcome.PARKED
+
+    async def guard(
+        self, session: AsyncSession, events: Sequence[ReceivedEvent], gap_aware: Sequence[bool]
+    ) -> list[Outcome]:
+        """`advance_version` for a batch, in delivery order: APPLIED, STALE or PARKED per event.
+
+        Another member holding the same partition during a rebalance is serialised by the inbox insert that
+        precedes this (it blocks on the same events' primary keys), so the read here sees its commit."""
+        keyed = [(e.topic, e.subject) for e in events if e.version is not None and e.subject]
+        if not keyed:
+            return [Outcome.APPLIED] * len(events)
+        topics, aggregates = zip(*sorted(set(keyed)), strict=True)
+        read = await session.execute(
+            _READ_VERSIONS, {"c": self.consumer, "t": list(topics), "a": list(aggregates)}
+        )
+        current: dict[tuple[str, str], int] = {(r.topic, r.aggregate_id): r.version for r in read}
+        changed: dict[tuple[str, str], int] = {}
+        verdicts: list[Outcome] = []
+        for event, park in zip(events, gap_aware, strict=True):
+            if event.version is None or not event.subject:
+                verdicts.append(Outcome.APPLIED)
+                continue
+            key = (event.topic, event.subject)
+            applied = current.get(key)
+            if applied is not None and event.version < applied:
+                verdicts.append(Outcome.STALE)
+            elif (
+                applied is not None
+                and park
+                and event.prev_version is not None
+                and applied < event.prev_version
+            ):
+                verdicts.append(Outcome.PARKED)
+            else:
+                verdicts.append(Outcome.APPLIED)
+                if applied is None or event.version > applied:
+                    current[key] = changed[key] = event.version
+        if changed:
+            t, a, v = zip(*((k[0], k[1], v) for k, v in changed.items()), strict=True)
+            await session.execute(
+                _WRITE_VERSIONS, {"c": self.consumer, "t": list(t), "a": list(a), "v": list(v)}
+            )
+        return verdicts
 
     async def park(self, session: AsyncSession, event: ReceivedEvent, record: dict[str, Any]) -> None:
         """Keep an event that arrived before its predecessor, with its record, to apply when that comes."""

@@ -119,12 +119,9 @@ class ApplyPipeline:
                 )
                 rows.append(self.inbox.row(p.event, outcome))
         fresh = await self.inbox.insert(session, rows)
-        stale: list[uuid.UUID] = []
-        parked: list[Parsed] = []
-        advanced: set[tuple[str, str]] = set()
         dead: list[Parsed] = []
         counts = ConsumerStats()
-        group: tuple[Route, list[ReceivedEvent]] | None = None  # consecutive events for one batch handler
+        routed: list[Parsed] = []  # fresh events with a handler, in delivery order
         for item in items:
             event = item.event
             if event is None:  # malformed: no event id to remember it by
@@ -136,28 +133,45 @@ class ApplyPipeline:
             fresh.discard(event.id)  # a second copy inside this batch is a duplicate too
             if item.problem is not None:
                 dead.append(item)
-                continue
-            if item.route is None:
+            elif item.route is None:
                 counts.ignored += 1
                 await self._pass_over(session, event)
-                continue
-            route = item.route
+            else:
+                routed.append(item)
+        # One read and one write of the version guard for the whole batch, not a statement per event.
+        guarded = [i for i in routed if i.route is not None and i.route.version_guard]
+        verdicts = dict(
+            zip(
+                (id(i) for i in guarded),
+                await self.inbox.guard(
+                    session,
+                    [i.event for i in guarded if i.event is not None],
+                    [bool(i.route and i.route.gap_aware) for i in guarded],
+                ),
+                strict=True,
+            )
+        )
+        stale: list[uuid.UUID] = []
+        parked: list[Parsed] = []
+        advanced: set[tuple[str, str]] = set()
+        group: tuple[Route, list[ReceivedEvent]] | None = None  # consecutive events for one batch handler
+        for item in routed:
+            event, route = item.event, item.route
+            assert event is not None and route is not None
             span = self._span(item)
             with trace.use_span(span, end_on_exit=True):
-                if route.version_guard:
-                    verdict = await self.inbox.advance_version(session, event, gap_aware=route.gap_aware)
-                    if verdict is Outcome.STALE:
-                        stale.append(event.id)
-                        counts.stale += 1
-                    elif verdict is Outcome.PARKED:
-                        parked.append(item)
-                        counts.parked += 1
-                    if verdict is not Outcome.APPLIED:
-                        span.set_attribute("outbox.outcome", verdict.value)
-                        continue
-                    if event.subject:
-                        advanced.add((event.topic, event.subject))
-                span.set_attribute("outbox.outcome", Outcome.APPLIED.value)
+                verdict = verdicts.get(id(item), Outcome.APPLIED)
+                span.set_attribute("outbox.outcome", verdict.value)
+                if verdict is Outcome.STALE:
+                    stale.append(event.id)
+                    counts.stale += 1
+                    continue
+                if verdict is Outcome.PARKED:
+                    parked.append(item)
+                    counts.parked += 1
+                    continue
+                if route.version_guard and event.subject:
+                    advanced.add((event.topic, event.subject))
                 counts.applied += 1
                 if route.batch:
                     if group and group[0].handler is not route.handler:

@@ -25,113 +25,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from outbox.envelope import encode_headers
 from outbox.failures import PublishFailure, classify_publish_error, is_database_outage
 from outbox.health import Heartbeat
-from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
+from outbox.kafka import ensure_topics, start_producer
 from outbox.metrics import relay_metrics
 from outbox.outbox_store import OutboxStore, Retention
 from outbox.publisher import BatchPublisher, Outbound
+from outbox.relay_batch import in_aggregate_order, outbound
+from outbox.relay_settings import RelaySettings, RelayStats
 from outbox.tracing import (
     MESSAGING_DESTINATION_PARTITION_ID,
-    capture_context,
-    context_from,
-    send_attributes,
-    tracer,
 )
-from outbox.tracing import recording as tracing_recording
-from outbox.writer import DEFAULT_NOTIFY_CHANNEL
+
+__all__ = ["Relay", "RelaySettings", "RelayStats", "TransientPublishError"]
 
 log = logging.getLogger("outbox.relay")
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    bootstrap: str = field(default_factory=bootstrap_from_env)
-    topic_prefix: str = field(default_factory=topic_prefix)
-    batch_size: int = 1000
-    # Non-retriable publish failures of one row before it is dead-lettered (kept in the table, dead_at set).
-    max_attempts: int = 5
-    # A dead-lettered row holds its aggregate's later rows back until it is redriven (strict order, at the
-    # price of that aggregate's availability); off: the later rows go on and the dead row is a gap.
-    block_on_dead: bool = False
-    row_backoff_initial_s: float = 0.5
-    row_backoff_max_s: float = 60.0
-    idle_poll_min_s: float = 0.001
-    idle_poll_max_s: float = 0.5
-    notify_channel: str | None = DEFAULT_NOTIFY_CHANNEL
-    retention: timedelta = timedelta(days=7)
-    # Dead-lettered rows stay for inspection and redrive this long, then go.
-    dead_retention: timedelta = timedelta(days=30)
-    cleanup_interval_s: float = 60.0
-    cleanup_batch: int = 5000
-    analyze_interval_s: float = 30.0
-    outage_backoff_max_s: float = 5.0
-    max_message_bytes: int = 1_048_576
-    # One record batch per partition lane holds up to this many bytes (below the broker's max.message.bytes).
-    batch_bytes: int = 262_144
-    # The broker must acknowledge a claim's batches within this; past it the acked rows are marked, the rest
-    # stay pending, and the transaction ends (a hung broker never holds row locks or vacuum back for long).
-    ack_timeout_s: float = 30.0
-    # 0: send at once; a batch still goes out together because sends queue while the previous is in flight.
-    linger_ms: int = 0
-    # Claim loops in this process, each over its own share of the aggregates (a hash of the id): while one
-    # waits for the broker's acks or its commit, another claims and sends, so the relay's and PostgreSQL's
-    # work overlap instead of taking turns. Order per aggregate is untouched (an aggregate has one lane).
-    claim_lanes: int = 2
-    compression: str | None = None
-
-    @classmethod
-    def from_env(cls) -> RelaySettings:
-        channel = _env("OUTBOX_NOTIFY_CHANNEL", DEFAULT_NOTIFY_CHANNEL)
-        return cls(
-            batch_size=int(_env("OUTBOX_RELAY_BATCH_SIZE", "1000")),
-            max_attempts=int(_env("OUTBOX_RELAY_MAX_ATTEMPTS", "5")),
-            block_on_dead=_env("OUTBOX_RELAY_BLOCK_ON_DEAD", "false").lower() in ("1", "true", "yes"),
-            idle_poll_max_s=float(_env("OUTBOX_RELAY_IDLE_POLL_MAX_S", "0.5")),
-            notify_channel=channel or None,
-            retention=timedelta(hours=float(_env("OUTBOX_RETENTION_HOURS", str(7 * 24)))),
-            dead_retention=timedelta(hours=float(_env("OUTBOX_DEAD_RETENTION_HOURS", str(30 * 24)))),
-            ack_timeout_s=float(_env("OUTBOX_RELAY_ACK_TIMEOUT_S", "30")),
-            batch_bytes=int(_env("OUTBOX_RELAY_BATCH_BYTES", "262144")),
-            cleanup_interval_s=float(_env("OUTBOX_CLEANUP_INTERVAL_S", "60")),
-            max_message_bytes=int(_env("OUTBOX_MAX_MESSAGE_BYTES", "1048576")),
-            compression=_env("OUTBOX_COMPRESSION", "") or None,
-            linger_ms=int(_env("OUTBOX_RELAY_LINGER_MS", "0")),
-            claim_lanes=max(1, int(_env("OUTBOX_RELAY_CLAIM_LANES", "2"))),
-        )
-
-
-@dataclass(slots=True)
-class RelayStats:
-    batches: int = 0
-    published: int = 0
-    failed_attempts: int = 0
-    dead_lettered: int = 0
-    outages: int = 0
-    cleaned: int = 0
-    producer_resets: int = 0
 
 
 class TransientPublishError(Exception):
@@ -302,7 +223,7 @@ class Relay:
                 if not rows:
                     return 0
                 relay_metrics().claimed(self.name, len(rows))
-                publishable = self._in_aggregate_order(rows)
+                publishable = in_aggregate_order(rows)
                 if publishable:
                     outage = await self._publish(conn, publishable, publisher)
                 self.stats.batches += 1
@@ -347,66 +268,13 @@ class Relay:
                 await asyncio.wait_for(old.producer.stop(), self.settings.ack_timeout_s)
         self.stats.producer_resets += 1  # the next batch starts a new one
 
-    @staticmethod
-    def _in_aggregate_order(rows: Sequence[Row[Any]]) -> list[Row[Any]]:
-        """The claimed rows that continue their aggregate's pending sequence; after a gap, the rest waits."""
-        blocked: set[tuple[str, str]] = set()
-        keep: list[Row[Any]] = []
-        for row in rows:
-            key = (row.topic, row.aggregate_id)
-            if row.gap:
-                blocked.add(key)
-            if key not in blocked:
-                keep.append(row)
-        return keep
-
     async def _publish(
         self, conn: AsyncConnection, rows: Sequence[Row[Any]], publisher: BatchPublisher
     ) -> BaseException | None:
         """Send `rows`, mark the acked ones, charge record failures; returns the first outage, if any."""
         prefix = self.settings.topic_prefix
         await self._ensure_topics({prefix + r.topic for r in rows})
-        # Without a recording tracer provider, pass the writer's context through untouched (cheap path).
-        recording = tracing_recording()
-        spans: list[Span] = []
-        items: list[Outbound] = []
-        for row in rows:
-            stored_context = {"traceparent": row.traceparent} if row.traceparent else {}
-            if row.tracestate:
-                stored_context["tracestate"] = row.tracestate
-            span: Span = trace.INVALID_SPAN
-            trace_context = stored_context
-            if recording:
-                span = tracer().start_span(
-                    f"send {row.topic}",
-                    context=context_from(stored_context),
-                    kind=SpanKind.PRODUCER,
-                    attributes={
-                        **send_attributes(row.topic, str(row.event_id), row.aggregate_id),
-                        "outbox.id": row.id,
-                    },
-                )
-                with trace.use_span(span, end_on_exit=False):
-                    trace_context = capture_context()
-            headers = encode_headers(
-                event_id=row.event_id,
-                event_type=row.event_type,
-                source=row.source,
-                subject=row.aggregate_id,
-                time=row.occurred_at,
-                version=row.aggregate_version,
-                trace_context=trace_context,
-                prev_version=row.prev_version,
-            )
-            spans.append(span)
-            items.append(
-                Outbound(
-                    topic=prefix + row.topic,
-                    key=row.aggregate_id.encode(),
-                    value=row.payload_json.encode(),
-                    headers=headers,
-                )
-            )
+        items, spans, recording = outbound(rows, prefix)
         await publisher.publish(items)
         return await self._record_outcomes(conn, rows, items, spans, recording)
 
