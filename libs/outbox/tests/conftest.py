@@ -41,7 +41,9 @@ async def clean(engine: AsyncEngine) -> None:
     """Every test starts from empty tables (they share one database)."""
     async with engine.begin() as conn:
         await conn.execute(
-            text("TRUNCATE outbox, inbox, consumer_versions, inbox_parked, effects RESTART IDENTITY")
+            text(
+                "TRUNCATE outbox, outbox_heads, inbox, consumer_versions, inbox_parked, effects RESTART IDENTITY"
+            )
         )
 
 

@@ -73,11 +73,14 @@ async def test_a_second_writer_of_an_aggregate_waits_so_ids_follow_commit_order(
 
     task = asyncio.create_task(second())
 
-    async def waiting_on_advisory_lock() -> bool:
-        found = await rows(engine, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    async def waiting_for_the_first() -> bool:
+        found = await rows(
+            engine,
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%outbox_heads%'",
+        )
         return bool(found)
 
-    await wait_until(waiting_on_advisory_lock, timeout=10, what="the second writer waits for the first")
+    await wait_until(waiting_for_the_first, timeout=10, what="the second writer waits for the first")
     assert not second_done.is_set()
     await first.commit()
     await first.close()
@@ -428,7 +431,7 @@ async def test_outbox_why_names_the_row_holding_an_aggregate_back_its_lock_holde
                 "available_at = now() + interval '1 hour' WHERE aggregate_version = 2"
             )
         )
-    holder = sessions()  # a writer of x that has not committed: it holds x's advisory lock
+    holder = sessions()  # a writer of x that has not committed: it holds x's head row
     await holder.begin()
     await writer.add(holder, ev(topic, "x", 4))
     try:
@@ -443,7 +446,7 @@ async def test_outbox_why_names_the_row_holding_an_aggregate_back_its_lock_holde
             states[1] == (2, "backoff") and states[2][0] == 3 and states[2][1].startswith("blocked behind #")
         )
         assert report["held_by"]["aggregate_version"] == 2 and "too big" in report["held_by"]["last_error"]
-        assert any(h["locktype"] == "advisory" for h in report["lock_holders"])
+        assert any(h["holds"] == "the aggregate's writer lock" for h in report["lock_holders"])
         assert report["consumers"][0]["applied_versions"][0]["version"] == 1
         human = (await outbox_cli("why", "x", "--database-url", database_url))[1]
         assert "held back by #" in human and "backoff" in human

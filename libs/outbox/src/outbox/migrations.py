@@ -79,14 +79,22 @@ V2_DOWN = ("DROP INDEX ix_outbox_backoff",)
 #   (`ce_prevversion` on the wire); a consumer tells "stale" from "missing" with it.
 # - claims in ready order (`available_at`, then id): a replayed or redriven row waits its turn behind rows
 #   that were ready before it instead of jumping ahead of every newer row (or the reverse).
-# - one index per aggregate over all rows (the writer's previous-version lookup; the claim's gap check).
+# - `outbox_heads`: one row per aggregate, its last version; the writer's upsert of it locks the aggregate
+#   until commit (so ids follow commit order per aggregate) and returns the previous version.
 # - `inbox_parked`: events a consumer received before a version they depend on; released when it arrives.
 V3 = (
     "ALTER TABLE outbox ADD COLUMN prev_version BIGINT",
     "DROP INDEX ix_outbox_pending",
     "CREATE INDEX ix_outbox_ready ON outbox (available_at, id) WHERE published_at IS NULL AND dead_at IS NULL",
-    "DROP INDEX ix_outbox_pending_aggregate",
-    "CREATE INDEX ix_outbox_aggregate ON outbox (topic, aggregate_id, id)",
+    """
+    CREATE TABLE outbox_heads (
+        topic TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        version BIGINT,
+        previous BIGINT,
+        CONSTRAINT pk_outbox_heads PRIMARY KEY (topic, aggregate_id)
+    )
+    """,
     """
     CREATE TABLE inbox_parked (
         consumer TEXT NOT NULL,
@@ -105,8 +113,7 @@ V3 = (
 
 V3_DOWN = (
     "DROP TABLE inbox_parked",
-    "DROP INDEX ix_outbox_aggregate",
-    "CREATE INDEX ix_outbox_pending_aggregate ON outbox (topic, aggregate_id, id) WHERE published_at IS NULL AND dead_at IS NULL",
+    "DROP TABLE outbox_heads",
     "DROP INDEX ix_outbox_ready",
     "CREATE INDEX ix_outbox_pending ON outbox (id) WHERE published_at IS NULL AND dead_at IS NULL",
     "ALTER TABLE outbox DROP COLUMN prev_version",

@@ -1,6 +1,7 @@
 """Tables the library owns. Each service includes `metadata` in its own Alembic migrations.
 
 `outbox`   events waiting for (or retained after) publication; written in the caller's transaction.
+`outbox_heads`  each aggregate's last version: the writer's per-aggregate lock and previous version.
 `inbox`    one row per (consumer, event id) applied: the idempotency record of the consumer.
 `consumer_versions`  highest aggregate version a consumer applied: the stale-event guard.
 `inbox_parked`  events a gap-aware consumer received before the version they follow; applied once it is.
@@ -49,7 +50,7 @@ outbox_table = Table(
     Column("published_at", TIMESTAMP(timezone=True), nullable=True),
     Column("dead_at", TIMESTAMP(timezone=True), nullable=True),
     Index("ix_outbox_ready", "available_at", "id", postgresql_where=_PENDING),
-    Index("ix_outbox_aggregate", "topic", "aggregate_id", "id"),
+    Index("ix_outbox_pending_aggregate", "topic", "aggregate_id", "id", postgresql_where=_PENDING),
     Index("ix_outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")),
     Index("ix_outbox_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
     Index(
@@ -88,6 +89,18 @@ consumer_versions_table = Table(
     PrimaryKeyConstraint("consumer", "topic", "aggregate_id", name="pk_consumer_versions"),
 )
 
+
+outbox_heads_table = Table(
+    "outbox_heads",
+    metadata,
+    # One row per aggregate: its last version and the one before. The writer upserts it in the event's
+    # transaction, which locks the aggregate until commit.
+    Column("topic", Text, nullable=False),
+    Column("aggregate_id", Text, nullable=False),
+    Column("version", BigInteger, nullable=True),
+    Column("previous", BigInteger, nullable=True),
+    PrimaryKeyConstraint("topic", "aggregate_id", name="pk_outbox_heads"),
+)
 
 inbox_parked_table = Table(
     "inbox_parked",

@@ -1,8 +1,8 @@
 """`outbox why AGGREGATE|EVENT_ID`: why an aggregate's events are not out yet, and where one event went.
 
 For an aggregate: its rows by state (published, ready, behind another row, in backoff, dead), the row that
-holds the rest back with its error and `available_at`, and who holds a lock on it (a writer's advisory lock
-on the aggregate, a relay's claim on its rows: `pg_locks` and `pg_stat_activity`). For an event id: its
+holds the rest back with its error and `available_at`, and who holds a lock on it (a writer's open transaction
+on the aggregate's head row, a relay's claim on its rows: `pg_locks` and `pg_stat_activity`). For an event id: its
 outbox row, then, in each consumer database given, the consumer's inbox row (outcome, Kafka partition and
 offset) or its parked copy. Read-only: every statement runs in a transaction that is rolled back.
 """
@@ -33,15 +33,20 @@ _ROWS = text(
 )
 # Rows that a relay's open claim holds: a SKIP LOCKED read does not return them.
 _UNLOCKED = text("SELECT id FROM outbox WHERE id = ANY(:ids) FOR UPDATE SKIP LOCKED")
+# A writer that has not committed holds its aggregates' head rows: the visible row version's xmax is its
+# transaction, whose own lock names the backend. A relay's claim holds outbox rows FOR UPDATE.
 _LOCK_HOLDERS = text(
     """
-    SELECT DISTINCT a.pid, a.application_name, a.state, a.xact_start, left(a.query, 200) AS query, l.locktype
+    SELECT DISTINCT a.pid, a.application_name, a.state, a.xact_start, left(a.query, 200) AS query,
+           CASE WHEN l.locktype = 'transactionid' THEN 'the aggregate''s writer lock'
+                ELSE 'a claim on outbox rows' END AS holds
     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE a.pid <> pg_backend_pid() AND l.granted AND (
         (l.locktype = 'relation' AND l.relation = 'outbox'::regclass AND l.mode = 'RowShareLock')
-        OR (l.locktype = 'advisory' AND l.objsubid = 1 AND EXISTS (
-            SELECT 1 FROM unnest(CAST(:keys AS text[])) k, LATERAL (SELECT hashtextextended(k, 0) AS h) x
-            WHERE l.classid::bigint = ((x.h >> 32) & 4294967295) AND l.objid::bigint = (x.h & 4294967295))))
+        OR (l.locktype = 'transactionid' AND l.transactionid IN (
+            SELECT h.xmax FROM outbox_heads h
+            JOIN unnest(CAST(:topics AS text[]), CAST(:aggregates AS text[])) AS k(t, a)
+              ON h.topic = k.t AND h.aggregate_id = k.a)))
     ORDER BY a.pid
     """
 )
@@ -81,8 +86,13 @@ async def explain(
         ]
         unpublished = [r["id"] for r in found if r["published_at"] is None and r["dead_at"] is None]
         free = set((await conn.execute(_UNLOCKED, {"ids": unpublished})).scalars()) if unpublished else set()
-        keys = sorted({f"{r['topic']}\x1f{r['aggregate_id']}" for r in found})
-        holders = [dict(r._mapping) for r in await conn.execute(_LOCK_HOLDERS, {"keys": keys})]
+        keys = sorted({(r["topic"], r["aggregate_id"]) for r in found})
+        holders = [
+            dict(r._mapping)
+            for r in await conn.execute(
+                _LOCK_HOLDERS, {"topics": [k[0] for k in keys], "aggregates": [k[1] for k in keys]}
+            )
+        ]
         await conn.rollback()
     _annotate(found, claimed={i for i in unpublished if i not in free})
     report: dict[str, Any] = {
@@ -175,7 +185,7 @@ def render(report: dict[str, Any]) -> str:
         )
     for h in report["lock_holders"]:
         lines.append(
-            f"lock ({h['locktype']}) held by pid {h['pid']} {h['application_name'] or ''} {h['state']} "
+            f"{h['holds']} held by pid {h['pid']} {h['application_name'] or ''} {h['state']} "
             f"since {h['xact_start']}: {h['query']}"
         )
     for side in report["consumers"]:

@@ -5,14 +5,13 @@ with the state change; if it commits, both are durable together. That is the who
 
 Order. The relay publishes each aggregate's rows in id order, and an id is taken at INSERT, not at commit:
 two transactions writing the same aggregate could commit in the opposite order of their ids, and consumers
-would then see an order the database never had. So, by default, `add` first takes a transaction-scoped
-advisory lock per (topic, aggregate) (in sorted order, so two writers of the same aggregates cannot
-deadlock within one `add`): a second writer of that aggregate waits until the first commits, and ids
-follow commit order per aggregate. Under that lock the INSERT also records each event's `prev_version`
-(the aggregate's previous version in the outbox), which gap-aware consumers use to tell a stale event
-from one whose predecessor has not arrived. `lock_aggregates=False` skips the lock for callers that
-already serialise writers per aggregate (console locks the document row with SELECT ... FOR UPDATE).
-READ COMMITTED (PostgreSQL's default) is assumed: each statement sees what committed before it began.
+would then see an order the database never had. So `add` first upserts the aggregate's row in
+`outbox_heads` (in sorted order, so two writers of the same aggregates cannot deadlock within one `add`):
+the row lock makes a second writer of that aggregate wait until the first commits, so ids follow commit
+order per aggregate, and the upsert hands back the aggregate's previous version (read from the latest
+committed row even after waiting), stored as the event's `prev_version`; gap-aware consumers use it to
+tell a stale event from one whose predecessor has not arrived. All of it, the outbox INSERT and the NOTIFY
+are one statement: one round trip per `add`.
 """
 
 from __future__ import annotations
@@ -31,12 +30,10 @@ DEFAULT_NOTIFY_CHANNEL = "outbox_pending"
 # Kafka's default max.message.bytes is 1 MiB for a whole record batch; headers and framing need room too.
 DEFAULT_MAX_EVENT_BYTES = 1_000_000
 
-_LOCK = text(
-    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM unnest(CAST(:keys AS text[])) AS k"
-)
-
-# One constant statement over arrays (prepared once per connection whatever the number of events). An
-# event's previous version is the one before it in this call, else the aggregate's last row in the outbox.
+# One constant statement over arrays (prepared once per connection whatever the number of events). The
+# INSERT reads `heads`, so each aggregate's head row is locked (waiting for an earlier writer's commit)
+# before the outbox rows take their ids. An event's previous version is the one before it in this call,
+# else the head's.
 _INSERT = """
 WITH r AS (
     SELECT * FROM unnest(
@@ -45,24 +42,29 @@ WITH r AS (
         CAST(:trace_context AS jsonb[]), CAST(:occurred_at AS timestamptz[]), CAST(:standalone AS boolean[])
     ) WITH ORDINALITY AS r(event_id, topic, event_type, source, aggregate_id, aggregate_version, payload,
                            trace_context, occurred_at, standalone, ord)
+), heads AS (
+    INSERT INTO outbox_heads AS h (topic, aggregate_id, version)
+    SELECT topic, aggregate_id, max(aggregate_version) FROM r GROUP BY topic, aggregate_id
+    ORDER BY topic, aggregate_id
+    ON CONFLICT (topic, aggregate_id) DO UPDATE
+        SET version = coalesce(EXCLUDED.version, h.version), previous = h.version
+    RETURNING h.topic, h.aggregate_id, h.previous
 ), inserted AS (
     INSERT INTO outbox (event_id, topic, event_type, source, aggregate_id, aggregate_version, prev_version,
                         payload, trace_context, occurred_at)
     SELECT r.event_id, r.topic, r.event_type, r.source, r.aggregate_id, r.aggregate_version,
            CASE WHEN r.aggregate_version IS NOT NULL AND NOT r.standalone THEN coalesce(
-               lag(r.aggregate_version) OVER (PARTITION BY r.topic, r.aggregate_id ORDER BY r.ord),
-               (SELECT o.aggregate_version FROM outbox o
-                WHERE o.topic = r.topic AND o.aggregate_id = r.aggregate_id AND o.aggregate_version IS NOT NULL
-                ORDER BY o.id DESC LIMIT 1)
+               lag(r.aggregate_version) OVER (PARTITION BY r.topic, r.aggregate_id ORDER BY r.ord), heads.previous
            ) END,
            r.payload, r.trace_context, r.occurred_at
-    FROM r ORDER BY r.ord
+    FROM r JOIN heads ON heads.topic = r.topic AND heads.aggregate_id = r.aggregate_id
+    ORDER BY r.ord
     RETURNING 1
 )
 SELECT count(*) {notify} FROM inserted
 """
 _INSERT_QUIET = text(_INSERT.format(notify=""))
-# The NOTIFY rides the same statement: one round trip; PostgreSQL delivers it only on commit.
+# The NOTIFY rides the same statement; PostgreSQL delivers it only on commit.
 _INSERT_NOTIFY = text(_INSERT.format(notify=", pg_notify(:channel, '')"))
 
 
@@ -75,7 +77,6 @@ class OutboxWriter:
 
     `source` is the CloudEvents source (the service name). With `notify_channel` set, the transaction also
     sends a NOTIFY so a listening relay wakes at once; PostgreSQL delivers it only on commit.
-    `lock_aggregates` (default on): see the module's docstring.
     """
 
     def __init__(
@@ -84,12 +85,10 @@ class OutboxWriter:
         *,
         notify_channel: str | None = DEFAULT_NOTIFY_CHANNEL,
         max_event_bytes: int | None = None,
-        lock_aggregates: bool = True,
     ) -> None:
         self.source = source
         self.notify_channel = notify_channel
         self.max_event_bytes = max_event_bytes if max_event_bytes is not None else max_event_bytes_from_env()
-        self.lock_aggregates = lock_aggregates
 
     async def add(self, session: AsyncSession | AsyncConnection, *events: Event) -> None:
         """Insert `events` in the transaction open on `session` (an ORM session or a Core connection).
@@ -128,9 +127,6 @@ class OutboxWriter:
             columns["trace_context"].append(context)
             columns["occurred_at"].append(event.time)
             columns["standalone"].append(event.standalone)
-        if self.lock_aggregates:
-            keys = sorted({f"{e.topic}\x1f{e.aggregate_id}" for e in events})
-            await session.execute(_LOCK, {"keys": keys})
         if self.notify_channel:
             await session.execute(_INSERT_NOTIFY, {**columns, "channel": self.notify_channel})
         else:
