@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from outbox.dead_letters import DeadLetterSender
 from outbox.dlq import REDRIVE_HEADER
+from outbox.env_settings import from_env
 from outbox.envelope import MalformedMessage, decode_record
 from outbox.handlers import (
     BatchContext,
@@ -55,14 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("outbox.consumer")
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, str(default)))
-
-
-def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, str(default)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +92,16 @@ class ConsumerSettings:
 
     @classmethod
     def from_env(cls) -> ConsumerSettings:
-        return cls(
-            max_attempts=_env_int("OUTBOX_CONSUMER_MAX_ATTEMPTS", 5),
-            retry_initial_s=_env_float("OUTBOX_CONSUMER_RETRY_INITIAL_S", 0.05),
-            retry_max_s=_env_float("OUTBOX_CONSUMER_RETRY_MAX_S", 2.0),
-            max_batch=_env_int("OUTBOX_CONSUMER_MAX_BATCH", 500),
-            fetch_max_wait_ms=_env_int("OUTBOX_CONSUMER_FETCH_MAX_WAIT_MS", 5),
-            session_timeout_ms=_env_int("OUTBOX_CONSUMER_SESSION_TIMEOUT_MS", 10_000),
-            inbox_retention=timedelta(hours=_env_float("OUTBOX_INBOX_RETENTION_HOURS", 30 * 24)),
-            park_alert_after_s=_env_float("OUTBOX_CONSUMER_PARK_ALERT_S", 60.0),
-        )
+        """Every field from `OUTBOX_CONSUMER_<FIELD>`, or the shared name in `CONSUMER_ENV`."""
+        return from_env(cls, "OUTBOX_CONSUMER_", CONSUMER_ENV)
+
+
+CONSUMER_ENV = {
+    "bootstrap": "KAFKA_BOOTSTRAP",
+    "topic_prefix": "OUTBOX_TOPIC_PREFIX",
+    "inbox_retention": "OUTBOX_INBOX_RETENTION_HOURS",
+    "park_alert_after_s": "OUTBOX_CONSUMER_PARK_ALERT_S",
+}
 
 
 class IdempotentConsumer:

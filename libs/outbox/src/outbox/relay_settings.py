@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from outbox.env_settings import from_env
 from outbox.kafka import bootstrap_from_env, topic_prefix
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,25 +46,28 @@ class RelaySettings:
     claim_lanes: int = 2
     compression: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.claim_lanes < 1:
+            raise ValueError("claim_lanes must be at least 1")
+
     @classmethod
     def from_env(cls) -> RelaySettings:
-        channel = _env("OUTBOX_NOTIFY_CHANNEL", DEFAULT_NOTIFY_CHANNEL)
-        return cls(
-            batch_size=int(_env("OUTBOX_RELAY_BATCH_SIZE", "1000")),
-            max_attempts=int(_env("OUTBOX_RELAY_MAX_ATTEMPTS", "5")),
-            block_on_dead=_env("OUTBOX_RELAY_BLOCK_ON_DEAD", "false").lower() in ("1", "true", "yes"),
-            idle_poll_max_s=float(_env("OUTBOX_RELAY_IDLE_POLL_MAX_S", "0.5")),
-            notify_channel=channel or None,
-            retention=timedelta(hours=float(_env("OUTBOX_RETENTION_HOURS", str(7 * 24)))),
-            dead_retention=timedelta(hours=float(_env("OUTBOX_DEAD_RETENTION_HOURS", str(30 * 24)))),
-            ack_timeout_s=float(_env("OUTBOX_RELAY_ACK_TIMEOUT_S", "30")),
-            batch_bytes=int(_env("OUTBOX_RELAY_BATCH_BYTES", "262144")),
-            cleanup_interval_s=float(_env("OUTBOX_CLEANUP_INTERVAL_S", "60")),
-            max_message_bytes=int(_env("OUTBOX_MAX_MESSAGE_BYTES", "1048576")),
-            compression=_env("OUTBOX_COMPRESSION", "") or None,
-            linger_ms=int(_env("OUTBOX_RELAY_LINGER_MS", "0")),
-            claim_lanes=max(1, int(_env("OUTBOX_RELAY_CLAIM_LANES", "2"))),
-        )
+        """Every field from `OUTBOX_RELAY_<FIELD>`, or the shared name in `RELAY_ENV`; defaults above."""
+        return from_env(cls, "OUTBOX_RELAY_", RELAY_ENV)
+
+
+# Names shared with other parts of the library (the writer, the CLI) or kept from earlier releases.
+RELAY_ENV = {
+    "bootstrap": "KAFKA_BOOTSTRAP",
+    "topic_prefix": "OUTBOX_TOPIC_PREFIX",
+    "notify_channel": "OUTBOX_NOTIFY_CHANNEL",
+    "retention": "OUTBOX_RETENTION_HOURS",
+    "dead_retention": "OUTBOX_DEAD_RETENTION_HOURS",
+    "cleanup_interval_s": "OUTBOX_CLEANUP_INTERVAL_S",
+    "cleanup_batch": "OUTBOX_CLEANUP_BATCH",
+    "max_message_bytes": "OUTBOX_MAX_MESSAGE_BYTES",
+    "compression": "OUTBOX_COMPRESSION",
+}
 
 
 @dataclass(slots=True)

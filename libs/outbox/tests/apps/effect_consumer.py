@@ -1,7 +1,9 @@
 """A consumer process for crash tests and the bench: applies each event as one row in `effects` (no unique
 key there, so an event applied twice would show as two rows).
 
-    python effect_consumer.py DB_URL GROUP TOPIC [DELAY_S] [per-event|batch]
+    python effect_consumer.py DB_URL GROUP TOPIC [DELAY_S] [per-event|per-event-guarded|batch|batch-guarded]
+
+`*-guarded`: the configuration a user runs (inbox + version guard, gap-aware).
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ async def main(url: str, group: str, topic: str, delay_s: float, mode: str) -> N
 
     if mode == "batch":
         consumer.batch_handler("*", version_guard=False)(record_effects)
+    elif mode == "batch-guarded":
+        consumer.batch_handler("*", version_guard=True, gap_aware=True)(record_effects)
     else:
 
-        @consumer.handler("*", version_guard=False)
+        @consumer.handler(
+            "*", version_guard=mode == "per-event-guarded", gap_aware=mode == "per-event-guarded"
+        )
         async def apply(ctx: EventContext) -> None:
             await record_effect(ctx)
             if delay_s:

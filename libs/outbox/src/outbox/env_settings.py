@@ -1,0 +1,71 @@
+"""Settings from the environment, one place for defaults: the dataclass's own.
+
+Every field of a settings dataclass can be set as `<PREFIX><FIELD>` (e.g. `OUTBOX_RELAY_BATCH_SIZE`),
+or under the name a mapping gives it (names shared by several parts, like `OUTBOX_RETENTION_HOURS`). An
+unset variable leaves the field's default. Values are parsed by the field's type: int, float, bool
+(`1/true/yes/on`), str, `str | None` (empty: None), `timedelta` (hours: the variables end in `_HOURS`).
+
+Why not pydantic-settings: the library's one required dependency is the OpenTelemetry API; pydantic would
+add a compiled package to every user to parse a dozen numbers, and these settings are frozen dataclasses
+that tests build and `dataclasses.replace` freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingError(ValueError):
+    """An environment variable that does not parse as its setting's type."""
+
+
+def env_name(prefix: str, field: str, names: Mapping[str, str]) -> str:
+    return names.get(field, prefix + field.upper())
+
+
+def from_env(cls: type[T], prefix: str, names: Mapping[str, str] | None = None, **fixed: Any) -> T:
+    """`cls(**fixed, **every field whose variable is set)`."""
+    names = names or {}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = dict(fixed)
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = env_name(prefix, field.name, names)
+        if field.name in fixed or name not in os.environ:
+            continue
+        values[field.name] = _parse(name, os.environ[name], hints[field.name])
+    return cls(**values)
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    optional = False
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        optional, kind = True, args[0]
+    value = raw.strip()
+    if optional and not value:
+        return None
+    try:
+        if kind is bool:
+            if value.lower() not in _TRUE | _FALSE:
+                raise ValueError(value)
+            return value.lower() in _TRUE
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind is timedelta:
+            return timedelta(hours=float(value))
+        return value
+    except ValueError as exc:
+        raise SettingError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
