@@ -117,6 +117,31 @@ _PRUNE = text(
 )
 
 
+def decide(
+    applied: dict[tuple[str, str], int], events: Sequence[ReceivedEvent], gap_aware: Sequence[bool]
+) -> tuple[list[Outcome], dict[tuple[str, str], int]]:
+    """The version guard's verdicts for `events` in delivery order, given each aggregate's applied
+    version; and the aggregates' new highest versions. Pure: the stores read and write around it."""
+    current = dict(applied)
+    changed: dict[tuple[str, str], int] = {}
+    verdicts: list[Outcome] = []
+    for event, park in zip(events, gap_aware, strict=True):
+        if event.version is None or not event.subject:
+            verdicts.append(Outcome.APPLIED)
+            continue
+        key = (event.topic, event.subject)
+        seen = current.get(key)
+        if seen is not None and event.version < seen:
+            verdicts.append(Outcome.STALE)
+        elif seen is not None and park and event.prev_version is not None and seen < event.prev_version:
+            verdicts.append(Outcome.PARKED)
+        else:
+            verdicts.append(Outcome.APPLIED)
+            if seen is None or event.version > seen:
+                current[key] = changed[key] = event.version
+    return verdicts, changed
+
+
 class InboxStore:
     """Inbox rows and aggregate versions of one consumer, in the caller's transaction."""
 
@@ -192,27 +217,7 @@ class InboxStore:
             _READ_VERSIONS, {"c": self.consumer, "t": list(topics), "a": list(aggregates)}
         )
         current: dict[tuple[str, str], int] = {(r.topic, r.aggregate_id): r.version for r in read}
-        changed: dict[tuple[str, str], int] = {}
-        verdicts: list[Outcome] = []
-        for event, park in zip(events, gap_aware, strict=True):
-            if event.version is None or not event.subject:
-                verdicts.append(Outcome.APPLIED)
-                continue
-            key = (event.topic, event.subject)
-            applied = current.get(key)
-            if applied is not None and event.version < applied:
-                verdicts.append(Outcome.STALE)
-            elif (
-                applied is not None
-                and park
-                and event.prev_version is not None
-                and applied < event.prev_version
-            ):
-                verdicts.append(Outcome.PARKED)
-            else:
-                verdicts.append(Outcome.APPLIED)
-                if applied is None or event.version > applied:
-                    current[key] = changed[key] = event.version
+        verdicts, changed = decide(current, events, gap_aware)
         if changed:
             t, a, v = zip(*((k[0], k[1], v) for k, v in changed.items()), strict=True)
             await session.execute(
