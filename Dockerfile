@@ -1,0 +1,62 @@
+# One image for every process of the system (deploy/compose.yml): the auth, console and indexer APIs, a relay
+# per service, the consumers and the migrations. Which one runs is the container's command:
+#   python -m auth | python -m console | python -m indexer                     the APIs
+#   outbox relay --database-url URL --name auth|console|indexer                 a relay
+#   python -m console.consumer | python -m indexer.consumer                     the consumers
+#   alembic -c services/<service>/alembic.ini upgrade head                      a service's migrations
+# No secret is baked in: settings come from the environment at run time (the few ENV defaults below are not secret).
+#
+# BASE_IMAGE is an argument because some build machines cannot pull public images: any Debian-like image
+# with CPython 3.11 and its venv module on PATH as python3.11 works (deploy/local/images.sh builds one).
+# Written for the classic builder and BuildKit alike (no RUN --mount), so `docker-compose build` works too.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# --- build: resolve and install the locked dependencies into /app/.venv -------------------------------------
+FROM ${BASE_IMAGE} AS build
+ARG UV_VERSION=0.13.9
+# uv from PyPI into its own virtual environment (not in the final image). PIP_INDEX_URL / UV_INDEX_URL may be
+# given as build arguments for a mirror; neither is a secret and neither reaches the final stage.
+ARG PIP_INDEX_URL
+ARG UV_INDEX_URL
+RUN python3.11 -m venv /opt/uv \
+ && /opt/uv/bin/pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON=python3.11 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /app
+# Dependencies first (their layer survives source edits): the lock and every workspace member's pyproject.
+COPY pyproject.toml uv.lock ./
+COPY libs/outbox/pyproject.toml libs/outbox/README.md libs/outbox/LICENSE libs/outbox/
+COPY libs/servicekit/pyproject.toml libs/servicekit/
+COPY services/auth/pyproject.toml services/auth/
+COPY services/console/pyproject.toml services/console/
+COPY services/indexer/pyproject.toml services/indexer/
+RUN /opt/uv/bin/uv sync --frozen --no-dev --all-packages --no-install-workspace --no-cache
+# Then the code, installed as regular (non-editable) packages: the final stage needs no source tree.
+COPY libs libs
+COPY services services
+RUN /opt/uv/bin/uv sync --frozen --no-dev --all-packages --no-editable --no-cache
+
+# --- final: the interpreter, the virtual environment, the migrations; no uv, pip cache or build tools -------
+FROM ${BASE_IMAGE}
+RUN groupadd --gid 10001 app \
+ && useradd --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
+WORKDIR /app
+COPY --from=build /app/.venv /app/.venv
+# Alembic reads each service's alembic.ini and migrations/ from the file system (not from the wheel).
+COPY services/auth/alembic.ini services/auth/alembic.ini
+COPY services/auth/migrations services/auth/migrations
+COPY services/console/alembic.ini services/console/alembic.ini
+COPY services/console/migrations services/console/migrations
+COPY services/indexer/alembic.ini services/indexer/alembic.ini
+COPY services/indexer/migrations services/indexer/migrations
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json \
+    OUTBOX_HEARTBEAT_FILE=/tmp/outbox-heartbeat
+USER app:app
+# A harmless default: the operator's CLI. Every compose service names its own command.
+CMD ["outbox", "--help"]
