@@ -187,8 +187,12 @@ def check(args: argparse.Namespace) -> int:
 
 
 def check_image(image: str, env: dict[str, str], services: dict[str, dict[str, Any]]) -> list[str]:
+    def executable(svc: dict[str, Any]) -> str | None:
+        argv = svc.get("entrypoint") or svc.get("command")
+        return str(argv[0]) if argv else None
+
     commands = sorted(
-        {svc["command"][0] for svc in services.values() if svc.get("image") == image and svc.get("command")}
+        {x for svc in services.values() if svc.get("image") == image and (x := executable(svc))}
     )
     script = f"""
 set -e
