@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import signal
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -99,6 +101,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.touch()
     server = ThreadingHTTPServer((args.host, args.port), handler(args.out))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop at once, also as PID 1
     print(f"otlp sink on {args.host}:{args.port}, spans to {args.out}", flush=True)
     server.serve_forever()
 
