@@ -11,13 +11,13 @@ names when one answers, else against the local stand-in engine of deploy/local/i
 compose.local.yml's base image.
 
 `smoke` runs deploy/local/images.sh (the engine and the stand-in images), renders compose.yml +
-compose.local.yml with random secrets, brings it up with `--scale indexer-consumer=2`, waits until every
-container with a healthcheck is healthy and the jobs completed, runs the README's quick-start block through
-the gateway, checks that one trace crosses console, its relay, the indexer's consumer and relay and
-console's consumer, checks every container again, and tears everything down, also on failure (logs are
-kept in .stack/compose-smoke/ then). docker-compose 1.29 (Debian's) cannot drop the published ports of
-compose.yml in an override and refuses published ports with host networking, so the rendered file leaves
-`ports:` out of host-network services; nothing else is changed.
+compose.local.yml with random secrets, brings it up with two indexer consumers and two console relays,
+waits until every container with a healthcheck is healthy and the jobs completed, runs the README's
+quick-start block through the gateway, checks that one trace crosses console, its relay, the indexer's
+consumer and relay and console's consumer, checks every container again, and tears everything down, also
+on failure (logs are kept in .stack/compose-smoke/ then). docker-compose 1.29 (Debian's) cannot drop the
+published ports of compose.yml in an override and refuses published ports with host networking, so the
+rendered file leaves `ports:` out of host-network services; nothing else is changed.
 """
 
 from __future__ import annotations
@@ -108,6 +108,22 @@ def engine_answers(env: dict[str, str]) -> bool:
     )
 
 
+def engine_dir() -> Path:
+    return Path(os.environ.get("COMPOSE_DOCKER_DIR", "/var/tmp/outbox-compose-docker"))
+
+
+def local_engine_up() -> bool:
+    return engine_answers({**os.environ, "DOCKER_HOST": f"unix://{engine_dir() / 'docker.sock'}"})
+
+
+def stop_local_engine() -> None:
+    subprocess.run(
+        ["bash", str(ROOT / "tests/e2e/docker/down.sh")],
+        env={**os.environ, "E2E_DOCKER_DIR": str(engine_dir())},
+        check=False,
+    )
+
+
 def local_engine() -> str:
     """Start (or reuse) the stand-in engine and images; its DOCKER_HOST."""
     out = subprocess.run(["bash", str(IMAGES)], check=True, stdout=subprocess.PIPE, text=True)
@@ -164,10 +180,12 @@ def check(args: argparse.Namespace) -> int:
             failures.append("empty secrets accepted")
 
         files = [BASE]
+        started_engine = False
         if args.local or not engine_answers(env):
             log(
                 "no Docker engine answers here (or --local): building on the stand-in engine (compose.local.yml)"
             )
+            started_engine = not local_engine_up()
             env["DOCKER_HOST"] = local_engine()
             files = [BASE, LOCAL]
         compose = Compose(files, env_file, env)
@@ -180,6 +198,8 @@ def check(args: argparse.Namespace) -> int:
             images = {config["services"][name]["image"] for name in built}
             for image in sorted(images):
                 failures += check_image(image, env, {name: config["services"][name] for name in built})
+        if started_engine:
+            stop_local_engine()
     log(f"{'PASS' if not failures else 'FAIL'} compose-check in {time.monotonic() - started:.0f} s")
     for failure in failures:
         log(f"  failed: {failure}")
@@ -203,6 +223,10 @@ python -c "import auth.main, console.main, indexer.main, console.consumer, index
 outbox --help >/dev/null
 for s in auth console indexer; do test -f services/$s/alembic.ini; done
 alembic --version
+# outside local mode auth refuses a default key-encryption key at start-up
+if AUTH_ENVIRONMENT=production AUTH_KEY_ENCRYPTION_KEY=changethis python -c "from auth.settings import Settings; Settings()" 2>/dev/null; then
+  echo "auth accepted the default key-encryption key"; exit 1
+fi
 """
     result = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c", script],
@@ -213,7 +237,8 @@ alembic --version
     ok = result.returncode == 0
     log(
         f"{'PASS' if ok else 'FAIL'} image {image}: non-root, no uv/pip/compiler, "
-        f"commands {', '.join(commands)} present, entry points import{'' if ok else ': ' + result.stdout + result.stderr}"
+        f"commands {', '.join(commands)} present, entry points import, auth refuses the default key"
+        f"{'' if ok else ': ' + result.stdout + result.stderr}"
     )
     return [] if ok else [f"image {image}"]
 
@@ -307,9 +332,13 @@ def wait_for_trace(path: Path, timeout: float) -> tuple[str, list[dict[str, Any]
         traces: dict[str, list[dict[str, Any]]] = {}
         for span in read_spans(path):
             traces.setdefault(span["trace_id"], []).append(span)
-        for trace_id, spans in traces.items():
-            if set(TRACE_CHAIN) <= {s["service"] for s in spans}:
-                return trace_id, spans
+        complete = [
+            (t, spans) for t, spans in traces.items() if set(TRACE_CHAIN) <= {s["service"] for s in spans}
+        ]
+        # the quick start's enable request when its trace is complete, else any complete one
+        complete.sort(key=lambda ts: not any("enable" in s["name"] and not s.get("parent_id") for s in ts[1]))
+        if complete:
+            return complete[0]
         time.sleep(1)
     return None
 
@@ -338,8 +367,7 @@ def smoke(args: argparse.Namespace) -> int:
     if taken:
         log(f"FAIL ports already in use on 127.0.0.1: {taken} (compose.local.yml's range must be free)")
         return 1
-    sock = os.environ.get("COMPOSE_DOCKER_DIR", "/var/tmp/outbox-compose-docker") + "/docker.sock"
-    engine_was_up = engine_answers({**os.environ, "DOCKER_HOST": f"unix://{sock}"})
+    engine_was_up = local_engine_up()
     t = time.monotonic()
     env = {**os.environ, "DOCKER_HOST": local_engine()}
     t = phase("engine + stand-in images (deploy/local/images.sh)", t)
@@ -359,8 +387,9 @@ def smoke(args: argparse.Namespace) -> int:
         log("building the image from the Dockerfile (BASE_IMAGE=compose/python:3.11-bookworm)")
         compose.run("build")
         t = phase("build (every service with build:, one image)", t)
-        log(f"up -d --scale indexer-consumer={args.scale}")
-        up = compose.run("up", "-d", "--scale", f"indexer-consumer={args.scale}", check=False)
+        scale = ["--scale", f"indexer-consumer={args.scale}", "--scale", f"console-relay={args.scale}"]
+        log(f"up -d {' '.join(scale)}")
+        up = compose.run("up", "-d", *scale, check=False)
         results.append((up.returncode == 0, f"compose up exited {up.returncode}"))
         states = wait_healthy(env, args.timeout)
         healthy = bool(states) and all(s == "ok" for _, s in states)
@@ -390,6 +419,15 @@ def smoke(args: argparse.Namespace) -> int:
             if found:
                 trace_id, spans = found
                 services = sorted({s["service"] for s in spans})
+                outbox = Path(sys.executable).parent / "outbox"
+                view = [
+                    str(outbox),
+                    "trace",
+                    str(SMOKE_DIR / "spans" / "otlp-spans.jsonl"),
+                    "--trace-id",
+                    trace_id,
+                ]
+                print(subprocess.run(view, capture_output=True, text=True).stdout, end="", flush=True)
                 results.append(
                     (True, f"one trace {trace_id} over OTLP: {len(spans)} spans from {', '.join(services)}")
                 )
@@ -432,11 +470,7 @@ def smoke(args: argparse.Namespace) -> int:
         left = containers(env)
         results.append((not left, f"torn down: {len(left)} containers left"))
         if not engine_was_up and not args.keep_engine:
-            subprocess.run(
-                ["bash", str(ROOT / "tests/e2e/docker/down.sh")],
-                env={**os.environ, "E2E_DOCKER_DIR": str(Path(sock).parent)},
-                check=False,
-            )
+            stop_local_engine()
         phase("down -v (and the engine, when this run started it)", t)
         if passed and all(ok for ok, _ in results):
             shutil.rmtree(SMOKE_DIR, ignore_errors=True)
@@ -460,7 +494,9 @@ def main() -> int:
         "--local", action="store_true", help="build on the stand-in engine even if another answers"
     )
     s = sub.add_parser("smoke", help="the whole topology on this machine's stand-ins, end to end")
-    s.add_argument("--scale", type=int, default=2, help="indexer-consumer replicas (default 2)")
+    s.add_argument(
+        "--scale", type=int, default=2, help="indexer-consumer and console-relay replicas (default 2)"
+    )
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for health (default 300)")
     s.add_argument("--quickstart-timeout", type=float, default=120)
     s.add_argument("--keep-engine", action="store_true", help="leave the stand-in engine running afterwards")

@@ -3,8 +3,9 @@
     python otlp_sink.py --port 24318 --out /spans/otlp-spans.jsonl
 
 Accepts `POST /v1/traces` (OTLP/HTTP, protobuf, optionally gzip: what every process's OTLP exporter sends) and
-appends one JSON object per span to the output file: trace_id, span_id, parent_span_id, name, kind, service
-(the resource's service.name), start/end in Unix nanoseconds and the attributes. `GET /healthz` answers 200.
+appends one JSON object per span to the output file, in the format of the library's OTEL_SPANS_FILE (trace_id,
+span_id, parent_id, name, service, kind, start/end in Unix nanoseconds, status, attributes), so
+`outbox trace FILE` renders it. `GET /healthz` answers 200.
 Runs from the application image, which has opentelemetry-proto and protobuf installed.
 """
 
@@ -25,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 _lock = threading.Lock()
 
@@ -47,13 +49,14 @@ def spans(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
                     {
                         "trace_id": span.trace_id.hex(),
                         "span_id": span.span_id.hex(),
-                        "parent_span_id": span.parent_span_id.hex() or None,
+                        "parent_id": span.parent_span_id.hex() or None,
                         "name": span.name,
-                        "kind": span.kind,
                         "service": service,
+                        "kind": Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
                         "start": span.start_time_unix_nano,
                         "end": span.end_time_unix_nano,
-                        "attributes": {a["key"]: _value(a) for a in as_dict.get("attributes", [])},
+                        "status": Status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
+                        "attributes": {a["key"]: str(_value(a)) for a in as_dict.get("attributes", [])},
                     }
                 )
     return out
