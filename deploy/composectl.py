@@ -327,20 +327,26 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
 
 
 def wait_for_trace(path: Path, timeout: float) -> tuple[str, list[dict[str, Any]]] | None:
+    """The trace of the quick start's enable request (the first PATCH .../documents/status/{action}/batch)
+    once it reaches every process of TRACE_CHAIN; at the deadline any trace that does, else None."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    complete: list[tuple[str, list[dict[str, Any]]]] = []
+    while True:
         traces: dict[str, list[dict[str, Any]]] = {}
         for span in read_spans(path):
             traces.setdefault(span["trace_id"], []).append(span)
-        complete = [
-            (t, spans) for t, spans in traces.items() if set(TRACE_CHAIN) <= {s["service"] for s in spans}
+        complete = [(t, ss) for t, ss in traces.items() if set(TRACE_CHAIN) <= {s["service"] for s in ss}]
+        status_changes = [
+            (min(s["start"] for s in ss), t, ss)
+            for t, ss in complete
+            if any("/documents/status/" in s["name"] and not s.get("parent_id") for s in ss)
         ]
-        # the quick start's enable request when its trace is complete, else any complete one
-        complete.sort(key=lambda ts: not any("enable" in s["name"] and not s.get("parent_id") for s in ts[1]))
-        if complete:
-            return complete[0]
+        if status_changes:
+            _, trace_id, spans = min(status_changes, key=lambda x: x[0])
+            return trace_id, spans
+        if time.monotonic() > deadline:
+            return complete[0] if complete else None
         time.sleep(1)
-    return None
 
 
 def ports_in_use() -> list[int]:
@@ -419,6 +425,7 @@ def smoke(args: argparse.Namespace) -> int:
             if found:
                 trace_id, spans = found
                 services = sorted({s["service"] for s in spans})
+                root = next((s["name"] for s in spans if not s.get("parent_id")), "?")
                 outbox = Path(sys.executable).parent / "outbox"
                 view = [
                     str(outbox),
@@ -429,7 +436,7 @@ def smoke(args: argparse.Namespace) -> int:
                 ]
                 print(subprocess.run(view, capture_output=True, text=True).stdout, end="", flush=True)
                 results.append(
-                    (True, f"one trace {trace_id} over OTLP: {len(spans)} spans from {', '.join(services)}")
+                    (True, f"one trace over OTLP ({root}): {len(spans)} spans from {', '.join(services)}")
                 )
             else:
                 results.append((False, f"no trace crossing {', '.join(TRACE_CHAIN)} in the OTLP sink"))
