@@ -11,6 +11,17 @@
 # Written for the classic builder and BuildKit alike (no RUN --mount), so `docker-compose build` works too.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
+# --- manifests: every workspace member's pyproject.toml (and the README/LICENSE its metadata names), without
+# the code, so the dependency layer below is rebuilt only when a manifest or the lock changes. Generic: a new
+# member under libs/ or services/ needs no edit here.
+FROM ${BASE_IMAGE} AS manifests
+WORKDIR /src
+COPY libs libs
+COPY services services
+RUN mkdir /manifests \
+ && find libs services -mindepth 2 -maxdepth 2 \( -name pyproject.toml -o -name README.md -o -name LICENSE \) \
+      -exec cp --parents {} /manifests/ \;
+
 # --- build: resolve and install the locked dependencies into /app/.venv -------------------------------------
 FROM ${BASE_IMAGE} AS build
 ARG UV_VERSION=0.13.9
@@ -26,18 +37,20 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /app
-# Dependencies first (their layer survives source edits): the lock and every workspace member's pyproject.
+# `uv sync --no-dev` of the root project installs exactly what production runs: its dependencies (the
+# library, servicekit and the three services, with theirs), not the dev group and not dev-only workspace
+# members (test helpers).
 COPY pyproject.toml uv.lock ./
-COPY libs/outbox/pyproject.toml libs/outbox/README.md libs/outbox/LICENSE libs/outbox/
-COPY libs/servicekit/pyproject.toml libs/servicekit/
-COPY services/auth/pyproject.toml services/auth/
-COPY services/console/pyproject.toml services/console/
-COPY services/indexer/pyproject.toml services/indexer/
-RUN /opt/uv/bin/uv sync --frozen --no-dev --all-packages --no-install-workspace --no-cache
+COPY --from=manifests /manifests/ ./
+RUN /opt/uv/bin/uv sync --frozen --no-dev --no-install-workspace --no-cache
 # Then the code, installed as regular (non-editable) packages: the final stage needs no source tree.
 COPY libs libs
 COPY services services
-RUN /opt/uv/bin/uv sync --frozen --no-dev --all-packages --no-editable --no-cache
+RUN /opt/uv/bin/uv sync --frozen --no-dev --no-editable --no-cache
+# Alembic reads each service's alembic.ini and migrations/ from the file system (not from the wheel).
+RUN for d in services/*/; do \
+      if [ -f "$d/alembic.ini" ]; then mkdir -p "/out/$d" && cp -r "$d/alembic.ini" "$d/migrations" "/out/$d"; fi; \
+    done
 
 # --- final: the interpreter, the virtual environment, the migrations; no uv, pip cache or build tools -------
 FROM ${BASE_IMAGE}
@@ -45,13 +58,7 @@ RUN groupadd --gid 10001 app \
  && useradd --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
-# Alembic reads each service's alembic.ini and migrations/ from the file system (not from the wheel).
-COPY services/auth/alembic.ini services/auth/alembic.ini
-COPY services/auth/migrations services/auth/migrations
-COPY services/console/alembic.ini services/console/alembic.ini
-COPY services/console/migrations services/console/migrations
-COPY services/indexer/alembic.ini services/indexer/alembic.ini
-COPY services/indexer/migrations services/indexer/migrations
+COPY --from=build /out/ /app/
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
