@@ -307,6 +307,22 @@ def wait_healthy(env: dict[str, str], timeout: float) -> list[tuple[str, str]]:
         time.sleep(2)
 
 
+def partition_shares(env: dict[str, str], service: str, topic: str) -> dict[str, set[int]]:
+    """Each replica's current assignment of `topic`, from the last "newly assigned partitions" log line."""
+    shares = {}
+    for c in containers(env):
+        if c["Config"]["Labels"].get("com.docker.compose.service") != service:
+            continue
+        name = c["Name"].lstrip("/")
+        logs = subprocess.run(["docker", "logs", name], env=env, capture_output=True, text=True)
+        lines = [
+            line for line in (logs.stdout + logs.stderr).splitlines() if "newly assigned partitions" in line
+        ]
+        last = lines[-1] if lines else ""
+        shares[name] = {int(p) for p in re.findall(rf"topic='{re.escape(topic)}', partition=(\d+)", last)}
+    return shares
+
+
 def quickstart_block() -> str:
     readme = (ROOT / "README.md").read_text()
     block = re.search(
@@ -441,6 +457,21 @@ def smoke(args: argparse.Namespace) -> int:
             else:
                 results.append((False, f"no trace crossing {', '.join(TRACE_CHAIN)} in the OTLP sink"))
             t = phase("trace check", t)
+
+            if args.scale > 1:
+                shares = partition_shares(env, "indexer-consumer", "console.document")
+                split = (
+                    len(shares) == args.scale
+                    and all(shares.values())
+                    and sum(len(p) for p in shares.values()) == len(set().union(*shares.values()))
+                )
+                results.append(
+                    (
+                        split,
+                        "indexer-consumer replicas split console.document's partitions: "
+                        + "; ".join(f"{n}: {sorted(p)}" for n, p in sorted(shares.items())),
+                    )
+                )
 
             for service, port in METRICS_PORTS.items():
                 try:
