@@ -290,7 +290,13 @@ def state_of(container: dict[str, Any]) -> tuple[str, str]:
         return name, "failed: no healthcheck"
     if health == "healthy":
         return name, "ok"
-    return name, "waiting" if health == "starting" else f"failed: {health}"
+    if health == "starting":
+        return name, "waiting"
+    last = (state["Health"].get("Log") or [{}])[-1]
+    return (
+        name,
+        f"failed: {health} (last probe: exit {last.get('ExitCode')}, {last.get('Output', '').strip()[:200]!r})",
+    )
 
 
 def wait_healthy(env: dict[str, str], timeout: float) -> list[tuple[str, str]]:
