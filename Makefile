@@ -78,3 +78,26 @@ reconcile: setup  ## does the search index agree with console? REPAIR=1 re-annou
 
 rebuild-index: setup  ## rebuild the indexer's projection from console's current state (resumable)
 	$(RUN) python scripts/projection.py rebuild
+
+# deploy/compose.yml: the production-shaped topology (Apache Kafka, a PostgreSQL per service, Redis, the gateway,
+# Jaeger; every process of ours from the root Dockerfile). Not part of `make test`. README "Deploy".
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_ENV ?= deploy/.env
+COMPOSE_FILES ?= -f deploy/compose.yml
+COMPOSE_PROJECT ?= outbox-reference
+DC = $(COMPOSE) -p $(COMPOSE_PROJECT) --env-file $(COMPOSE_ENV) $(COMPOSE_FILES)
+.PHONY: compose-up compose-down compose-check compose-smoke
+
+compose-up:  ## build the image and start the topology (needs deploy/.env: copy deploy/.env.example, fill the secrets)
+	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing: cp deploy/.env.example $(COMPOSE_ENV) and set every secret in it"; exit 1; }
+	$(DC) up -d --build
+
+compose-down:  ## stop and remove the topology's containers (volumes stay; add `-v` by hand to drop the data)
+	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing"; exit 1; }
+	$(DC) down
+
+compose-check: setup  ## validate the compose files with the compose tool and build every service image from the Dockerfile
+	$(RUN) python deploy/composectl.py check
+
+compose-smoke: setup  ## the whole topology on locally built stand-ins (deploy/compose.local.yml): quick start, health, teardown
+	$(RUN) python deploy/composectl.py smoke
