@@ -291,41 +291,51 @@ class IdempotentConsumer:
         consumer = self._consumer
         backoff = self.settings.retry_initial_s
         heartbeat = Heartbeat.from_env()
-        while not self._stopping.is_set():
-            heartbeat.beat()
-            await observe_consumer_lag(self.name, consumer)
-            fetched = await consumer.getmany(
-                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
-            )
-            batches = {tp: records for tp, records in fetched.items() if records}
-            if not batches:
-                continue
-            started = time.monotonic()
-            try:
-                # One transaction and one offset commit for everything fetched, across partitions: the
-                # offset commit is a broker round trip, so doing it per partition would dominate latency.
-                await self._process_batch([r for records in batches.values() for r in records])
-            except Exception:
-                # The transaction failed as a whole (database unreachable, say): nothing was committed.
-                # Rewind so the same records come again, back off, go on.
-                self.stats.batch_failures += 1
-                log.exception(
-                    "consumer %s: batch of %s failed; retrying in %.2fs",
-                    self.name,
-                    ", ".join(
-                        f"{tp.topic}[{tp.partition}]@{r[0].offset}..{r[-1].offset}"
-                        for tp, r in batches.items()
-                    ),
-                    backoff,
+        # The offset commit (a broker round trip) runs while the next batch is fetched and applied; each
+        # commit waits for the one before, so offsets only move forward. A crash before one lands
+        # redelivers a batch the database already holds, and the inbox absorbs it.
+        committing: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                heartbeat.beat()
+                await observe_consumer_lag(self.name, consumer)
+                fetched = await consumer.getmany(
+                    timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
                 )
-                self._rewind(consumer, batches)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.outage_backoff_max_s)
-                continue
-            backoff = self.settings.retry_initial_s
-            await self._commit_offsets({tp: records[-1].offset + 1 for tp, records in batches.items()})
-            counts = {(tp.topic, tp.partition): len(records) for tp, records in batches.items()}
-            consumer_metrics().batch_done(self.name, counts, self.stats, started)
+                batches = {tp: records for tp, records in fetched.items() if records}
+                if not batches:
+                    continue
+                started = time.monotonic()
+                try:
+                    # One transaction and one offset commit for everything fetched, across partitions.
+                    await self._process_batch([r for records in batches.values() for r in records])
+                except Exception:
+                    # The transaction failed as a whole (database unreachable, say): nothing was committed.
+                    # Rewind so the same records come again, back off, go on.
+                    self.stats.batch_failures += 1
+                    log.exception(
+                        "consumer %s: batch of %s failed; retrying in %.2fs",
+                        self.name,
+                        ", ".join(
+                            f"{tp.topic}[{tp.partition}]@{r[0].offset}..{r[-1].offset}"
+                            for tp, r in batches.items()
+                        ),
+                        backoff,
+                    )
+                    self._rewind(consumer, batches)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.settings.outage_backoff_max_s)
+                    continue
+                backoff = self.settings.retry_initial_s
+                if committing is not None:
+                    await committing
+                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                committing = asyncio.create_task(self._commit_offsets(offsets))
+                counts = {(tp.topic, tp.partition): len(records) for tp, records in batches.items()}
+                consumer_metrics().batch_done(self.name, counts, self.stats, started)
+        finally:
+            if committing is not None:
+                await committing
 
     def _rewind(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
