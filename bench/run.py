@@ -235,11 +235,14 @@ async def bench_latency(*, notify: bool, handler: str = "batch-guarded", rate: i
     for c in connections:
         await c.close()
     write_seconds = time.perf_counter() - started
-    deadline = time.monotonic() + 120
-    while await scalar(engine, "SELECT count(*) FROM effects") < total + 1:
+    # Past the offered rate the system queues: give it time to catch up (up to 120 s plus a second per
+    # 1,000 events), then measure what was applied; a backlog left at the deadline is reported, not hidden.
+    deadline = time.monotonic() + 120 + total / 1000
+    while (applied_so_far := await scalar(engine, "SELECT count(*) FROM effects")) < total + 1:
         if time.monotonic() > deadline:
-            raise RuntimeError("not every event was applied within 120 s")
+            break
         await asyncio.sleep(0.1)
+    drained_after_s = round(time.perf_counter() - started - write_seconds, 1)
     async with engine.connect() as conn:
         rows = (
             await conn.execute(text("SELECT event_id::text, extract(epoch FROM applied_at) FROM effects"))
@@ -249,7 +252,7 @@ async def bench_latency(*, notify: bool, handler: str = "batch-guarded", rate: i
     consumer.terminate()
     await engine.dispose()
     latencies = sorted((float(applied) - committed[eid]) * 1000 for eid, applied in rows if eid in committed)
-    records = await read_topic(bootstrap_from_env(), topic, expect=total + 1, timeout=30)
+    records = await read_topic(bootstrap_from_env(), topic, expect=total + 1, timeout=60)
     to_broker = sorted(
         r.timestamp - committed[headers_of(r)["ce_id"]] * 1000
         for r in records
@@ -269,6 +272,8 @@ async def bench_latency(*, notify: bool, handler: str = "batch-guarded", rate: i
         },
         "commit_to_broker_ms": {"p50": round(qb[49], 2), "p95": round(qb[94], 2), "p99": round(qb[98], 2)},
         "duplicates_applied": int(duplicates),
+        "applied": applied_so_far - 1,
+        "caught_up_s_after_last_write": drained_after_s,
         "wakeup": "notify+poll" if notify else "poll",
         "consumer_handler": {
             "batch-guarded": "batch handler (one INSERT per run), inbox + version guard, gap-aware",
@@ -480,6 +485,9 @@ async def main() -> None:
         for k in ("p50", "p99"):
             print(f"{'  of which commit->broker ' + k + ' ms':<46}{r['commit_to_broker_ms'][k]:>14}")
         print(f"{'  duplicates applied':<46}{r['duplicates_applied']:>14}")
+        print(
+            f"{'  applied / caught up s after the last write':<46}{(r['applied'], r['caught_up_s_after_last_write'])!s:>14}"
+        )
     print(f"{'highest sustained rate (events/s)':<46}{sustained['rate_events_per_s']:>14}")
     for sc in scale:
         print(

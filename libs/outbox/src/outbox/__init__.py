@@ -10,13 +10,54 @@ Public API:
     setup_tracing                         OTEL_* configured tracing for a process
 """
 
-from outbox.consumer import BatchContext, ConsumerSettings, EventContext, IdempotentConsumer
-from outbox.envelope import Event, EventTooLarge, MalformedMessage, ReceivedEvent
-from outbox.handlers import HandlerCommitted, Outcome, Reject
-from outbox.relay import Relay, RelaySettings
-from outbox.schema import consumer_versions_table, create_tables, inbox_table, metadata, outbox_table
-from outbox.tracing import setup_tracing
-from outbox.writer import OutboxWriter
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The public names load on first use (PEP 562): `outbox health`, a probe run every few seconds, must not pay
+# for importing SQLAlchemy, aiokafka and OpenTelemetry (~2 s of CPU on a loaded host).
+_EXPORTS = {
+    "BatchContext": "outbox.consumer",
+    "ConsumerSettings": "outbox.consumer",
+    "EventContext": "outbox.consumer",
+    "IdempotentConsumer": "outbox.consumer",
+    "Event": "outbox.envelope",
+    "EventTooLarge": "outbox.envelope",
+    "MalformedMessage": "outbox.envelope",
+    "ReceivedEvent": "outbox.envelope",
+    "HandlerCommitted": "outbox.handlers",
+    "Outcome": "outbox.handlers",
+    "Reject": "outbox.handlers",
+    "Relay": "outbox.relay",
+    "RelaySettings": "outbox.relay",
+    "consumer_versions_table": "outbox.schema",
+    "create_tables": "outbox.schema",
+    "inbox_table": "outbox.schema",
+    "metadata": "outbox.schema",
+    "outbox_table": "outbox.schema",
+    "setup_tracing": "outbox.tracing",
+    "OutboxWriter": "outbox.writer",
+}
+
+if TYPE_CHECKING:
+    from outbox.consumer import BatchContext, ConsumerSettings, EventContext, IdempotentConsumer
+    from outbox.envelope import Event, EventTooLarge, MalformedMessage, ReceivedEvent
+    from outbox.handlers import HandlerCommitted, Outcome, Reject
+    from outbox.relay import Relay, RelaySettings
+    from outbox.schema import consumer_versions_table, create_tables, inbox_table, metadata, outbox_table
+    from outbox.tracing import setup_tracing
+    from outbox.writer import OutboxWriter
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'outbox' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BatchContext",

@@ -25,15 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import create_async_engine
-
-from outbox import admin, dlq, observe, trace_view, why
 from outbox.health import heartbeat_age
-from outbox.kafka import bootstrap_from_env
-from outbox.logs import configure_logging
-from outbox.metrics import serve_metrics_from_env, setup_metrics
-from outbox.relay import Relay, RelaySettings
-from outbox.tracing import setup_tracing
+
+# Every other import happens in the command that needs it: `outbox health` is a probe run every few seconds
+# and must stay a few milliseconds of work, not an import of SQLAlchemy, aiokafka and OpenTelemetry.
 
 
 def _normalise(url: str) -> str:
@@ -133,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run_relay(url: str, name: str) -> None:
+    from outbox.metrics import serve_metrics_from_env, setup_metrics
+    from outbox.relay import Relay, RelaySettings
+    from outbox.tracing import setup_tracing
+
     setup_tracing(name + "-relay")
     setup_metrics(name + "-relay")
     serve_metrics_from_env()  # OUTBOX_METRICS_PORT: this relay's counters for Prometheus
@@ -145,6 +144,11 @@ async def _run_relay(url: str, name: str) -> None:
 
 
 async def _admin(args: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from outbox import admin, observe, why
+    from outbox.kafka import bootstrap_from_env
+
     engine = create_async_engine(_normalise(args.database_url))
     try:
         if args.command == "status":
@@ -198,18 +202,22 @@ OUT_OF_ORDER = (
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(f"outbox-{args.command}")
-    if args.command == "trace":
-        print(
-            trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
-        )
-        return 0
     if args.command == "health":
         age = heartbeat_age(Path(args.heartbeat_file))
         if age is None or age > args.max_age:
             print(f"unhealthy: heartbeat {'missing' if age is None else f'{age:.0f}s old'}", file=sys.stderr)
             return 1
         print(f"healthy: heartbeat {age:.1f}s old")
+        return 0
+    from outbox import dlq, observe, trace_view, why
+    from outbox.kafka import bootstrap_from_env
+    from outbox.logs import configure_logging
+
+    configure_logging(f"outbox-{args.command}")
+    if args.command == "trace":
+        print(
+            trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
+        )
         return 0
     if args.command == "dlq":
         try:
