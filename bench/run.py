@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,21 @@ def raw_row(event: Event) -> tuple[Any, ...]:
     )
 
 
+# Every process a run starts, stopped when the run ends however it ends: a relay or consumer left behind
+# would reconnect to the next run's database (same name, recreated) and skew its figures.
+PROCESSES: list[ServiceProcess] = []
+
+
+def process(name: str, argv: list[str], **env: str) -> ServiceProcess:
+    proc = ServiceProcess(name, argv, env={"LOG_LEVEL": "WARNING", **env}, log_dir=LOGS)
+    PROCESSES.append(proc)
+    return proc
+
+
 def relay(url: str, name: str, **env: str) -> ServiceProcess:
-    argv = [sys.executable, "-m", "outbox.cli", "relay", "--database-url", url, "--name", name]
-    return ServiceProcess(name, argv, env={"LOG_LEVEL": "WARNING", **env}, log_dir=LOGS)
+    return process(
+        name, [sys.executable, "-m", "outbox.cli", "relay", "--database-url", url, "--name", name], **env
+    )
 
 
 async def fresh_database(name: str) -> tuple[str, AsyncEngine]:
@@ -98,14 +111,13 @@ async def scalar(engine: AsyncEngine, sql: str) -> Any:
         return (await conn.execute(text(sql))).scalar_one()
 
 
-async def bench_drain(relays: int = 1) -> dict[str, Any]:
-    url, engine = await fresh_database("outbox_bench_drain")
-    topic = f"bench.drain.{uuid.uuid4().hex[:8]}"
-    await ensure_topics(bootstrap_from_env(), [topic])
+async def write_backlog(
+    engine: AsyncEngine, topic: str, events: int, data: Callable[[int], dict[str, Any]]
+) -> None:
+    """`events` outbox rows over AGGREGATES aggregates, 2,000 per transaction, through OutboxWriter."""
     writer = OutboxWriter("bench", notify_channel=None)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    payload = {"dataset_id": str(uuid.uuid4()), "name": "doc", "enabled": True, "text": "x" * 120}
-    for start in range(0, DRAIN_EVENTS, 2000):
+    for start in range(0, events, 2000):
         async with sessions() as session, session.begin():
             await writer.add(
                 session,
@@ -114,12 +126,20 @@ async def bench_drain(relays: int = 1) -> dict[str, Any]:
                         topic=topic,
                         type="bench.document.enabled",
                         aggregate_id=f"doc-{i % AGGREGATES}",
-                        data=payload,
+                        data=data(i),
                         version=i,
                     )
-                    for i in range(start, min(start + 2000, DRAIN_EVENTS))
+                    for i in range(start, min(start + 2000, events))
                 ),
             )
+
+
+async def bench_drain(relays: int = 1) -> dict[str, Any]:
+    url, engine = await fresh_database("outbox_bench_drain")
+    topic = f"bench.drain.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap_from_env(), [topic])
+    payload = {"dataset_id": str(uuid.uuid4()), "name": "doc", "enabled": True, "text": "x" * 120}
+    await write_backlog(engine, topic, DRAIN_EVENTS, lambda i: payload)
     procs = [relay(url, f"bench-drain-relay-{n}") for n in range(relays)]
     started = time.perf_counter()
     for proc in procs:
@@ -177,11 +197,8 @@ async def bench_latency(*, notify: bool, handler: str = "batch-guarded", rate: i
     await ensure_topics(bootstrap_from_env(), [topic])
     channel_env = {} if notify else {"OUTBOX_NOTIFY_CHANNEL": ""}
     relay_proc = relay(url, "bench-latency-relay", **channel_env).start()
-    consumer = ServiceProcess(
-        "bench-consumer",
-        [sys.executable, str(EFFECT_CONSUMER), url, group, topic, "0", handler],
-        env={"LOG_LEVEL": "WARNING"},
-        log_dir=LOGS,
+    consumer = process(
+        "bench-consumer", [sys.executable, str(EFFECT_CONSUMER), url, group, topic, "0", handler]
     ).start()
     writer = OutboxWriter("bench", notify_channel="outbox_pending" if notify else None)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -290,23 +307,7 @@ async def bench_consumer_scale_out(consumers: int) -> dict[str, Any]:
     url, engine = await fresh_database("outbox_bench_scale")
     topic = f"bench.scale.{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap_from_env(), [topic])
-    writer = OutboxWriter("bench", notify_channel=None)
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    for start in range(0, SCALE_EVENTS, 2000):
-        async with sessions() as session, session.begin():
-            await writer.add(
-                session,
-                *(
-                    Event(
-                        topic=topic,
-                        type="bench.document.enabled",
-                        aggregate_id=f"doc-{i % AGGREGATES}",
-                        data={"i": i},
-                        version=i,
-                    )
-                    for i in range(start, min(start + 2000, SCALE_EVENTS))
-                ),
-            )
+    await write_backlog(engine, topic, SCALE_EVENTS, lambda i: {"i": i})
     drain = relay(url, "bench-scale-relay").start()
     while await scalar(engine, "SELECT count(*) FROM outbox WHERE published_at IS NULL"):
         if not drain.alive:
@@ -315,11 +316,9 @@ async def bench_consumer_scale_out(consumers: int) -> dict[str, Any]:
     drain.terminate()
     group = f"bench-{uuid.uuid4().hex[:8]}"
     procs = [
-        ServiceProcess(
+        process(
             f"bench-scale-consumer-{n}",
             [sys.executable, str(EFFECT_CONSUMER), url, group, topic, "0", "batch-guarded"],
-            env={"LOG_LEVEL": "WARNING"},
-            log_dir=LOGS,
         ).start()
         for n in range(consumers)
     ]
@@ -500,5 +499,13 @@ async def main() -> None:
     print(f"\n[bench] written to {RESULTS / 'latest.json'}")
 
 
+def run() -> None:
+    try:
+        asyncio.run(main())
+    finally:
+        for proc in PROCESSES:
+            proc.terminate()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    run()
