@@ -38,7 +38,6 @@ _CLAIM = """
                trace_context, occurred_at, attempts
         FROM outbox o
         WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
-          AND (CAST(:lanes AS integer) = 1 OR (hashtext(o.aggregate_id) & 2147483647) % :lanes = :lane)
           AND NOT EXISTS (
               SELECT 1 FROM blocked b
               WHERE b.topic = o.topic AND b.aggregate_id = o.aggregate_id AND b.from_id < o.id
@@ -120,14 +119,10 @@ class OutboxStore:
     """Claim, mark and prune outbox rows. Claims and marks run in the caller's transaction."""
 
     @staticmethod
-    async def claim(
-        conn: AsyncConnection, limit: int, *, block_on_dead: bool = False, lane: int = 0, lanes: int = 1
-    ) -> Sequence[Row[Any]]:
-        """Up to `limit` publishable rows. With `lanes` > 1, only the aggregates of `lane` (a hash of the
-        aggregate id): one relay's lanes then never claim rows of one aggregate at once, so each lane's claim
-        finds its aggregates' next rows free instead of held back behind another lane's."""
+    async def claim(conn: AsyncConnection, limit: int, *, block_on_dead: bool = False) -> Sequence[Row[Any]]:
+        """Up to `limit` publishable rows, in ready order, with their gap flags."""
         statement = _CLAIM_BLOCKING_DEAD if block_on_dead else _CLAIM_PASSING_DEAD
-        return (await conn.execute(statement, {"limit": limit, "lane": lane, "lanes": lanes})).all()
+        return (await conn.execute(statement, {"limit": limit})).all()
 
     @staticmethod
     async def mark_published(conn: AsyncConnection, ids: list[int]) -> None:

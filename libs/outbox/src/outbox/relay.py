@@ -66,15 +66,14 @@ class Relay:
         self, database: str | AsyncEngine, settings: RelaySettings | None = None, *, name: str = "relay"
     ) -> None:
         self.settings = settings or RelaySettings.from_env()
-        pool = self.settings.claim_lanes + 1  # a connection per lane, one for housekeeping
-        self.engine = create_async_engine(database, pool_size=pool) if isinstance(database, str) else database
+        self.engine = create_async_engine(database, pool_size=2) if isinstance(database, str) else database
         self._owns_engine = isinstance(database, str)
         self.name = name
         self.stats = RelayStats()
         self.store = OutboxStore()
         self.publisher: BatchPublisher | None = None
         self._stopping = asyncio.Event()
-        self._wakes = [asyncio.Event() for _ in range(self.settings.claim_lanes)]
+        self._wake = asyncio.Event()
         self._starting = asyncio.Lock()
         self._known_topics: set[str] = set()
         self._analyzed_at = -float("inf")
@@ -103,11 +102,7 @@ class Relay:
     def stop(self) -> None:
         """Finish the batch in flight, then return from `run()`."""
         self._stopping.set()
-        self._wake_all()
-
-    def _wake_all(self) -> None:
-        for wake in self._wakes:
-            wake.set()
+        self._wake.set()
 
     async def close(self) -> None:
         if self.publisher is not None:
@@ -122,7 +117,7 @@ class Relay:
         if self.settings.notify_channel:
             background.append(asyncio.create_task(self._listen_loop(), name="outbox-listen"))
         try:
-            await asyncio.gather(*(self._publish_loop(lane) for lane in range(self.settings.claim_lanes)))
+            await self._publish_loop()
         finally:
             for task in background:
                 task.cancel()
@@ -133,16 +128,15 @@ class Relay:
         log.info("relay %s stopped: %s", self.name, self.stats)
 
     # -- publishing ---------------------------------------------------------------------------------------
-    async def _publish_loop(self, lane: int) -> None:
+    async def _publish_loop(self) -> None:
         s = self.settings
         idle = s.idle_poll_min_s
         heartbeat = Heartbeat.from_env()
-        wake = self._wakes[lane]
         while not self._stopping.is_set():
             heartbeat.beat()
             # Cleared before the claim, not after: a commit notified while the claim runs must wake us.
-            wake.clear()
-            claimed = await self.publish_batch_with_retries(lane)
+            self._wake.clear()
+            claimed = await self.publish_batch_with_retries()
             if claimed >= s.batch_size:
                 idle = s.idle_poll_min_s
                 await self._refresh_statistics()
@@ -150,7 +144,7 @@ class Relay:
             if claimed:
                 idle = s.idle_poll_min_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), idle)
+                await asyncio.wait_for(self._wake.wait(), idle)
             idle = min(idle * 2, s.idle_poll_max_s)
 
     async def _refresh_statistics(self) -> None:
@@ -175,7 +169,7 @@ class Relay:
                 "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog", self.name, exc
             )
 
-    async def publish_batch_with_retries(self, lane: int | None = None) -> int:
+    async def publish_batch_with_retries(self) -> int:
         """One batch; broker or database outages are retried with backoff until it goes through or we stop."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((TransientPublishError, _DatabaseUnavailable)),
@@ -188,7 +182,7 @@ class Relay:
             with attempt:
                 if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
                     return 0
-                return await self.publish_batch(lane)
+                return await self.publish_batch()
         return 0  # pragma: no cover - AsyncRetrying either returns or raises
 
     def _log_outage(self, retry_state: Any) -> None:
@@ -203,9 +197,8 @@ class Relay:
             retry_state.next_action.sleep,
         )
 
-    async def publish_batch(self, lane: int | None = None) -> int:
-        """Claim, publish and mark one batch (of `lane`'s aggregates; None: any); returns how many rows
-        were claimed.
+    async def publish_batch(self) -> int:
+        """Claim, publish and mark one batch; returns how many rows were claimed.
 
         Raises TransientPublishError after committing what was acknowledged when an outage kept some rows
         from going out (the caller backs off), _DatabaseUnavailable when the database failed."""
@@ -217,8 +210,6 @@ class Relay:
                     conn,
                     self.settings.batch_size,
                     block_on_dead=self.settings.block_on_dead,
-                    lane=lane or 0,
-                    lanes=1 if lane is None else self.settings.claim_lanes,
                 )
                 if not rows:
                     return 0
@@ -243,7 +234,7 @@ class Relay:
 
     async def _ready_publisher(self) -> BatchPublisher:
         """The publisher, started first if a producer fault (or `start()` never called) left none; the
-        lanes share it, and one lock makes sure only one of them starts a producer."""
+        lock makes sure only one caller starts a producer."""
         async with self._starting:
             if self.publisher is None:
                 try:
@@ -361,7 +352,7 @@ class Relay:
                     await conn.execute(f'LISTEN "{channel}"')
                     delay = 0.1
                     async for _ in conn.notifies():
-                        self._wake_all()
+                        self._wake.set()
             except (psycopg.Error, OSError) as exc:
                 log.warning("relay %s: LISTEN connection lost (%s); polling meanwhile", self.name, exc)
                 await asyncio.sleep(delay)

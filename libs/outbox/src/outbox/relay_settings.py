@@ -40,15 +40,7 @@ class RelaySettings:
     ack_timeout_s: float = 30.0
     # 0: send at once; a batch still goes out together because sends queue while the previous is in flight.
     linger_ms: int = 0
-    # Claim loops in this process, each over its own share of the aggregates (a hash of the id): while one
-    # waits for the broker's acks or its commit, another claims and sends, so the relay's and PostgreSQL's
-    # work overlap instead of taking turns. Order per aggregate is untouched (an aggregate has one lane).
-    claim_lanes: int = 2
     compression: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.claim_lanes < 1:
-            raise ValueError("claim_lanes must be at least 1")
 
     @classmethod
     def from_env(cls) -> RelaySettings:
