@@ -77,6 +77,9 @@ class MemoryInbox(InboxStore):
     async def park(self, session: AsyncSession, event: Any, record: dict[str, Any]) -> None:
         self.parked_records[event.id] = (event.version, record)
 
+    async def parked(self, session: AsyncSession) -> list[Any]:
+        return []
+
     async def unpark(
         self, session: AsyncSession, aggregates: Any, *, limit: int = 500
     ) -> list[dict[str, Any]]:
@@ -181,15 +184,39 @@ async def test_a_gap_is_parked_and_released_in_version_order_once_the_missing_ve
         applied.append(ctx.event.version or 0)
 
     pipeline, inbox, _ = make([Route("t.*", handler, version_guard=True, gap_aware=True)])
-    first = await pipeline.apply(SESSION, [pipeline.parse(record(0, "a", 1, None))])
+    session = cast(AsyncSession, Savepoints(inbox))
+    first = await pipeline.apply(session, [pipeline.parse(record(0, "a", 1, None))])
     gap = await pipeline.apply(
-        SESSION, [pipeline.parse(record(2, "a", 3, 2)), pipeline.parse(record(3, "a", 4, 3))]
+        session, [pipeline.parse(record(2, "a", 3, 2)), pipeline.parse(record(3, "a", 4, 3))]
     )
     assert (first.applied, gap.parked, applied) == (1, 2, [1])
-    filled = await pipeline.apply(SESSION, [pipeline.parse(record(1, "a", 2, 1))])
+    filled = await pipeline.apply(session, [pipeline.parse(record(1, "a", 2, 1))])
     assert applied == [1, 2, 3, 4]
     assert (filled.applied, filled.released) == (3, 2)
     assert not inbox.parked_records
+
+
+async def test_a_released_event_that_fails_stays_parked_and_the_sweep_dead_letters_it_alone() -> None:
+    applied: list[int] = []
+
+    async def handler(ctx: EventContext) -> None:
+        if ctx.event.version == 3:
+            raise ValueError("v3 cannot be applied")
+        applied.append(ctx.event.version or 0)
+
+    pipeline, inbox, letters = make([Route("t.*", handler, version_guard=True, gap_aware=True)])
+    session = cast(AsyncSession, Savepoints(inbox))
+    await pipeline.apply(session, [pipeline.parse(record(0, "a", 1, None))])
+    v3 = uuid.uuid4()
+    await pipeline.apply(
+        session, [pipeline.parse(record(2, "a", 3, 2, eid=v3))]
+    )  # parked: v2 has not arrived
+    closing = await pipeline.apply(session, [pipeline.parse(record(1, "a", 2, 1))])
+    assert (closing.applied, applied, letters.letters) == (1, [1, 2], [])  # v2 is not blamed for v3
+    assert len(inbox.parked_records) == 1
+    swept = await pipeline.release_parked(session)
+    assert swept.dead_lettered == 1 and [offset for offset, _ in letters.letters] == [2]
+    assert not inbox.parked_records and inbox.outcomes[v3] == "dead"
 
 
 async def test_a_rejected_event_counts_as_seen_so_it_parks_nothing_behind_it() -> None:

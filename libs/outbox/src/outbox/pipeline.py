@@ -213,20 +213,39 @@ class ApplyPipeline:
         await self.inbox.mark(session, [i.event.id for i in items if i.event], Outcome.PARKED)
 
     async def _release(
-        self, session: AsyncSession, aggregates: Sequence[tuple[str, str]] | None, attempt: int = 1
+        self, session: AsyncSession, aggregates: Sequence[tuple[str, str]], attempt: int = 1
     ) -> ConsumerStats:
-        """Apply the parked events whose gap closed (of `aggregates`, or all), in version order."""
-        records = await self.inbox.unpark(session, aggregates)
-        if not records:
+        """Apply the parked events of `aggregates` whose gap this transaction closed, in version order, in a
+        savepoint: if one of their handlers fails they stay parked (the sweep retries them one by one) and
+        the event that closed the gap is not blamed for it."""
+        try:
+            async with session.begin_nested():
+                records = await self.inbox.unpark(session, aggregates)
+                if not records:
+                    return ConsumerStats()
+                counts = await self.apply(
+                    session, [self.parse(record_from(r)) for r in records], attempt=attempt
+                )
+        except HandlerFailed as failed:
+            log.warning(
+                "consumer %s: a released event's handler failed (%s); it stays parked for the sweep",
+                self.consumer,
+                failed,
+            )
             return ConsumerStats()
-        counts = await self.apply(session, [self.parse(record_from(r)) for r in records], attempt=attempt)
         counts.released += len(records)
         return counts
 
-    async def release_parked(self, session: AsyncSession) -> ConsumerStats:
-        """The sweep: parked events whose gap another transaction (or member) closed; refreshes which
-        aggregates have parked events, and returns what was applied."""
-        counts = await self._release(session, None)
+    async def release_parked(self, session: AsyncSession, *, budget_s: float = 60.0) -> ConsumerStats:
+        """The sweep: parked events whose gap closed (by another member, or behind a failure above), each
+        through the careful path (retries, then the dead-letter topic); refreshes which aggregates have
+        parked events."""
+        counts = ConsumerStats()
+        deadline = time.monotonic() + budget_s
+        for stored in await self.inbox.unpark(session, None):
+            released = await self.apply_isolated(session, self.parse(record_from(stored)), deadline)
+            released.released += 1
+            counts.merge(released)
         self.parked_keys = {(r.topic, r.aggregate_id) for r in await self.inbox.parked(session)}
         return counts
 
