@@ -40,15 +40,13 @@ def test_every_field_reads_its_variable_with_its_type(monkeypatch: pytest.Monkey
     [
         ("OUTBOX_RELAY_BATCH_SIZE", "lots"),
         ("OUTBOX_RELAY_BLOCK_ON_DEAD", "maybe"),
-        ("OUTBOX_RELAY_CLAIM_LANES", "0"),
+        ("OUTBOX_RELAY_ACK_TIMEOUT_S", "soon"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
     monkeypatch.setenv(name, value)
-    with pytest.raises(
-        ValueError, match=name.removeprefix("OUTBOX_RELAY_").lower() if value == "0" else name
-    ):
+    with pytest.raises(SettingError, match=name):
         RelaySettings.from_env()
     assert issubclass(SettingError, ValueError)

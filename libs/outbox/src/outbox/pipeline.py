@@ -138,19 +138,10 @@ class ApplyPipeline:
                 await self._pass_over(session, event)
             else:
                 routed.append(item)
-        # One read and one write of the version guard for the whole batch, not a statement per event.
+        # One read and one write of the version guard for the whole batch, not a statement per event; run
+        # under the first guarded message's span, so a trace shows the guard with the message it decided.
         guarded = [i for i in routed if i.route is not None and i.route.version_guard]
-        verdicts = dict(
-            zip(
-                (id(i) for i in guarded),
-                await self.inbox.guard(
-                    session,
-                    [i.event for i in guarded if i.event is not None],
-                    [bool(i.route and i.route.gap_aware) for i in guarded],
-                ),
-                strict=True,
-            )
-        )
+        verdicts: dict[int, Outcome] | None = None
         stale: list[uuid.UUID] = []
         parked: list[Parsed] = []
         advanced: set[tuple[str, str]] = set()
@@ -160,7 +151,14 @@ class ApplyPipeline:
             assert event is not None and route is not None
             span = self._span(item)
             with trace.use_span(span, end_on_exit=True):
-                verdict = verdicts.get(id(item), Outcome.APPLIED)
+                if verdicts is None and route.version_guard:
+                    outcomes = await self.inbox.guard(
+                        session,
+                        [i.event for i in guarded if i.event is not None],
+                        [bool(i.route and i.route.gap_aware) for i in guarded],
+                    )
+                    verdicts = dict(zip((id(i) for i in guarded), outcomes, strict=True))
+                verdict = (verdicts or {}).get(id(item), Outcome.APPLIED)
                 span.set_attribute("outbox.outcome", verdict.value)
                 if verdict is Outcome.STALE:
                     stale.append(event.id)
