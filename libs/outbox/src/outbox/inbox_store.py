@@ -47,19 +47,6 @@ _FORGET_DEAD = text(
     "DELETE FROM inbox WHERE consumer = :consumer AND event_id = ANY(:ids) AND outcome = 'dead'"
 )
 
-# Advances unless a higher version was applied (stale) or, with :p (the event's previous version, for a
-# gap-aware consumer), unless the applied version is below it (a version in between has not arrived). An
-# aggregate this consumer never saw accepts any version: there is no baseline to find a gap against.
-_ADVANCE = text(
-    "INSERT INTO consumer_versions (consumer, topic, aggregate_id, version) VALUES (:c, :t, :a, :v) "
-    "ON CONFLICT (consumer, topic, aggregate_id) DO UPDATE SET version = EXCLUDED.version "
-    "WHERE consumer_versions.version <= EXCLUDED.version "
-    "AND (CAST(:p AS bigint) IS NULL OR consumer_versions.version >= CAST(:p AS bigint)) RETURNING version"
-)
-_APPLIED_VERSION = text(
-    "SELECT version FROM consumer_versions WHERE consumer = :c AND topic = :t AND aggregate_id = :a"
-)
-
 # The version guard for a batch: lock the aggregates' rows, decide in delivery order in Python, then write
 # each aggregate's new highest version. Two statements per batch instead of one per event.
 _READ_VERSIONS = text(
@@ -185,22 +172,13 @@ class InboxStore:
     async def advance_version(
         self, session: AsyncSession, event: ReceivedEvent, *, gap_aware: bool = False
     ) -> Outcome:
-        """Record the event's version as its aggregate's highest: APPLIED; STALE when a higher one was
-        applied; with `gap_aware`, PARKED when the event's previous version has not been applied yet.
+        """The version guard for one event: APPLIED (its version recorded as the aggregate's highest),
+        STALE when a higher one was applied, with `gap_aware` PARKED when its previous version was not.
 
         An event without a subject names no aggregate: it is not guarded (all of them sharing one key
         would make unrelated events stale)."""
-        if event.version is None or not event.subject:
-            return Outcome.APPLIED
-        key = {"c": self.consumer, "t": event.topic, "a": event.subject}
-        prev = event.prev_version if gap_aware else None
-        row = await session.execute(_ADVANCE, {**key, "v": event.version, "p": prev})
-        if row.first() is not None:
-            return Outcome.APPLIED
-        if prev is None:
-            return Outcome.STALE
-        applied = (await session.execute(_APPLIED_VERSION, key)).scalar_one()
-        return Outcome.STALE if applied > event.version else Outcome.PARKED
+        [verdict] = await self.guard(session, [event], [gap_aware])
+        return verdict
 
     async def guard(
         self, session: AsyncSession, events: Sequence[ReceivedEvent], gap_aware: Sequence[bool]
