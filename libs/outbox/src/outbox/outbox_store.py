@@ -213,6 +213,9 @@ _REPLAY_CHUNK = text(
     """
 )
 
+# Operator actions wake the relays on the channel they listen on, as a writer's commit does.
+_WAKE = text("SELECT pg_notify(:c, '')")
+
 _DEAD_ROWS = text(
     """
     SELECT d.id, d.topic, d.aggregate_id, d.aggregate_version,
@@ -328,7 +331,7 @@ class OutboxAdmin:
                     ).scalars()
                 )
                 if wake:  # every chunk: the relays start on it while the next is marked
-                    await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": wake})
+                    await conn.execute(_WAKE, {"c": wake})
             total += len(ids)
             if len(ids) < chunk:
                 return total
@@ -348,5 +351,5 @@ class OutboxAdmin:
             if resend:
                 await conn.execute(_RESEND, {"ids": resend})
             if wake:
-                await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": wake})
+                await conn.execute(_WAKE, {"c": wake})
             return int(cast(Any, result).rowcount or 0)
