@@ -190,6 +190,7 @@ def render(f: Figures, load: LoadStats, faults: dict[str, Any]) -> str:
         f"  rollbacks injected {load.http_rollbacks} HTTP (409) + {len(load.phantoms)} direct (OutboxWriter)",
         f"  kills              {faults['kills']}",
         f"  outage seconds     {faults['outage_s']:.1f}  {faults['outages']}",
+        f"  recovery seconds   {faults.get('recoveries_s', {})}",
         f"  quiesced           {f.quiesced} in {f.quiescence_s:.1f}s  backlog {f.details['backlog']}",
         f"  lost               {f.lost}  {f.details['lost']}",
         f"  duplicated         {f.duplicated}  {f.details['duplicated']}",
