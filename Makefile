@@ -9,8 +9,13 @@ RUN := $(UV) run --frozen
 $(CURDIR)/.tools/bin/uv:
 	$(PY_BOOT) -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
 
+# Bytecode compiled once at install: where PYTHONDONTWRITEBYTECODE is set (as on the machines this is built
+# on) every process would otherwise recompile its imports from source at each start (measured: 1.3 s -> 0.5 s
+# for a service's imports), and the suites start hundreds of processes. The workspace's own sources too: an
+# edited file's stale .pyc is simply ignored.
 setup: $(UV)
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode --quiet
+	$(UV) run --frozen python -m compileall -q -j 0 libs services scripts >/dev/null
 
 stack: setup
 	$(RUN) python scripts/stack.py up

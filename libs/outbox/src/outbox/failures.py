@@ -16,6 +16,8 @@ retries without counting an attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from enum import Enum
 
 import psycopg
@@ -23,6 +25,7 @@ from aiokafka.errors import (
     CorruptRecordException,
     InvalidProducerEpoch,
     InvalidTimestampError,
+    KafkaError,
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
@@ -76,3 +79,27 @@ def is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, asyncio.TimeoutError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class TransientPublishError(Exception):
+    """Some rows could not be published for a reason that is not theirs (an outage): retry later."""
+
+
+class DatabaseUnavailable(Exception):
+    """The relay's database failed (not a statement): the batch is retried later."""
+
+
+@contextlib.asynccontextmanager
+async def outages_classified() -> AsyncIterator[None]:
+    """Turn a batch's failures into the two the relay retries: the cluster's (metadata, topic creation)
+    and the database's. Anything else is a bug and propagates as is."""
+    try:
+        yield
+    except (TransientPublishError, DatabaseUnavailable):
+        raise
+    except KafkaError as exc:
+        raise TransientPublishError(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        if is_database_outage(exc):
+            raise DatabaseUnavailable(str(exc)) from exc
+        raise

@@ -112,8 +112,14 @@ def _meter() -> metrics.Meter:
 
 
 class _RowLike(Protocol):
-    topic: str
-    occurred_at: Any
+    @property
+    def topic(self) -> str: ...
+    @property
+    def occurred_at(self) -> Any: ...
+
+
+# Latency measurements per topic per batch at most (about: an even stride over the batch's rows).
+LATENCY_SAMPLES = 32
 
 
 class RelayMetrics:
@@ -145,18 +151,25 @@ class RelayMetrics:
         self.batch_size.record(rows, {"outbox.relay.name": relay})
 
     def published(self, relay: str, rows: Iterable[_RowLike]) -> None:
+        """Count every acked row; time at most LATENCY_SAMPLES rows per topic of a batch, evenly spaced.
+
+        One histogram measurement costs the OpenTelemetry SDK ~5 µs, a sixth of the relay's whole per-row
+        budget during a backlog; a sample of a batch's rows (which share one ack) gives the same percentiles."""
         now = time.time()
-        latencies: dict[str, list[float]] = {}
+        by_topic: dict[str, list[_RowLike]] = {}
         for row in rows:
-            occurred = _epoch(row.occurred_at)
-            latencies.setdefault(row.topic, []).append(now - occurred if occurred is not None else -1.0)
-        for topic, values in latencies.items():
+            group = by_topic.get(row.topic)
+            if group is None:
+                group = by_topic[row.topic] = []
+            group.append(row)
+        for topic, group in by_topic.items():
             attrs = {"outbox.relay.name": relay, "messaging.destination.name": topic}
             record = self.latency.record
-            for value in values:
-                if value >= 0:
-                    record(value, attrs)
-            self.sent.add(len(values), {**SYSTEM, **attrs})
+            for row in group[:: max(1, len(group) // LATENCY_SAMPLES)]:
+                occurred = _epoch(row.occurred_at)
+                if occurred is not None:
+                    record(now - occurred, attrs)
+            self.sent.add(len(group), {**SYSTEM, **attrs})
 
     def failed(self, relay: str, topic: str, error: BaseException, *, dead: bool) -> None:
         attrs = {"outbox.relay.name": relay, "messaging.destination.name": topic}

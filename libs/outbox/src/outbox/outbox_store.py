@@ -10,26 +10,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import text
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # One statement claims a batch and says, for each claimed row, whether a pending row of its aggregate lies
 # between it and its previous claimed row (or before it, for the first): a gap. A row after a gap must wait:
-# its predecessor is held by another relay. Rows behind a predecessor that waits out a backoff are not
-# claimed at all (`blocked`, read through a partial index holding only failed rows): otherwise an aggregate
-# with a batch's worth of rows behind one failing row fills every claim and starves all other aggregates.
+# its predecessor is held by another relay. Rows behind a predecessor that failed are not claimed at all
+# until it is published (`blocked`, read through a partial index holding only failed rows), in backoff or
+# not: otherwise an aggregate with a batch's worth of rows behind one failing row fills every claim and
+# starves all other aggregates, and once the backoff is over the failed row, ready later than its
+# successors, never makes it into a claim they fill.
 # With `block_on_dead`, a dead-lettered row blocks its aggregate the same way until it is redriven.
 # Rows are taken in ready order (`available_at`, then id: a replayed row queues behind what was ready
 # before it) and published in id order per aggregate (the gap check holds whatever the claim order).
 # The header values are rendered by PostgreSQL (another core) rather than per row in Python.
+# `in_flight`: rows this relay claimed in a batch it has not committed yet (claim-ahead, `relay_pipeline`);
+# they are locked, hence skipped, and not a gap: the relay itself holds their successors back unless they
+# were acknowledged. NOT IN over a subquery is hashed once per claim (`<> ALL(array)` compares each probe
+# with every element: +5 ms per 1,000-row claim with 2,000 rows in flight).
 _CLAIM = """
     WITH blocked AS MATERIALIZED (
         SELECT topic, aggregate_id, min(id) AS from_id FROM (
             SELECT topic, aggregate_id, id FROM outbox
-            WHERE published_at IS NULL AND dead_at IS NULL AND attempts > 0 AND available_at > now()
+            WHERE published_at IS NULL AND dead_at IS NULL AND attempts > 0
             {dead}
         ) b
         GROUP BY topic, aggregate_id
@@ -56,11 +61,34 @@ _CLAIM = """
                SELECT 1 FROM outbox p
                WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
                  AND p.published_at IS NULL AND p.dead_at IS NULL
-                 AND p.id < s.id AND p.id > s.prev_id
+                 AND p.id < s.id AND p.id > s.prev_id AND p.id NOT IN (SELECT unnest(CAST(:in_flight AS bigint[])))
            ) AS gap
     FROM sequenced s
     ORDER BY s.id
     """
+
+
+class ClaimedRow(NamedTuple):
+    """One claimed row, its fields in the claim's column order. A plain tuple rather than SQLAlchemy's Row:
+    the relay reads a dozen fields of every row, and a Row's attribute access costs ~0.2 µs each (a
+    tuple's ~15 ns), a tenth of the relay's per-row budget during a backlog."""
+
+    id: int
+    event_id: str
+    topic: str
+    event_type: str
+    source: str
+    aggregate_id: str
+    aggregate_version: int | None
+    prev_version: int | None
+    payload_json: str
+    traceparent: str | None
+    tracestate: str | None
+    occurred_at: str
+    attempts: int
+    gap: bool
+
+
 _CLAIM_PASSING_DEAD = text(_CLAIM.format(dead=""))
 _CLAIM_BLOCKING_DEAD = text(
     _CLAIM.format(
@@ -119,10 +147,15 @@ class OutboxStore:
     """Claim, mark and prune outbox rows. Claims and marks run in the caller's transaction."""
 
     @staticmethod
-    async def claim(conn: AsyncConnection, limit: int, *, block_on_dead: bool = False) -> Sequence[Row[Any]]:
-        """Up to `limit` publishable rows, in ready order, with their gap flags."""
+    async def claim(
+        conn: AsyncConnection, limit: int, *, block_on_dead: bool = False, in_flight: Sequence[int] = ()
+    ) -> list[ClaimedRow]:
+        """Up to `limit` publishable rows, in ready order, with their gap flags (rows `in_flight` in this
+        relay's uncommitted batches do not count as gaps)."""
         statement = _CLAIM_BLOCKING_DEAD if block_on_dead else _CLAIM_PASSING_DEAD
-        return (await conn.execute(statement, {"limit": limit})).all()
+        make = ClaimedRow._make
+        result = await conn.execute(statement, {"limit": limit, "in_flight": list(in_flight)})
+        return [make(row) for row in result]
 
     @staticmethod
     async def mark_published(conn: AsyncConnection, ids: list[int]) -> None:
@@ -167,7 +200,7 @@ _BACKLOG = text(
         WHERE published_at IS NULL AND dead_at IS NULL
     ), held AS (
         SELECT topic, aggregate_id, min(id) AS from_id, bool_or(dead) AS dead FROM (
-            SELECT topic, aggregate_id, id, false AS dead FROM pending WHERE available_at > now()
+            SELECT topic, aggregate_id, id, false AS dead FROM pending WHERE attempts > 0
             UNION ALL
             SELECT topic, aggregate_id, id, true FROM outbox WHERE dead_at IS NOT NULL AND published_at IS NULL
         ) h GROUP BY topic, aggregate_id
@@ -241,8 +274,8 @@ _RESEND = text(
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """An outbox's pending rows by state. `due`: ready by time, of which `behind_backoff`/`behind_dead`
-    wait for a predecessor (in backoff, or dead-lettered); `backoff`: waiting out a retry delay;
-    `oldest_due_age_s`: how long the longest-waiting due row has been ready (from `available_at`, so a
+    wait for a predecessor (one that failed, in backoff or due for its retry; or dead-lettered);
+    `backoff`: waiting out a retry delay; `oldest_due_age_s`: how long the longest-waiting due row has been ready (from `available_at`, so a
     replayed row counts from its replay, not from when it first happened)."""
 
     due: int

@@ -26,6 +26,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from outbox.failures import PublishFailure, PublishTimeout, classify_publish_error
 
+_PARTITION_CACHE_SIZE = 100_000
+
 
 @dataclass(slots=True, eq=False)
 class Outbound:
@@ -57,6 +59,8 @@ class BatchPublisher:
         self.max_request_size = max_request_size
         self.ack_timeout_s = ack_timeout_s
         self._partitioner = DefaultPartitioner()
+        # murmur2 in pure Python costs ~2 µs per key; an aggregate's key maps to one partition per count.
+        self._partition_of: dict[tuple[str, bytes, int], int] = {}
 
     async def publish(self, items: Sequence[Outbound]) -> None:
         """Send `items` (in the order they must be written) and record each one's outcome on it."""
@@ -65,10 +69,7 @@ class BatchPublisher:
         for item in items:
             if item.topic not in partitions:
                 partitions[item.topic] = sorted(await self.producer.partitions_for(item.topic))
-            # The Java client's default partitioner (murmur2 of the key): the same partition any other
-            # producer of these keys would choose.
-            every = partitions[item.topic]
-            partition = self._partitioner(item.key, every, every)
+            partition = self._partition(item.topic, item.key, partitions[item.topic])
             lane = lanes.get((item.topic, partition))
             if lane is None:
                 lane = lanes[(item.topic, partition)] = _Lane(item.topic, partition)
@@ -80,6 +81,17 @@ class BatchPublisher:
         for task in late:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _partition(self, topic: str, key: bytes, every: list[int]) -> int:
+        """The Java client's default partitioner (murmur2 of the key): the partition any other producer of
+        these keys would choose; remembered per (topic, key, partition count)."""
+        cache_key = (topic, key, len(every))
+        partition = self._partition_of.get(cache_key)
+        if partition is None:
+            if len(self._partition_of) >= _PARTITION_CACHE_SIZE:
+                self._partition_of.clear()
+            partition = self._partition_of[cache_key] = self._partitioner(key, every, every)
+        return partition
 
     async def _run_lane(self, lane: _Lane) -> None:
         pending = lane.items

@@ -15,6 +15,9 @@ class RelaySettings:
     bootstrap: str = field(default_factory=bootstrap_from_env)
     topic_prefix: str = field(default_factory=topic_prefix)
     batch_size: int = 1000
+    # Under a backlog, claim the next batch while this one is sent, and send it while this one commits
+    # (`relay_pipeline`: same order and delivery guarantees, up to three transactions open instead of one).
+    claim_ahead: bool = True
     # Non-retriable publish failures of one row before it is dead-lettered (kept in the table, dead_at set).
     max_attempts: int = 5
     # A dead-lettered row holds its aggregate's later rows back until it is redriven (strict order, at the
@@ -30,7 +33,8 @@ class RelaySettings:
     dead_retention: timedelta = timedelta(days=30)
     cleanup_interval_s: float = 60.0
     cleanup_batch: int = 5000
-    analyze_interval_s: float = 30.0
+    # How often the relay checks whether the outbox's planner figures are stale (and ANALYZEs it if so).
+    analyze_interval_s: float = 1.0
     outage_backoff_max_s: float = 5.0
     max_message_bytes: int = 1_048_576
     # One record batch per partition lane holds up to this many bytes (below the broker's max.message.bytes).
@@ -71,3 +75,4 @@ class RelayStats:
     outages: int = 0
     cleaned: int = 0
     producer_resets: int = 0
+    claimed_ahead: int = 0  # batches claimed while the previous one was still on its way
