@@ -30,6 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 # they are locked, hence skipped, and not a gap: the relay itself holds their successors back unless they
 # were acknowledged. NOT IN over a subquery is hashed once per claim (`<> ALL(array)` compares each probe
 # with every element: +5 ms per 1,000-row claim with 2,000 rows in flight).
+# The gap probe comes in two shapes so that no plan can walk the whole table: for an aggregate's first row
+# in the claim ("any pending row before it?") the one-sided id range leaves the primary key unattractive and
+# the aggregate index serves it; between two claimed rows of one aggregate the range is short. As one
+# two-sided range with a lower bound of 0, the planner took the primary key whenever the pending index
+# looked expensive (after an ANALYZE with few rows pending and the index full of dead entries), scanning
+# the retained history for every probe: measured 150-600 ms claims, p99 ~1 s at 1,000 events/s.
 _CLAIM = """
     WITH blocked AS MATERIALIZED (
         SELECT topic, aggregate_id, min(id) AS from_id FROM (
@@ -57,12 +63,17 @@ _CLAIM = """
     SELECT s.id, s.event_id::text AS event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
            s.prev_version, s.payload::text AS payload_json, s.trace_context->>'traceparent' AS traceparent,
            s.trace_context->>'tracestate' AS tracestate, to_json(s.occurred_at)#>>'{{}}' AS occurred_at, s.attempts,
-           EXISTS (
+           CASE WHEN s.prev_id = 0 THEN EXISTS (
+               SELECT 1 FROM outbox p
+               WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
+                 AND p.published_at IS NULL AND p.dead_at IS NULL
+                 AND p.id < s.id AND p.id NOT IN (SELECT unnest(CAST(:in_flight AS bigint[])))
+           ) ELSE EXISTS (
                SELECT 1 FROM outbox p
                WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
                  AND p.published_at IS NULL AND p.dead_at IS NULL
                  AND p.id < s.id AND p.id > s.prev_id AND p.id NOT IN (SELECT unnest(CAST(:in_flight AS bigint[])))
-           ) AS gap
+           ) END AS gap
     FROM sequenced s
     ORDER BY s.id
     """
