@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.outbox.tests.relay_support import (
@@ -167,3 +168,37 @@ async def test_rows_in_flight_are_not_gaps_for_the_claim_but_other_pending_rows_
     assert [r.aggregate_version for r in as_another_relay] == [2, 3]
     assert [r.gap for r in as_another_relay] == [True, False]  # x v1 pending, not ours: v2 waits
     assert [r.gap for r in as_this_relay] == [False, False]  # x v1 in our flight: the relay decides
+
+
+async def test_two_relays_claiming_ahead_on_one_backlog_both_make_progress_and_keep_order(
+    engine: AsyncEngine, topic: str, bootstrap: str
+) -> None:
+    """Each relay's claims fill with rows the other's locked rows hold back. Claiming ahead on such a claim
+    locked yet more rows the other needed: the pair drained ~10 rows/s. A mostly-held claim now ends the
+    run (send what may go, commit, back off)."""
+    aggregates, versions = 40, 25
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, topic, event_type, source, aggregate_id, aggregate_version, payload) "
+                "SELECT gen_random_uuid(), :topic, 't.changed', 'test', 'agg-' || a, v, '{}'::jsonb "
+                "FROM generate_series(1, :versions) v, generate_series(1, :aggregates) a ORDER BY v, a"
+            ),
+            {"topic": topic, "versions": versions, "aggregates": aggregates},
+        )
+    relays = [Relay(engine, RelaySettings(bootstrap=bootstrap, batch_size=20), name=f"r{n}") for n in (1, 2)]
+    tasks = [await running(r) for r in relays]
+    try:
+        await wait_for(
+            lambda: scalar(engine, "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"), timeout=60
+        )
+    finally:
+        for relay, task in zip(relays, tasks, strict=True):
+            await stopped(relay, task)
+    assert sum(r.stats.claimed_ahead for r in relays) > 0
+    found = versions_by_key(
+        await read_topic(bootstrap, wire(topic), expect=aggregates * versions, timeout=10)
+    )
+    assert len(found) == aggregates
+    for key, seen in found.items():
+        assert list(dict.fromkeys(seen)) == list(range(1, versions + 1)), key

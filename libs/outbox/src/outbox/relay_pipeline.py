@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from outbox.failures import outages_classified
 from outbox.outbox_store import ClaimedRow
-from outbox.relay_batch import Aggregate, Settlement
+from outbox.relay_batch import Aggregate, Settlement, in_aggregate_order
 
 if TYPE_CHECKING:
     from outbox.relay import Relay
@@ -55,7 +55,8 @@ class Pipeline:
         self.ahead: asyncio.Task[_Batch | None] | None = None
 
     async def run(self) -> int:
-        """Returns the size of the last claim (less than a batch: the backlog is gone, or 0)."""
+        """Returns the size of the last claim (less than a batch: the backlog is gone, or 0), or how many
+        of its rows could go when most had to wait (less than a batch too: the caller backs off)."""
         try:
             async with outages_classified():
                 return await self._run()
@@ -67,13 +68,19 @@ class Pipeline:
         batch = await self._claim([])
         while batch is not None:
             self.in_flight.append(batch)
-            full = len(batch.rows) >= relay.settings.batch_size
-            if full and not relay.stopping:
-                await relay.refresh_statistics()  # a long backlog drain keeps the figures current
-                self.ahead = asyncio.create_task(self._claim(list(self.in_flight)), name="outbox-claim-ahead")
             held: set[Aggregate] = set()
             for earlier in batch.after:
                 held |= earlier.held
+            # A claim mostly of rows that must wait (their predecessors are locked by another relay) means
+            # the relays are in each other's way: claiming ahead would lock yet more rows the other one
+            # needs. Send what may go, commit, and let the caller back off (measured: two claim-ahead
+            # relays on one backlog of 1,000 aggregates drained ~10 rows/s without this).
+            publishable = len(in_aggregate_order(batch.rows, held))
+            contended = 2 * publishable < len(batch.rows)
+            full = len(batch.rows) >= relay.settings.batch_size and not contended
+            if full and not relay.stopping:
+                await relay.refresh_statistics()  # a long backlog drain keeps the figures current
+                self.ahead = asyncio.create_task(self._claim(list(self.in_flight)), name="outbox-claim-ahead")
             settlement = await relay.send(batch.rows, await relay.ready_publisher(), held)
             batch.held = settlement.held(batch.rows)
             previous = batch.after[-1].finished if batch.after else None
@@ -81,7 +88,7 @@ class Pipeline:
             if settlement.outage is not None or self.ahead is None:
                 await batch.finished
                 await relay.after_outage(settlement.outage)
-                return len(batch.rows)
+                return publishable if contended else len(batch.rows)
             if previous is not None:
                 await previous  # at most one batch commits behind the one being sent; a failure stops here
             self.beat()
