@@ -132,3 +132,19 @@ async def running(relay: Relay) -> asyncio.Task[None]:
 async def stopped(relay: Relay, task: asyncio.Task[None]) -> None:
     relay.stop()
     await asyncio.wait_for(task, 30)
+
+
+async def run_until(relay: Relay, done: Callable[[], Any], timeout: float = 30.0) -> None:
+    """Run `relay` until the awaitable predicate `done` holds, then stop it."""
+    task = await running(relay)
+    try:
+        await wait_for(done, timeout)
+    finally:
+        await stopped(relay, task)
+
+
+async def run_until_published(relay: Relay, engine: AsyncEngine, rows: int) -> None:
+    await run_until(
+        relay,
+        lambda: scalar(engine, "SELECT count(*) = :n FROM outbox WHERE published_at IS NOT NULL", n=rows),
+    )

@@ -21,6 +21,7 @@ from libs.outbox.tests.relay_support import (
     POISON,
     FaultyRelay,
     keys_in_two_partitions,
+    run_until_published,
     running,
     scalar,
     stopped,
@@ -52,13 +53,7 @@ async def test_a_row_that_fails_alone_holds_back_its_successors_so_the_topic_sta
         fault=lambda: MessageSizeTooLargeError("rejected by the broker"),
         remaining=2,
     )
-    task = await running(relay)
-    try:
-        await wait_for(
-            lambda: scalar(engine, "SELECT count(*) = 4 FROM outbox WHERE published_at IS NOT NULL")
-        )
-    finally:
-        await stopped(relay, task)
+    await run_until_published(relay, engine, 4)
     assert relay.faulty.faulted == 2
     assert (
         await scalar(
@@ -125,13 +120,7 @@ async def test_an_authorisation_failure_is_an_outage_it_never_dead_letters_a_row
         fault=lambda: TopicAuthorizationFailedError("ACL says no"),
         remaining=5,
     )
-    task = await running(relay)
-    try:
-        await wait_for(
-            lambda: scalar(engine, "SELECT count(*) = 3 FROM outbox WHERE published_at IS NOT NULL")
-        )
-    finally:
-        await stopped(relay, task)
+    await run_until_published(relay, engine, 3)
     assert relay.faulty.faulted == 5
     assert relay.stats.outages >= 5
     assert await scalar(engine, "SELECT count(*) FROM outbox WHERE attempts > 0 OR dead_at IS NOT NULL") == 0

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from libs.outbox.tests.relay_support import (
     FaultyRelay,
     keys_in_two_partitions,
+    run_until_published,
     running,
     scalar,
     stopped,
@@ -51,13 +52,7 @@ async def test_a_batch_claimed_ahead_holds_back_the_successors_of_a_row_the_prev
         fault=lambda: MessageSizeTooLargeError("rejected by the broker"),
         remaining=1,
     )
-    task = await running(relay)
-    try:
-        await wait_for(
-            lambda: scalar(engine, "SELECT count(*) = 10 FROM outbox WHERE published_at IS NOT NULL")
-        )
-    finally:
-        await stopped(relay, task)
+    await run_until_published(relay, engine, 10)
     assert relay.faulty.faulted == 1
     assert relay.stats.claimed_ahead > 0
     found = versions_by_key(await read_topic(bootstrap, wire(topic), expect=10, timeout=10))
