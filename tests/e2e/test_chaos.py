@@ -108,8 +108,9 @@ class Faults:
             raise AssertionError(
                 f"{exc}; backlog {backlog(self.system)}; earlier recoveries {self.recoveries}"
             ) from None
-        self.recoveries.append((f"{len(self.recoveries)}:{what}", time.monotonic() - t))
-        print(f"[chaos] flowing after {what} in {time.monotonic() - t:.1f}s", flush=True)
+        took = time.monotonic() - t
+        self.recoveries.append((f"{len(self.recoveries)}:{what}", took))
+        print(f"[chaos] flowing after {what} in {took:.1f}s", flush=True)
 
     async def kill_and_restart(self, name: str) -> None:
         t = time.monotonic()
