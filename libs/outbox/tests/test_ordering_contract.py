@@ -26,7 +26,8 @@ from outbox import (
     RelaySettings,
 )
 from outbox.admin import RedriveOrder, redrive, replay, status
-from outbox.outbox_store import OutboxStore, Selection
+from outbox.outbox_admin_store import Selection
+from outbox.outbox_store import OutboxStore
 from outbox.publisher import BatchPublisher, Outbound
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
 from testsupport import wait_until

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import Relay, RelaySettings
 from outbox.admin import Selection, redrive, replay
-from outbox.relay import _STALE_STATISTICS
+from outbox.outbox_store import OutboxStore
 from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -38,7 +38,7 @@ async def make_statistics_stale(engine: AsyncEngine) -> None:
 
     async def stale() -> bool:
         async with engine.connect() as conn:
-            return bool((await conn.execute(_STALE_STATISTICS)).scalar())
+            return await OutboxStore.statistics_stale(conn)
 
     await wait_until(stale, timeout=10, what="outbox statistics stale")
 

@@ -3,7 +3,7 @@
 Replay and redrive go through the relay (they make rows pending again) rather than around it, so the
 relay's per-aggregate ordering and the consumers' inbox apply to them unchanged. Replayed events keep
 their event ids: a consumer that already applied one skips it; a consumer rebuilt from scratch (state and
-inbox cleared) applies them all again. The statements live in `outbox_store.OutboxAdmin`.
+inbox cleared) applies them all again. The statements live in `outbox_admin_store.OutboxAdmin`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.outbox_store import OutboxAdmin, Selection
+from outbox.outbox_admin_store import OutboxAdmin, Selection
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
 __all__ = ["RedriveOrder", "Selection", "redrive", "replay", "status"]

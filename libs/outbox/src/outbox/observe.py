@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.kafka import topic_prefix
 from outbox.metrics import BacklogSnapshot
-from outbox.outbox_store import OutboxAdmin
+from outbox.outbox_admin_store import OutboxAdmin
 
 Lag = dict[tuple[str, int], int]
 

@@ -1,4 +1,5 @@
-"""The outbox table's statements, shared by the relay and the operator tools: one place, one SQL style.
+"""The outbox table's statements for the relay: claim, mark, prune, keep the planner's figures fresh. The
+operator tools' statements are in `outbox_admin_store`; one SQL style for both.
 
 Identity order is insert order, not commit order: a transaction that inserted row 10 may commit after the
 one that inserted row 11. The relay therefore never remembers a "last id seen": it claims whatever is
@@ -10,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # One statement claims a batch and says, for each claimed row, whether a pending row of its aggregate lies
@@ -63,20 +64,17 @@ _CLAIM = """
     SELECT s.id, s.event_id::text AS event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
            s.prev_version, s.payload::text AS payload_json, s.trace_context->>'traceparent' AS traceparent,
            s.trace_context->>'tracestate' AS tracestate, to_json(s.occurred_at)#>>'{{}}' AS occurred_at, s.attempts,
-           CASE WHEN s.prev_id = 0 THEN EXISTS (
-               SELECT 1 FROM outbox p
-               WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
-                 AND p.published_at IS NULL AND p.dead_at IS NULL
-                 AND p.id < s.id AND p.id NOT IN (SELECT unnest(CAST(:in_flight AS bigint[])))
-           ) ELSE EXISTS (
-               SELECT 1 FROM outbox p
-               WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
-                 AND p.published_at IS NULL AND p.dead_at IS NULL
-                 AND p.id < s.id AND p.id > s.prev_id AND p.id NOT IN (SELECT unnest(CAST(:in_flight AS bigint[])))
-           ) END AS gap
+           CASE WHEN s.prev_id = 0 THEN {first_row_gap} ELSE {later_row_gap} END AS gap
     FROM sequenced s
     ORDER BY s.id
     """
+# A pending row of the claimed row's aggregate before it (and after `lower`), not in this relay's flight.
+_GAP_PROBE = """EXISTS (
+               SELECT 1 FROM outbox p
+               WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
+                 AND p.published_at IS NULL AND p.dead_at IS NULL
+                 AND p.id < s.id {lower} AND p.id NOT IN (SELECT unnest(CAST(:in_flight AS bigint[])))
+           )"""
 
 
 class ClaimedRow(NamedTuple):
@@ -100,12 +98,32 @@ class ClaimedRow(NamedTuple):
     gap: bool
 
 
-_CLAIM_PASSING_DEAD = text(_CLAIM.format(dead=""))
-_CLAIM_BLOCKING_DEAD = text(
-    _CLAIM.format(
-        dead="UNION ALL SELECT topic, aggregate_id, id FROM outbox WHERE dead_at IS NOT NULL AND published_at IS NULL"
+def _claim(dead: str) -> TextClause:
+    return text(
+        _CLAIM.format(
+            dead=dead,
+            first_row_gap=_GAP_PROBE.format(lower=""),
+            later_row_gap=_GAP_PROBE.format(lower="AND p.id > s.prev_id"),
+        )
     )
+
+
+_CLAIM_PASSING_DEAD = _claim("")
+_CLAIM_BLOCKING_DEAD = _claim(
+    "UNION ALL SELECT topic, aggregate_id, id FROM outbox WHERE dead_at IS NOT NULL AND published_at IS NULL"
 )
+
+# Stale: more rows inserted, updated or deleted since the last ANALYZE than half of what it counted (an
+# outbox never analyzed counts -1 rows: then 1,000 changes). Counters from the statistics system, no scan.
+_STALE_STATISTICS = text(
+    """
+    SELECT s.n_mod_since_analyze > greatest(1000, c.reltuples * 0.5)
+    FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+    WHERE s.relid = 'outbox'::regclass
+    """
+)
+# SKIP_LOCKED: never queue behind a VACUUM/ANALYZE in progress (nor make autovacuum cancel itself for us).
+_ANALYZE = text("ANALYZE (SKIP_LOCKED) outbox")
 
 _MARK_PUBLISHED = text("UPDATE outbox SET published_at = now(), last_error = NULL WHERE id = ANY(:ids)")
 
@@ -169,6 +187,20 @@ class OutboxStore:
         return [make(row) for row in result]
 
     @staticmethod
+    async def statistics_stale(conn: AsyncConnection) -> bool:
+        return bool((await conn.execute(_STALE_STATISTICS)).scalar())
+
+    @classmethod
+    async def analyze_if_stale(cls, conn: AsyncConnection) -> bool:
+        """ANALYZE the outbox when its planner figures are stale; True when it did (or tried: with the
+        table held by maintenance, SKIP_LOCKED returns at once and the next check tries again)."""
+        if not await cls.statistics_stale(conn):
+            return False
+        await conn.execute(_ANALYZE)
+        await conn.commit()
+        return True
+
+    @staticmethod
     async def mark_published(conn: AsyncConnection, ids: list[int]) -> None:
         if ids:
             await conn.execute(_MARK_PUBLISHED, {"ids": ids})
@@ -199,201 +231,3 @@ class OutboxStore:
                 if deleted < retention.batch or (stop is not None and stop()):
                     break
         return total
-
-
-# -- what operators read and do ---------------------------------------------------------------------------
-# Every figure comes from the pending and dead partial indexes (or the planner's row estimate): none scans
-# the retained history, which is most of the table.
-_BACKLOG = text(
-    """
-    WITH pending AS (
-        SELECT id, topic, aggregate_id, available_at, attempts FROM outbox
-        WHERE published_at IS NULL AND dead_at IS NULL
-    ), held AS (
-        SELECT topic, aggregate_id, min(id) AS from_id, bool_or(dead) AS dead FROM (
-            SELECT topic, aggregate_id, id, false AS dead FROM pending WHERE attempts > 0
-            UNION ALL
-            SELECT topic, aggregate_id, id, true FROM outbox WHERE dead_at IS NOT NULL AND published_at IS NULL
-        ) h GROUP BY topic, aggregate_id
-    )
-    SELECT
-        count(*) FILTER (WHERE p.available_at > now()) AS backoff,
-        count(*) FILTER (WHERE p.available_at <= now() AND h.from_id < p.id AND NOT h.dead) AS behind_backoff,
-        count(*) FILTER (WHERE p.available_at <= now() AND h.from_id < p.id AND h.dead) AS behind_dead,
-        count(*) FILTER (WHERE p.available_at <= now()) AS due,
-        min(p.available_at) FILTER (WHERE p.available_at <= now()) AS oldest_due,
-        (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead,
-        (SELECT max(published_at) FROM outbox WHERE published_at IS NOT NULL) AS last_published_at,
-        (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'outbox'::regclass) AS estimated_rows,
-        now() AS now
-    FROM pending p LEFT JOIN held h ON h.topic = p.topic AND h.aggregate_id = p.aggregate_id
-    """
-)
-
-_DEAD_SAMPLE = text(
-    "SELECT id, event_type, aggregate_id, aggregate_version, attempts, last_error, dead_at FROM outbox "
-    "WHERE dead_at IS NOT NULL ORDER BY id LIMIT :limit"
-)
-
-# Optional filters as `(:x IS NULL OR column = :x)`: one statement whatever the operator chose.
-_SELECTION = """
-    published_at IS NOT NULL
-    AND (CAST(:topic AS text) IS NULL OR topic = :topic)
-    AND (CAST(:event_type AS text) IS NULL OR event_type = :event_type)
-    AND (CAST(:aggregate_id AS text) IS NULL OR aggregate_id = :aggregate_id)
-    AND (CAST(:since AS timestamptz) IS NULL OR occurred_at >= :since)
-    AND (CAST(:until AS timestamptz) IS NULL OR occurred_at < :until)
-"""
-_COUNT_REPLAYABLE = text(f"SELECT count(*) FROM outbox WHERE {_SELECTION}")
-# One bounded chunk per transaction, in id order: a long replay never holds a million row locks, and rows
-# written meanwhile queue between its chunks (claims go in ready order).
-_REPLAY_CHUNK = text(
-    f"""
-    UPDATE outbox SET published_at = NULL, attempts = 0, last_error = NULL, available_at = now()
-    WHERE id IN (
-        SELECT id FROM outbox WHERE {_SELECTION} AND id > :after ORDER BY id LIMIT :limit FOR UPDATE
-    )
-    RETURNING id
-    """
-)
-
-# Operator actions wake the relays on the channel they listen on, as a writer's commit does.
-_WAKE = text("SELECT pg_notify(:c, '')")
-
-_DEAD_ROWS = text(
-    """
-    SELECT d.id, d.topic, d.aggregate_id, d.aggregate_version,
-           array_remove(array_agg(s.id ORDER BY s.id), NULL) AS published_after
-    FROM outbox d
-    LEFT JOIN outbox s ON s.topic = d.topic AND s.aggregate_id = d.aggregate_id AND s.id > d.id
-                      AND s.published_at IS NOT NULL
-    WHERE d.dead_at IS NOT NULL AND (CAST(:ids AS bigint[]) IS NULL OR d.id = ANY(:ids))
-    GROUP BY d.id ORDER BY d.id
-    """
-)
-_REDRIVE = text(
-    "UPDATE outbox SET dead_at = NULL, attempts = 0, last_error = NULL, available_at = now() "
-    "WHERE id = ANY(:ids) AND dead_at IS NOT NULL"
-)
-# Order-preserving redrive: the successors already published go out again after the redriven row.
-_RESEND = text(
-    "UPDATE outbox SET published_at = NULL, attempts = 0, last_error = NULL, available_at = now() "
-    "WHERE id = ANY(:ids) AND published_at IS NOT NULL"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    """An outbox's pending rows by state. `due`: ready by time, of which `behind_backoff`/`behind_dead`
-    wait for a predecessor (one that failed, in backoff or due for its retry; or dead-lettered);
-    `backoff`: waiting out a retry delay; `oldest_due_age_s`: how long the longest-waiting due row has been ready (from `available_at`, so a
-    replayed row counts from its replay, not from when it first happened)."""
-
-    due: int
-    behind_backoff: int
-    behind_dead: int
-    backoff: int
-    dead: int
-    oldest_due_age_s: float
-    estimated_rows: int
-    last_published_at: Any
-
-    @property
-    def pending(self) -> int:
-        return self.due + self.backoff
-
-    @property
-    def ready(self) -> int:
-        return self.due - self.behind_backoff - self.behind_dead
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    topic: str | None = None
-    event_type: str | None = None
-    aggregate_id: str | None = None
-    since: Any = None
-    until: Any = None
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "topic": self.topic,
-            "event_type": self.event_type,
-            "aggregate_id": self.aggregate_id,
-            "since": self.since,
-            "until": self.until,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class DeadRow:
-    id: int
-    topic: str
-    aggregate_id: str
-    aggregate_version: int | None
-    published_after: list[int]  # ids of this aggregate's rows published after it was dead-lettered
-
-
-class OutboxAdmin:
-    """The operators' statements: backlog, dead rows, replay, redrive. Each in its own transaction."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def backlog(self) -> Backlog:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(_BACKLOG)).one()
-        age = (row.now - row.oldest_due).total_seconds() if row.oldest_due is not None else 0.0
-        return Backlog(
-            due=row.due,
-            behind_backoff=row.behind_backoff,
-            behind_dead=row.behind_dead,
-            backoff=row.backoff,
-            dead=row.dead,
-            oldest_due_age_s=max(age, 0.0),
-            estimated_rows=row.estimated_rows,
-            last_published_at=row.last_published_at,
-        )
-
-    async def dead_sample(self, limit: int = 20) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(_DEAD_SAMPLE, {"limit": limit})]
-
-    async def count_replayable(self, selection: Selection) -> int:
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(_COUNT_REPLAYABLE, selection.params())).scalar_one())
-
-    async def replay(self, selection: Selection, *, chunk: int, wake: str | None) -> int:
-        total, after = 0, 0
-        while True:
-            async with self.engine.begin() as conn:
-                ids = list(
-                    (
-                        await conn.execute(
-                            _REPLAY_CHUNK, {**selection.params(), "after": after, "limit": chunk}
-                        )
-                    ).scalars()
-                )
-                if wake:  # every chunk: the relays start on it while the next is marked
-                    await conn.execute(_WAKE, {"c": wake})
-            total += len(ids)
-            if len(ids) < chunk:
-                return total
-            after = max(ids)
-
-    async def dead_rows(self, ids: list[int] | None) -> list[DeadRow]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(_DEAD_ROWS, {"ids": ids})
-            return [
-                DeadRow(r.id, r.topic, r.aggregate_id, r.aggregate_version, list(r.published_after))
-                for r in rows
-            ]
-
-    async def redrive(self, ids: list[int], resend: list[int], *, wake: str | None) -> int:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(_REDRIVE, {"ids": ids})
-            if resend:
-                await conn.execute(_RESEND, {"ids": resend})
-            if wake:
-                await conn.execute(_WAKE, {"c": wake})
-            return int(cast(Any, result).rowcount or 0)

@@ -32,7 +32,6 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
@@ -48,23 +47,13 @@ from outbox.kafka import ensure_topics, start_producer
 from outbox.metrics import relay_metrics
 from outbox.outbox_store import ClaimedRow, OutboxStore, Retention
 from outbox.publisher import BatchPublisher
-from outbox.relay_batch import Aggregate, Settlement, in_aggregate_order, outbound, settle
+from outbox.relay_batch import Settlement, in_aggregate_order, outbound, settle
 from outbox.relay_pipeline import Pipeline
 from outbox.relay_settings import RelaySettings, RelayStats
 
 __all__ = ["Relay", "RelaySettings", "RelayStats", "TransientPublishError"]
 
 log = logging.getLogger("outbox.relay")
-
-# Stale: more rows inserted, updated or deleted since the last ANALYZE than half of what it counted (an
-# outbox never analyzed counts -1 rows: then 1,000 changes). Counters from the statistics system, no scan.
-_STALE_STATISTICS = text(
-    """
-    SELECT s.n_mod_since_analyze > greatest(1000, c.reltuples * 0.5)
-    FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-    WHERE s.relid = 'outbox'::regclass
-    """
-)
 
 
 class Relay:
@@ -175,12 +164,7 @@ class Relay:
         self._analyzed_at = now
         try:
             async with self.engine.connect() as conn:
-                if not (await conn.execute(_STALE_STATISTICS)).scalar():
-                    return
-                # SKIP_LOCKED: never queue behind a VACUUM/ANALYZE in progress (nor make autovacuum cancel
-                # itself for us); the next check tries again.
-                await conn.execute(text("ANALYZE (SKIP_LOCKED) outbox"))
-                await conn.commit()
+                await self.store.analyze_if_stale(conn)
         except Exception as exc:  # not fatal: e.g. the relay's role does not own the table
             log.warning(
                 "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog", self.name, exc
@@ -227,7 +211,7 @@ class Relay:
             rows = await self.claim(conn)
             if not rows:
                 return 0
-            settlement = await self.send(rows, publisher)
+            settlement = await self.send(in_aggregate_order(rows), publisher)
             await self.apply(conn, settlement)
         await self.after_outage(settlement.outage)
         return len(rows)
@@ -240,13 +224,10 @@ class Relay:
             relay_metrics().claimed(self.name, len(rows))
         return rows
 
-    async def send(
-        self, rows: Sequence[ClaimedRow], publisher: BatchPublisher, held: set[Aggregate] | None = None
-    ) -> Settlement:
-        """Publish the rows that may go now (order per aggregate; none of a `held` aggregate) and sort every
-        sent row by the broker's answer. No database work: the caller applies the settlement."""
+    async def send(self, publishable: Sequence[ClaimedRow], publisher: BatchPublisher) -> Settlement:
+        """Publish a claim's rows that may go now (`in_aggregate_order`) and sort every sent row by the
+        broker's answer. No database work: the caller applies the settlement."""
         self.stats.batches += 1
-        publishable = in_aggregate_order(rows, held)
         if not publishable:
             return Settlement()
         prefix = self.settings.topic_prefix

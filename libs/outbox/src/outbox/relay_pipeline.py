@@ -75,20 +75,20 @@ class Pipeline:
             # the relays are in each other's way: claiming ahead would lock yet more rows the other one
             # needs. Send what may go, commit, and let the caller back off (measured: two claim-ahead
             # relays on one backlog of 1,000 aggregates drained ~10 rows/s without this).
-            publishable = len(in_aggregate_order(batch.rows, held))
-            contended = 2 * publishable < len(batch.rows)
+            publishable = in_aggregate_order(batch.rows, held)
+            contended = 2 * len(publishable) < len(batch.rows)
             full = len(batch.rows) >= relay.settings.batch_size and not contended
             if full and not relay.stopping:
                 await relay.refresh_statistics()  # a long backlog drain keeps the figures current
                 self.ahead = asyncio.create_task(self._claim(list(self.in_flight)), name="outbox-claim-ahead")
-            settlement = await relay.send(batch.rows, await relay.ready_publisher(), held)
+            settlement = await relay.send(publishable, await relay.ready_publisher())
             batch.held = settlement.held(batch.rows)
             previous = batch.after[-1].finished if batch.after else None
             batch.finished = asyncio.create_task(self._finish(batch, settlement, previous))
             if settlement.outage is not None or self.ahead is None:
                 await batch.finished
                 await relay.after_outage(settlement.outage)
-                return publishable if contended else len(batch.rows)
+                return len(publishable) if contended else len(batch.rows)
             if previous is not None:
                 await previous  # at most one batch commits behind the one being sent; a failure stops here
             self.beat()
