@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth.accounts import service as accounts
 from auth.deps import Resources
+from auth.email_login.codes import CodeStore
 from auth.keys.crypto import CodeHasher, KeyCipher
 from auth.keys.service import Keyring
 from auth.models import Account
@@ -73,6 +74,7 @@ async def test_rolled_back_transaction_leaves_neither_account_nor_event(
         hasher=hasher,
         codes=CodeHasher(secret),
         throttle=Throttle(redis, prefix),
+        login_codes=CodeStore(redis, prefix),
         revocations=RevocationList(redis, prefix),
     )
     email = unique_email("rollback")

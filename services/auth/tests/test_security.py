@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth.accounts import service as accounts
 from auth.deps import Resources
+from auth.email_login.codes import CodeStore
 from auth.keys.crypto import CodeHasher, KeyCipher
 from auth.keys.service import Keyring
 from auth.mail import scrub_once
@@ -65,6 +66,7 @@ class InProcess:
             hasher=hasher,
             codes=CodeHasher(KEY_ENCRYPTION_KEY),
             throttle=Throttle(self.redis, self.prefix),
+            login_codes=CodeStore(self.redis, self.prefix),
             revocations=RevocationList(self.redis, self.prefix),
         )
 

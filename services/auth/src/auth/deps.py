@@ -8,6 +8,7 @@ from typing import Annotated, TypedDict
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from auth.email_login.codes import CodeStore
 from auth.keys.crypto import CodeHasher
 from auth.keys.service import Keyring
 from auth.passwords import PasswordHasher
@@ -27,6 +28,7 @@ class Resources:
     hasher: PasswordHasher
     codes: CodeHasher
     throttle: Throttle
+    login_codes: CodeStore
     revocations: RevocationList
 
 

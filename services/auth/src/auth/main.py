@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from auth.accounts.endpoints import router as accounts_router
 from auth.deps import Resources, State
+from auth.email_login.codes import CodeStore
 from auth.email_login.endpoints import router as email_login_router
 from auth.keys.crypto import CodeHasher, KeyCipher
 from auth.keys.endpoints import router as keys_router
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 codes=CodeHasher(secret),
                 throttle=Throttle(redis, settings.redis_prefix),
+                login_codes=CodeStore(redis, settings.redis_prefix),
                 revocations=revocations,
             )
             yield State(

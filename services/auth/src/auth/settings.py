@@ -73,12 +73,18 @@ class Settings(DatabaseSettings):
     reset_window_seconds: float = Field(default=900.0, gt=0)
     reset_max_requests: int = Field(default=3, ge=1)
     reset_max_requests_per_address: int = Field(default=10, ge=1)
-    # Dify's email-code login: 6-digit codes, hashed in Redis, single use, short lived, throttled.
-    email_code_ttl_seconds: int = Field(default=300, ge=60)
-    email_code_max_requests: int = Field(default=3, ge=1)
+    # Dify's email-code login: 6-digit codes bound to the token their request returned, hashed in Redis,
+    # single use, each with its own lifetime. The chance that guessing takes an account in a day is at most
+    # requests per day x guesses per code / 10^6 (defaults: 24 x 5 x 3 / 10^6 = 0.036%; README).
+    email_code_ttl_seconds: int = Field(default=300, ge=2, le=3600)
+    email_code_request_window_seconds: int = Field(default=3600, ge=60)
+    email_code_max_requests: int = Field(default=5, ge=1)  # per email per window: also the mail bound
     email_code_max_requests_per_address: int = Field(default=10, ge=1)
-    email_code_max_attempts: int = Field(default=5, ge=1)
-    email_code_max_attempts_per_account: int = Field(default=20, ge=1)
+    email_code_max_guesses: int = Field(default=3, ge=1, le=10)  # per code
+    email_code_max_open: int = Field(default=3, ge=1)  # per account; a request beyond it cancels the oldest
+    email_code_max_attempts: int = Field(
+        default=5, ge=1
+    )  # wrong codes per (email, address) per code lifetime
     # Published mail events (they carry one-time codes) lose the code this often, once relayed.
     mail_scrub_interval_seconds: float = Field(default=30.0, gt=0)
 

@@ -1,23 +1,27 @@
 """Dify's email-code login: ask for a one-time code by email, exchange it for the same tokens a password
 login gives.
 
-Codes are 6 digits, kept in Redis only as HMACs (keyed from the key-encryption key) in one hash per account
-with the code lifetime as TTL; each field is one open code, so a new request does not cancel an older one
-(a stranger could otherwise keep cancelling the owner's codes). A code works once: `HDEL` of its field
-succeeds for one caller only. Requests are limited per email and per address, wrong codes per (account,
-address) with an account-wide ceiling that then cancels the open codes. Neither answer reveals whether the
-email has an account. The code itself travels only on `auth.mail` (`auth.mail.login_code`).
+The request answers with a `token` (Dify's send call does the same); the code is bound to it, and the
+exchange must present both. So a guess is always a guess at one code, and a stranger who does not hold the
+owner's token cannot spend, burn or even reach the owner's code. Per code (`codes.py`): a 6-digit code
+kept only as an HMAC, its own lifetime that nothing extends, at most `email_code_max_guesses` guesses, single
+use. Per account: at most `email_code_max_open` open codes (a request beyond it cancels the oldest). Per
+email: `email_code_max_requests` requests per `email_code_request_window_seconds`, which bounds both the
+mail one inbox receives and every guess an attacker can make (services/auth/README.md has the arithmetic).
+Neither answer reveals whether the email has an account. The code itself travels only on `auth.mail`.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from auth.accounts import repository as accounts
 from auth.deps import Resources
+from auth.email_login.codes import token_id
 from auth.errors import InvalidLoginCode
 from auth.sessions import service as sessions
 from auth.sessions.tokens import IssuedTokens
@@ -30,11 +34,9 @@ log = logging.getLogger("auth.email_login")
 CODE_DIGITS = 6
 
 
-def _key(r: Resources, account_id: uuid.UUID) -> str:
-    return f"{r.settings.redis_prefix}email-login:{account_id}"
-
-
-async def request(uow: UnitOfWork, r: Resources, email: str, client_address: str) -> None:
+async def request(uow: UnitOfWork, r: Resources, email: str, client_address: str) -> str:
+    """Returns the token the exchange must present: the same kind of answer whether or not the email has
+    an account (a token for no account simply matches no code)."""
     s = r.settings
     await r.throttle.reserve(
         [
@@ -44,20 +46,24 @@ async def request(uow: UnitOfWork, r: Resources, email: str, client_address: str
                 s.email_code_max_requests_per_address,
             ),
         ],
-        window_seconds=s.email_code_ttl_seconds,
+        window_seconds=s.email_code_request_window_seconds,
         message="too many login codes requested, retry later",
     )
+    token = secrets.token_urlsafe(24)
     account = await accounts.get_by_email(uow.session, email)
     if account is None:
-        return  # the same 202: nothing says whether the email has an account
-    code_id = uuid.uuid4()
+        return token
     code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-    expires_at = datetime.now(UTC) + timedelta(seconds=s.email_code_ttl_seconds)
-    key = _key(r, account.id)
-    async with r.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(key, code_id.hex, r.codes.digest(code_id.bytes, code))
-        pipe.expire(key, s.email_code_ttl_seconds)
-        await pipe.execute()
+    issued_ms = time.time_ns() // 1_000_000
+    expires_at = datetime.fromtimestamp(issued_ms / 1000, UTC) + timedelta(seconds=s.email_code_ttl_seconds)
+    cancelled = await r.login_codes.issue(
+        account.id,
+        token,
+        r.codes.digest(token_id(token), code),
+        now_ms=issued_ms,
+        ttl_ms=s.email_code_ttl_seconds * 1000,
+        cap=s.email_code_max_open,
+    )
     uow.emit(
         LoginCode(
             account_id=account.id,
@@ -67,42 +73,37 @@ async def request(uow: UnitOfWork, r: Resources, email: str, client_address: str
             expires_at=expires_at,
         ).to_event()
     )
-    log.info("login code requested for account %s", account.id)
+    log.info("login code requested for account %s (%d older code(s) cancelled)", account.id, cancelled)
+    return token
 
 
-async def exchange(uow: UnitOfWork, r: Resources, email: str, code: str, client_address: str) -> IssuedTokens:
+async def exchange(
+    uow: UnitOfWork, r: Resources, email: str, code: str, token: str, client_address: str
+) -> IssuedTokens:
     s = r.settings
+    # Per (email, address) only: a stranger's wrong guesses slow the stranger, never the owner's address.
+    # What bounds guessing overall is the code's own allowance, not this.
     pair_key = r.throttle.key("email-code-guess", f"{email}|{client_address}")
-    account_key = r.throttle.key("email-code-guess-account", email)
     await r.throttle.reserve(
-        [
-            Limit(pair_key, s.email_code_max_attempts),
-            Limit(account_key, s.email_code_max_attempts_per_account),
-        ],
+        [Limit(pair_key, s.email_code_max_attempts)],
         window_seconds=s.email_code_ttl_seconds,
         message="too many wrong login codes, retry later",
     )
-    account = await accounts.get_by_email(uow.session, email)
-    if account is None:
+    candidate = await r.login_codes.guess(token, s.email_code_max_guesses)
+    account = await accounts.get_by_email(uow.session, email) if candidate is not None else None
+    if (
+        candidate is None
+        or account is None
+        or account.id != candidate.account_id
+        or not r.codes.matches(token_id(token), code, candidate.digest)
+        or not await r.login_codes.spend(candidate)
+    ):
         raise InvalidLoginCode()
-    key = _key(r, account.id)
-    stored = {
-        (k.decode() if isinstance(k, bytes) else k): (v.encode() if isinstance(v, str) else v)
-        for k, v in (await r.redis.hgetall(key)).items()
-    }
-    match = next(
-        (
-            field
-            for field, digest in stored.items()
-            if r.codes.matches(uuid.UUID(hex=field).bytes, code, digest)
-        ),
-        None,
-    )
-    # HDEL succeeds for exactly one caller: the code is single use even under concurrent exchanges.
-    if match is None or await r.redis.hdel(key, match) != 1:
-        if await r.throttle.count(account_key) >= s.email_code_max_attempts_per_account:
-            await r.redis.delete(key)  # guessing from many addresses: every open code is cancelled
-        raise InvalidLoginCode()
-    await r.throttle.release(pair_key, account_key)
+    await r.throttle.release(pair_key)
     log.info("account %s logged in with an email code", account.id)
     return await sessions.open_session(uow, r, account)
+
+
+async def cancel_all(r: Resources, account_id: uuid.UUID) -> int:
+    """Every open login code of the account (its password was reset)."""
+    return await r.login_codes.cancel_all(account_id)

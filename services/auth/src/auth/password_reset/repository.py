@@ -13,7 +13,8 @@ from auth.models import PasswordReset
 
 
 async def invalidate_open(session: AsyncSession, account_id: uuid.UUID, now: datetime) -> None:
-    """Cancel every open code (the account-wide guessing ceiling was reached)."""
+    """Cancel every open code (the account-wide guessing ceiling was reached, or one code reset the
+    password)."""
     await session.execute(
         update(PasswordReset)
         .where(

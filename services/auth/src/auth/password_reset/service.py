@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from auth.accounts import repository as accounts
 from auth.deps import Resources
+from auth.email_login import service as email_login
 from auth.errors import InvalidResetCode
 from auth.models import PasswordReset
 from auth.password_reset import repository
@@ -90,6 +91,11 @@ async def confirm(
         raise InvalidResetCode()  # commits the attempt counts (CommitsChanges)
     await r.throttle.release(pair_key, account_key)
     reset.used_at = now
+    # Every other way in that the old state of the account handed out dies with the old password: the
+    # other open reset codes and every email login code (cancelled before the commit: a failed commit
+    # over-cancels, never under-cancels).
+    await repository.invalidate_open(uow.session, account.id, now)
+    cancelled = await email_login.cancel_all(r, account.id)
     account.password_hash = await r.hasher.hash(new_password)
     account.version += 1
     account.updated_at = now
@@ -100,4 +106,9 @@ async def confirm(
             account_id=account.id, email=account.email, version=account.version, reason="reset"
         ).to_event()
     )
-    log.info("password of account %s reset; %d session(s) revoked", account.id, revoked)
+    log.info(
+        "password of account %s reset; %d session(s) revoked, %d login code(s) cancelled",
+        account.id,
+        revoked,
+        cancelled,
+    )
