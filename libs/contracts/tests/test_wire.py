@@ -133,3 +133,19 @@ def test_auth_events() -> None:
     ).to_event()
     assert reset.type == "auth.mail.password_reset_code" and reset.data["reset_id"] == str(reset_id)
     assert set(auth.SECRET_FIELDS) <= set(reset.data)
+
+
+def test_a_mail_sender_gets_nothing_to_send_from_a_scrubbed_or_unknown_mail_event() -> None:
+    """Finding 8: auth scrubs the code from dead `auth.mail` rows too; a redrive of one must not crash a
+    mail sender (retried, then dead-lettered) but read as nothing to send."""
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    login = auth.LoginCode(
+        account_id=uuid.uuid4(), email="e", name="n", code="123456", expires_at=expires
+    ).to_event()
+    assert auth.parse_mail(login.type, login.data) == auth.LoginCode.model_validate(login.data)
+    scrubbed = {k: v for k, v in login.data.items() if k not in auth.SECRET_FIELDS}
+    assert auth.parse_mail(login.type, scrubbed) is None
+    assert auth.parse_mail(login.type, {**scrubbed, "code": None}) is None
+    assert auth.parse_mail("auth.mail.newsletter", login.data) is None
+    with pytest.raises(ValidationError):  # anything else malformed is still an error
+        auth.parse_mail(login.type, {**login.data, "expires_at": "soon"})

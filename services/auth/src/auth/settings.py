@@ -79,7 +79,7 @@ class Settings(DatabaseSettings):
     email_code_max_requests_per_address: int = Field(default=10, ge=1)
     email_code_max_attempts: int = Field(default=5, ge=1)
     email_code_max_attempts_per_account: int = Field(default=20, ge=1)
-    # Published mail events (they carry one-time codes) lose the code this often, once relayed.
+    # Mail events (they carry one-time codes) lose the code this often once published or dead (never pending).
     mail_scrub_interval_seconds: float = Field(default=30.0, gt=0)
 
     # Refresh: a session lives at most this long however often it is refreshed; a refresh token used twice
