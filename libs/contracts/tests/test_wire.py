@@ -92,6 +92,15 @@ def test_indexer_reports() -> None:
         "indexer.document.indexed", {"document_id": str(DOC), "dataset_id": str(DS), "segment_count": 1}
     )
     assert indexer.parse_report("indexer.document.reindexed", {}) is None
+    # The workspace (finding 9): carried when given, absent (None) in reports from older indexers.
+    workspace = uuid.uuid4()
+    named = indexer.DocumentIndexing(document_id=DOC, dataset_id=DS, workspace_id=workspace).to_event(4)
+    assert named.data == {"document_id": str(DOC), "dataset_id": str(DS), "workspace_id": str(workspace)}
+    assert indexer.parse_report(named.type, dict(named.data)) == indexer.DocumentIndexing(
+        document_id=DOC, dataset_id=DS, workspace_id=workspace
+    )
+    older = indexer.parse_report(indexing.type, dict(indexing.data))
+    assert older is not None and older.workspace_id is None
     with pytest.raises(ValidationError):
         indexer.parse_report("indexer.document.index_failed", {"document_id": str(DOC)})
 
