@@ -92,6 +92,15 @@ def test_indexer_reports() -> None:
         "indexer.document.indexed", {"document_id": str(DOC), "dataset_id": str(DS), "segment_count": 1}
     )
     assert indexer.parse_report("indexer.document.reindexed", {}) is None
+    # The workspace (finding 9): carried when given, absent (None) in reports from older indexers.
+    workspace = uuid.uuid4()
+    named = indexer.DocumentIndexing(document_id=DOC, dataset_id=DS, workspace_id=workspace).to_event(4)
+    assert named.data == {"document_id": str(DOC), "dataset_id": str(DS), "workspace_id": str(workspace)}
+    assert indexer.parse_report(named.type, dict(named.data)) == indexer.DocumentIndexing(
+        document_id=DOC, dataset_id=DS, workspace_id=workspace
+    )
+    older = indexer.parse_report(indexing.type, dict(indexing.data))
+    assert older is not None and older.workspace_id is None
     with pytest.raises(ValidationError):
         indexer.parse_report("indexer.document.index_failed", {"document_id": str(DOC)})
 
@@ -133,3 +142,19 @@ def test_auth_events() -> None:
     ).to_event()
     assert reset.type == "auth.mail.password_reset_code" and reset.data["reset_id"] == str(reset_id)
     assert set(auth.SECRET_FIELDS) <= set(reset.data)
+
+
+def test_a_mail_sender_gets_nothing_to_send_from_a_scrubbed_or_unknown_mail_event() -> None:
+    """Finding 8: auth scrubs the code from dead `auth.mail` rows too; a redrive of one must not crash a
+    mail sender (retried, then dead-lettered) but read as nothing to send."""
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    login = auth.LoginCode(
+        account_id=uuid.uuid4(), email="e", name="n", code="123456", expires_at=expires
+    ).to_event()
+    assert auth.parse_mail(login.type, login.data) == auth.LoginCode.model_validate(login.data)
+    scrubbed = {k: v for k, v in login.data.items() if k not in auth.SECRET_FIELDS}
+    assert auth.parse_mail(login.type, scrubbed) is None
+    assert auth.parse_mail(login.type, {**scrubbed, "code": None}) is None
+    assert auth.parse_mail("auth.mail.newsletter", login.data) is None
+    with pytest.raises(ValidationError):  # anything else malformed is still an error
+        auth.parse_mail(login.type, {**login.data, "expires_at": "soon"})

@@ -180,6 +180,38 @@ async def test_the_reset_code_travels_only_on_the_mail_topic_and_is_scrubbed_onc
     assert payloads and all(p.published_at is not None and "code" not in p.payload for p in payloads)
 
 
+async def test_a_dead_mail_row_loses_its_code_and_a_pending_one_keeps_it(
+    http: httpx.AsyncClient, engine: AsyncEngine, in_process: InProcess, seen: Secrets
+) -> None:
+    """Security review, finding 8. Before: only published rows were scrubbed, so a row the relay gave up on
+    (`dead_at`) kept its one-time code for the dead-row retention (30 days). Now a dead row loses it too;
+    a row still waiting for the relay keeps it (the mail has not gone out yet)."""
+    user = await new_login(http, seen)
+    dead_code = await request_reset_code(http, engine, user.email, user.account_id)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(outbox_table)
+            .where(outbox_table.c.aggregate_id == user.account_id, outbox_table.c.topic == MAIL_TOPIC)
+            .values(dead_at=datetime.now(UTC), attempts=10, last_error="broker refused the record")
+        )
+    pending_code = await request_reset_code(http, engine, user.email, user.account_id)
+    seen.add(dead_code, pending_code)
+
+    assert await scrub_once(in_process.db) >= 1
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(outbox_table.c.payload, outbox_table.c.dead_at).where(
+                    outbox_table.c.aggregate_id == user.account_id, outbox_table.c.topic == MAIL_TOPIC
+                )
+            )
+        ).all()
+    dead = [r.payload for r in rows if r.dead_at is not None]
+    pending = [r.payload for r in rows if r.dead_at is None]
+    assert len(dead) == 1 and "code" not in dead[0] and dead_code not in str(dead[0])
+    assert [p["code"] for p in pending] == [pending_code]
+
+
 async def test_registration_is_throttled_per_address_and_hashes_before_the_lookup(
     in_process: InProcess,
 ) -> None:

@@ -1,5 +1,8 @@
 """What the indexer reports back: topic `indexer.document`, key = document id, version = the document
 version the report is about (console applies a report only to its document's current version).
+
+Every report names the document's tenancy as the indexer applied it (`dataset_id`, `workspace_id`, both
+from console's event): console dead-letters a report whose tenancy is not its own document's.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class Report(BaseModel):
 
     document_id: uuid.UUID
     dataset_id: uuid.UUID
+    # Absent from reports of indexers older than this field: console then checks the dataset alone (a
+    # dataset belongs to one workspace, so that still pins the tenant; the workspace is a second check).
+    workspace_id: uuid.UUID | None = None
 
     def to_event(self, version: int) -> Event:
         return Event(

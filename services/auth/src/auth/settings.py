@@ -82,10 +82,9 @@ class Settings(DatabaseSettings):
     email_code_max_requests_per_address: int = Field(default=10, ge=1)
     email_code_max_guesses: int = Field(default=3, ge=1, le=10)  # per code
     email_code_max_open: int = Field(default=3, ge=1)  # per account; a request beyond it cancels the oldest
-    email_code_max_attempts: int = Field(
-        default=5, ge=1
-    )  # wrong codes per (email, address) per code lifetime
-    # Published mail events (they carry one-time codes) lose the code this often, once relayed.
+    # Wrong codes per (email, address) per code lifetime.
+    email_code_max_attempts: int = Field(default=5, ge=1)
+    # Mail events (they carry one-time codes) lose the code this often once published or dead (never pending).
     mail_scrub_interval_seconds: float = Field(default=30.0, gt=0)
 
     # Refresh: a session lives at most this long however often it is refreshed; a refresh token used twice

@@ -1,7 +1,8 @@
 """`python -m console.consumer`: console's idempotent consumer.
 
 - `auth.account.registered` → create the account's workspace (a no-op when its first request already did).
-- `indexer.document.*` → move `indexing_status` (version-guarded).
+- `indexer.document.*` → move `indexing_status` (version-guarded; a report naming another dataset or
+  workspace than the document's is dead-lettered).
 SIGTERM/SIGINT → `consumer.stop()`: the batch in hand finishes and its offsets are committed.
 """
 

@@ -71,7 +71,12 @@ async def open_session(uow: UnitOfWork, r: Resources, account: Account) -> Issue
     login = LoginSession(id=uuid.uuid4(), account_id=account.id, created_at=now)
     await sessions.add(uow.session, login)
     log.info("account %s logged in, session %s", account.id, login.id)
-    return await _issue(uow, r, account, login.id, now)
+    return await _issue(uow, r, account, login, now)
+
+
+def session_end(r: Resources, login: LoginSession) -> datetime:
+    """The session's absolute end: no refresh after it, and no token it issues lives past it."""
+    return login.created_at + timedelta(seconds=r.settings.session_absolute_ttl_seconds)
 
 
 async def refresh(uow: UnitOfWork, r: Resources, refresh_token: str) -> IssuedTokens:
@@ -83,7 +88,8 @@ async def refresh(uow: UnitOfWork, r: Resources, refresh_token: str) -> IssuedTo
         raise Unauthorized("session revoked")
     now = datetime.now(UTC)
     s = r.settings
-    if login.created_at + timedelta(seconds=s.session_absolute_ttl_seconds) <= now:
+    # Less than a second left: the new access token would be born expired (`exp` is in whole seconds).
+    if session_end(r, login) - now < timedelta(seconds=1):
         raise Unauthorized("session expired: log in again")
     if token.used_at is not None and now - token.used_at < timedelta(seconds=s.refresh_reuse_grace_seconds):
         # Two tabs refreshing with one token at once: refuse the second, keep the session.
@@ -99,7 +105,7 @@ async def refresh(uow: UnitOfWork, r: Resources, refresh_token: str) -> IssuedTo
     if account is None:
         raise Unauthorized("account no longer exists")
     token.used_at = now
-    return await _issue(uow, r, account, login.id, now)
+    return await _issue(uow, r, account, login, now)
 
 
 async def logout(uow: UnitOfWork, r: Resources, token: VerifiedToken) -> None:
@@ -143,17 +149,20 @@ async def revoke(
 
 
 async def _issue(
-    uow: UnitOfWork, r: Resources, account: Account, session_id: uuid.UUID, now: datetime
+    uow: UnitOfWork, r: Resources, account: Account, login: LoginSession, now: datetime
 ) -> IssuedTokens:
+    """A token pair for the session; neither token outlives the session's absolute end."""
     s = r.settings
+    end = session_end(r, login)
     key = await r.keyring.signing_key()
     access = issue_access_token(
         key,
         account=account,
-        session_id=session_id,
+        session_id=login.id,
         issuer=s.jwt_issuer,
         audience=s.jwt_audience,
         ttl_seconds=s.access_token_ttl_seconds,
+        not_after=end,
         now=now,
     )
     refresh_token, digest = new_refresh_token()
@@ -161,12 +170,10 @@ async def _issue(
         uow.session,
         RefreshToken(
             id=uuid.uuid4(),
-            session_id=session_id,
+            session_id=login.id,
             token_hash=digest,
             created_at=now,
-            expires_at=now + timedelta(seconds=s.refresh_token_ttl_seconds),
+            expires_at=min(now + timedelta(seconds=s.refresh_token_ttl_seconds), end),
         ),
     )
-    return IssuedTokens(
-        access_token=access.token, refresh_token=refresh_token, expires_in=s.access_token_ttl_seconds
-    )
+    return IssuedTokens(access_token=access.token, refresh_token=refresh_token, expires_in=access.expires_in)

@@ -19,7 +19,8 @@ from servicekit.auth import ALGORITHM
 class AccessToken:
     token: str
     jti: str
-    expires_at: int
+    expires_at: int  # `exp`
+    expires_in: int  # `exp - iat`: what the API answers as `expires_in`
 
 
 def issue_access_token(
@@ -30,9 +31,12 @@ def issue_access_token(
     issuer: str,
     audience: str,
     ttl_seconds: int,
+    not_after: datetime,
     now: datetime,
 ) -> AccessToken:
+    """Valid `ttl_seconds` from `now`, but never past `not_after` (the session's absolute end)."""
     iat = int(now.timestamp())
+    exp = min(iat + ttl_seconds, int(not_after.timestamp()))  # whole seconds, rounded down: never past it
     jti = uuid.uuid4().hex
     claims = {
         "iss": issuer,
@@ -42,15 +46,17 @@ def issue_access_token(
         "sid": str(session_id),
         "jti": jti,
         "iat": iat,
-        "exp": iat + ttl_seconds,
+        "exp": exp,
     }
     token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "JWT"})
-    return AccessToken(token=token, jti=jti, expires_at=iat + ttl_seconds)
+    return AccessToken(token=token, jti=jti, expires_at=exp, expires_in=exp - iat)
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedTokens:
-    """What a login, an email-code login or a refresh hands out (the endpoints map it to `TokenPair`)."""
+    """What a login, an email-code login or a refresh hands out (the endpoints map it to `TokenPair`).
+
+    `expires_in` is the access token's own lifetime: shorter than the setting near the session's end."""
 
     access_token: str
     refresh_token: str
