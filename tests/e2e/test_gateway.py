@@ -238,6 +238,8 @@ def oversize(name: str, size: int) -> bytes:
     [
         (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
         (b"GET /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n", 404, "not_found"),
+        (b"GET /_gateway/error/502 HTTP/1.1\r\nHost: gw\r\n\r\n", 404, "not_found"),
+        (b"TRACE /console/api/echo HTTP/1.1\r\nHost: gw\r\n\r\n", 405, "method_not_allowed"),
         (
             b"POST /console/api/echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 2000000\r\n\r\n",
             413,
@@ -264,6 +266,8 @@ def oversize(name: str, size: int) -> bytes:
     ids=[
         "400",
         "404",
+        "404-internal-page",
+        "405-trace",
         "413",
         "414-long-uri",
         "431-long-header",
