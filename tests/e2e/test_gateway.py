@@ -191,8 +191,9 @@ def test_nginxs_own_slash_redirect_does_not_carry_the_clients_host(gw: Gateway) 
 # --- 6: X-Request-ID only when it is a short safe token; every gateway error is JSON ---------------------
 
 
-def test_a_safe_request_id_is_kept_end_to_end(gw: Gateway) -> None:
-    request_id = unique_id()
+@pytest.mark.parametrize("length", [41, 64])
+def test_a_safe_request_id_is_kept_end_to_end(gw: Gateway, length: int) -> None:
+    request_id = (unique_id() + "._-" + uuid.uuid4().hex)[:length]
     answer = httpx.get(f"{gw.url}/console/api/echo", headers={"X-Request-ID": request_id})
     assert answer.headers["x-request-id"] == request_id
     assert answer.json()["headers"]["x-request-id"] == request_id
@@ -202,14 +203,14 @@ def test_a_safe_request_id_is_kept_end_to_end(gw: Gateway) -> None:
 @pytest.mark.parametrize(
     "sent",
     [
-        b'abc"def',
-        b"abc\\def",
-        b"abc\x1b[31mdef",
-        b"abc\x7fdef",
-        b"abc def",
-        b"a/b",
-        b"\xc3\xa9t\xc3\xa9",
-        b"x" * 65,
+        b'unsafe"id',
+        b"unsafe\\id",
+        b"unsafe\x1b[31mid",
+        b"unsafe\x7fid",
+        b"unsafe id",
+        b"unsafe/id",
+        b"unsafe-\xc3\xa9",
+        b"unsafe-" + b"x" * 58,
     ],
     ids=["quote", "backslash", "escape", "del", "space", "slash", "non-ascii", "65-chars"],
 )
@@ -224,7 +225,7 @@ def test_an_unsafe_request_id_is_replaced_by_nginxs_own(gw: Gateway, sent: bytes
     assert NGINX_ID.fullmatch(returned), returned
     assert json.loads(body)["headers"]["x-request-id"] == returned  # the services see the same id
     assert gw.log_line(returned)["uri"] == "/console/api/echo"
-    assert sent.decode("latin-1") not in gw.access_log.read_text(errors="replace")
+    assert "unsafe" not in gw.access_log.read_text(errors="replace")
 
 
 def oversize(name: str, size: int) -> bytes:
