@@ -62,7 +62,7 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 def ensure() -> None:
-    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+    if nginx_binary():
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         sys.exit(
@@ -85,19 +85,36 @@ def ensure() -> None:
             POLICY.unlink()
 
 
-def run() -> None:
-    ensure()
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+def configure(prefix: Path, values: dict[str, str]) -> list[str]:
+    """Render the template with `values` into `prefix` (gateway.conf, nginx.conf, temp directories) and
+    check it with `nginx -t`; returns the argv that runs this gateway in the foreground. Also what
+    tests/e2e/test_gateway.py runs, so the tests see exactly the configuration `make run` serves."""
+    nginx = nginx_binary()
+    if nginx is None:
+        raise RuntimeError("nginx is not installed")
     for tmp in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (PREFIX / "tmp" / tmp).mkdir(parents=True, exist_ok=True)
-    (PREFIX / "gateway.conf").write_text(render(TEMPLATE.read_text(), variables()))
-    (PREFIX / "nginx.conf").write_text(MAIN_CONF)
-    argv = [nginx, "-p", str(PREFIX), "-c", str(PREFIX / "nginx.conf"), "-e", "stderr"]
+        (prefix / "tmp" / tmp).mkdir(parents=True, exist_ok=True)
+    (prefix / "gateway.conf").write_text(render(TEMPLATE.read_text(), values))
+    (prefix / "nginx.conf").write_text(MAIN_CONF)
+    argv = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", "stderr"]
     check = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True)
     if check.returncode != 0:
-        sys.exit(f"[gateway] the rendered configuration is invalid:\n{check.stderr}")
+        raise ValueError(f"the rendered configuration is invalid:\n{check.stderr}")
+    return argv
+
+
+def run() -> None:
+    ensure()
+    try:
+        argv = configure(PREFIX, variables())
+    except ValueError as exc:
+        sys.exit(f"[gateway] {exc}")
     print(f"[gateway] listening on {variables()['GATEWAY_LISTEN']}", flush=True)
-    os.execv(nginx, argv)
+    os.execv(argv[0], argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ what you want it to see.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -103,6 +104,16 @@ class Clone:
     def log_tail(self) -> str:
         logs = sorted(self.logs.glob("make-run-*.log"))
         return logs[-1].read_text(errors="replace")[-6000:] if logs else ""
+
+    def gateway_access_log(self) -> list[dict[str, object]]:
+        """The gateway's JSON access-log lines in the latest `make run` output (the runner prefixes them)."""
+        logs = sorted(self.logs.glob("make-run-*.log"))
+        lines = logs[-1].read_text(errors="replace").splitlines() if logs else []
+        return [
+            json.loads(rest)
+            for name, _, rest in (line.partition(" | ") for line in lines)
+            if name.strip() == "gateway" and rest.startswith("{")
+        ]
 
     def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         checks = [
@@ -206,6 +217,20 @@ def test_make_run_then_the_readme_quick_start_through_the_gateway(clone: Clone) 
     assert echoed.headers["x-request-id"] == "abc-123"
     too_big = httpx.post(f"{clone.url('gateway')}/console/api/datasets", content=b"x" * (1024 * 1024 + 1))
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large"
+    unsafe = httpx.get(f"{clone.url('gateway')}/auth/.well-known/jwks.json", headers={"X-Request-ID": 'a"b'})
+    assert re.fullmatch(r"[0-9a-f]{32}", unsafe.headers["x-request-id"]), unsafe.headers
+    oversize = httpx.get(f"{clone.url('gateway')}/auth/.well-known/jwks.json", headers={"X-Pad": "x" * 9216})
+    assert oversize.status_code == 431, oversize.text
+    assert oversize.json()["error"]["code"] == "request_header_too_large"
+
+    # Console's own trailing-slash redirect never carries the client's Host, and leads back to the gateway.
+    moved = httpx.get(f"{clone.url('gateway')}/console/api/datasets/", headers={"Host": "evil.example"})
+    assert moved.status_code == 307 and moved.headers["location"] == "/console/api/datasets", moved.headers
+
+    # The quick start searched with q=exactly: the gateway logged the path, never the query string.
+    logged = [line["uri"] for line in clone.gateway_access_log()]
+    assert "/indexer/api/search" in logged, logged
+    assert not [uri for uri in logged if "?" in str(uri)], logged
 
     # A forged X-Forwarded-For changes nothing: auth counts every attempt against the connection's address
     # (3 allowed here), whether the request came through the gateway or straight to the service.
