@@ -62,11 +62,21 @@ class LoadStats:
 
 
 async def client_loop(
-    corpus: Corpus, stats: LoadStats, stop: asyncio.Event, *, seed: int, pace: float, max_requests: int
+    corpus: Corpus,
+    stats: LoadStats,
+    stop: asyncio.Event,
+    *,
+    seed: int,
+    pace: float,
+    max_requests: int,
+    gate: asyncio.Event | None = None,
 ) -> None:
-    """Random document changes at about 1/pace per second until `stop` or `max_requests`."""
+    """Random document changes at about 1/pace per second until `stop` or `max_requests`; each waits for
+    `gate` (back-pressure) first."""
     rnd = random.Random(seed)
     for _ in range(max_requests):
+        if gate is not None:
+            await gate.wait()
         if stop.is_set():
             return
         started = time.monotonic()
@@ -171,14 +181,22 @@ async def direct_rollback(engine: AsyncEngine, c: Corpus, stats: LoadStats, rnd:
 
 
 async def rollback_loop(
-    console_url: str, corpora: list[Corpus], stats: LoadStats, stop: asyncio.Event, *, every: float
+    console_url: str,
+    corpora: list[Corpus],
+    stats: LoadStats,
+    stop: asyncio.Event,
+    *,
+    every: float,
+    gate: asyncio.Event | None = None,
 ) -> None:
-    """Alternate HTTP and direct rollbacks every `every` seconds until `stop`."""
+    """Alternate HTTP and direct rollbacks every `every` seconds until `stop`, each after `gate`."""
     rnd = random.Random(7)
     engine = create_async_engine(console_url, pool_size=1)
     try:
         n = 0
         while not stop.is_set():
+            if gate is not None:
+                await gate.wait()
             corpus = corpora[n % len(corpora)]
             try:
                 if n % 2:

@@ -49,7 +49,9 @@ class System:
     database_urls: dict[str, str]  # service -> SQLAlchemy URL
     groups: dict[str, str]  # consumer process -> consumer group (= inbox `consumer` value)
     redis_prefix: str
+    topic_prefix: str = ""  # what every process prepends to topic names on the wire
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    _connections: dict[str, psycopg.Connection[Any]] = field(default_factory=dict, repr=False)
 
     # -- processes ------------------------------------------------------------------------------------------
     def url(self, api: str) -> str:
@@ -84,8 +86,25 @@ class System:
         return self.database_urls[service].replace("postgresql+psycopg://", "postgresql://")
 
     def rows(self, service: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.dsn(service)) as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        """On one kept connection per service (autocommit): tests poll these every fraction of a second,
+        and a connection per poll cost each poll a PostgreSQL backend start, which a slow host feels."""
+        for attempt in (1, 2):
+            conn = self._connections.get(service)
+            if conn is None or conn.closed:
+                conn = self._connections[service] = psycopg.connect(self.dsn(service), autocommit=True)
+            try:
+                return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+            except psycopg.OperationalError:
+                self._connections.pop(service, None)
+                conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close_connections(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
 
     def scalar(self, service: str, sql: str, *params: Any) -> Any:
         return self.rows(service, sql, *params)[0][0]
@@ -150,6 +169,7 @@ def start_system(
     # system's consumers would apply every other system's events of the run (a test counting documents
     # would find strangers). The namespace nests inside the run's.
     common.setdefault("OUTBOX_TOPIC_PREFIX", f"{os.environ.get('OUTBOX_TOPIC_PREFIX', '')}{run}.")
+    system.topic_prefix = common["OUTBOX_TOPIC_PREFIX"]
     auth_port = free_port()
     common["AUTH_JWKS_URL"] = f"http://127.0.0.1:{auth_port}/auth/.well-known/jwks.json"
     envs = {
@@ -187,6 +207,7 @@ def start_system(
         yield system
     finally:
         system.stop_all()
+        system.close_connections()
         _forget_redis_keys(infra.redis_url, system.redis_prefix)
         for service in APIS:
             with contextlib.suppress(Exception):

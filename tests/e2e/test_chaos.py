@@ -4,7 +4,25 @@ itself is SIGKILLed and restarted (s3 storage: topics, records, offsets survive)
 throughout. After quiescence: nothing lost, nothing applied twice, nothing rolled back escaped.
 
 Everything on 127.0.0.1; the system has its own durable broker behind a TCP proxy, so every relay and
-consumer connection goes through the proxy."""
+consumer connection goes through the proxy.
+
+The durable broker is Tansu on s3 storage (a local moto server), and its fetches slow down with history
+(issue 27; measured on a 2-core host, ../shared/BROKER.md terms):
+- every fetch LISTs each requested partition's record objects (`GET /bucket?list-type=2&prefix=
+  .../partitions/N/records/`, no start-after: moto's log of one chaos run holds ~1,300 such lists), so a
+  fetch costs moto O(batches ever written to the partition): 5 ms at 13 objects, 26 ms at 125, 95 ms at
+  500, 237 ms at 1,000 (boto3 against moto_server, full CPU);
+- a fetch returns only what Tansu read before `fetch_max_wait_ms` ran out, not "at least min bytes":
+  400 one-record batches over 8 partitions, consumed at a third of one core, came in 140 records per
+  fetch with a 1,000 ms wait, 30 with 250 ms, 13 with 100 ms and 1-3 with 10 ms (183 of 400 in 120 s);
+  with memory storage all 400 come in the first fetch whatever the wait.
+So on a slow or busy host each fetch's listing eats the wait before it reads a record, and a consumer
+applies a few events per second however healthy it is: the failure seen on a 3x slower host (31 events
+in 50 s after the consumer restart, a backlog of 508) and every recovery growing with the backlog.
+Real Kafka serves a fetch from an offset index, independent of history. The harness answers both halves:
+the durable broker's consumers wait 1 s per fetch (4x the work per list), and the load is held while
+the two hops are more than `Backpressure.high` events behind (chaos_watch.py), so no fault's backlog
+outlives its phase. Each waiting phase prints where the system is (`Watch.snapshot`)."""
 
 from __future__ import annotations
 
@@ -16,8 +34,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.chaos_audit import audit, backlog, render
+from tests.e2e.chaos_audit import audit, render
 from tests.e2e.chaos_load import Corpus, LoadStats, client_loop, rollback_loop
+from tests.e2e.chaos_watch import Backpressure, Watch
 from tests.e2e.client import User
 from tests.e2e.infra import Infra
 from tests.e2e.system import System, start_system
@@ -38,10 +57,11 @@ DOWN_S = 5.0  # how long a killed process (relay, consumer, broker) stays dead
 CUT_S = 8.0  # how long the broker link stays cut
 ROUNDS = 2  # the fault schedule, twice
 FLOW = 40  # changes the indexer must apply after each fault before the next one
-# Tansu on s3 storage serves each fetch from the bucket: the library's 5 ms fetch wait turns into a stream of
-# tiny fetches (~15 records/s here) and, after a broker restart, consumers that never catch up. Longer held
-# fetches restore the throughput; it costs at most this much delivery latency per hop.
-DURABLE_BROKER_ENV = {"OUTBOX_CONSUMER_FETCH_MAX_WAIT_MS": "250"}
+# Tansu on s3 storage reads a fetch's records only until the fetch's wait runs out, after listing every
+# record object of each partition (see the module docstring): the library's 5 ms wait gets 1-3 records a
+# fetch on a slow host. A 1 s wait gets ~140; it costs at most that much delivery latency per idle hop.
+DURABLE_BROKER_ENV = {"OUTBOX_CONSUMER_FETCH_MAX_WAIT_MS": "1000"}
+REPORT_EVERY_S = 10.0  # a waiting phase prints where the system is this often
 
 
 @pytest.fixture
@@ -73,8 +93,9 @@ async def corpora(chaos_system: System) -> AsyncIterator[list[Corpus]]:
 class Faults:
     """The fault schedule's bookkeeping, and a probe that the pipeline flows again after each fault."""
 
-    def __init__(self, system: System) -> None:
+    def __init__(self, system: System, watch: Watch) -> None:
         self.system = system
+        self.watch = watch
         self.kills: dict[str, int] = {}
         self.outages: dict[str, float] = {}
         self.recoveries: list[tuple[str, float]] = []  # (after what, seconds until changes flowed again)
@@ -99,14 +120,23 @@ class Faults:
         start = self._applied()
         t = time.monotonic()
 
+        reported = t
+
         async def moved() -> bool:
+            nonlocal reported
+            if time.monotonic() - reported > REPORT_EVERY_S:
+                reported = time.monotonic()
+                print(
+                    f"[chaos] waiting {reported - t:.0f}s after {what}: {await self.watch.snapshot()}",
+                    flush=True,
+                )
             return self._applied() >= start + more
 
         try:
             await wait_until(moved, timeout=timeout, interval=0.2, what=f"changes flowing after {what}")
         except AssertionError as exc:
             raise AssertionError(
-                f"{exc}; backlog {backlog(self.system)}; earlier recoveries {self.recoveries}"
+                f"{exc}; {await self.watch.snapshot()}; earlier recoveries {self.recoveries}"
             ) from None
         took = time.monotonic() - t
         self.recoveries.append((f"{len(self.recoveries)}:{what}", took))
@@ -145,17 +175,25 @@ async def test_no_loss_no_duplicate_no_phantom_under_chaos(
     system = chaos_system
     load = LoadStats()
     stop = asyncio.Event()
+    watch = Watch(system)
+    pressure = Backpressure()
+    gate = pressure.open
     workers = [
         asyncio.create_task(
-            client_loop(c, load, stop, seed=10 * i + k, pace=PACE_S, max_requests=int(180 / PACE_S))
+            client_loop(
+                c, load, stop, seed=10 * i + k, pace=PACE_S, max_requests=int(180 / PACE_S), gate=gate
+            )
         )
         for i, c in enumerate(corpora)
         for k in range(CLIENTS_PER_USER)
     ]
     workers.append(
-        asyncio.create_task(rollback_loop(system.database_urls["console"], corpora, load, stop, every=1.0))
+        asyncio.create_task(
+            rollback_loop(system.database_urls["console"], corpora, load, stop, every=1.0, gate=gate)
+        )
     )
-    faults = Faults(system)
+    workers.append(asyncio.create_task(pressure.run(watch, stop)))
+    faults = Faults(system, watch)
     started = time.monotonic()
     try:
         await faults.flowing("start")
@@ -172,7 +210,10 @@ async def test_no_loss_no_duplicate_no_phantom_under_chaos(
     assert not system.dead(), f"processes died on their own: {system.dead()}"
 
     figures = await audit(system, corpora, load, timeout=AUDIT_TIMEOUT_S)
-    print(f"\nstorm {storm_s:.0f}s\n" + render(figures, load, faults.figures()))
+    print(
+        f"\nstorm {storm_s:.0f}s; load held {pressure.holds}x for {pressure.held_s:.1f}s in all "
+        f"(more than {pressure.high} events not yet applied)\n" + render(figures, load, faults.figures())
+    )
 
     assert figures.quiesced, figures.details["backlog"]
     assert figures.committed > 300 and len(load.phantoms) > 5 and load.http_rollbacks > 0
