@@ -255,3 +255,44 @@ async def test_consecutive_events_of_a_batch_handler_come_in_one_call() -> None:
     ]
     await pipeline.apply(SESSION, [pipeline.parse(r) for r in items])
     assert calls == [[1, 1], [-5], [2]]
+
+
+async def test_an_ignored_event_never_makes_earlier_events_of_its_fetch_stale() -> None:
+    # Review finding 1: the ignored v3 was passed over before the guard judged v1 and v2 (delivered before
+    # it), so both were recorded stale and nothing was applied.
+    applied: list[int] = []
+
+    async def handler(ctx: EventContext) -> None:
+        applied.append(ctx.event.version or 0)
+
+    pipeline, inbox, _ = make([Route("t.*", handler, version_guard=True, gap_aware=True)], ignored=("noise",))
+    session = cast(AsyncSession, Savepoints(inbox))
+    v1, v2, v3, v4 = (uuid.uuid4() for _ in range(4))
+    fetch = [
+        record(0, "a", 1, None, eid=v1),
+        record(1, "a", 2, 1, eid=v2),
+        record(2, "a", 3, 2, "noise", eid=v3),
+        record(3, "a", 4, 3, eid=v4),
+    ]
+    counts = await pipeline.apply(session, [pipeline.parse(r) for r in fetch])
+    assert applied == [1, 2, 4]
+    assert (counts.applied, counts.ignored, counts.stale, counts.parked) == (3, 1, 0, 0)
+    assert [inbox.outcomes[i] for i in (v1, v2, v3, v4)] == ["applied", "applied", "ignored", "applied"]
+    assert inbox.versions == {("t", "a"): 4}
+
+
+async def test_an_event_dead_lettered_in_its_fetch_is_passed_over_in_delivery_order() -> None:
+    # The same rule for this consumer's own dead letters: v2 (no handler) counts as seen where it was
+    # delivered, so v3 behind it is applied in the same fetch, not parked until a sweep.
+    applied: list[int] = []
+
+    async def handler(ctx: EventContext) -> None:
+        applied.append(ctx.event.version or 0)
+
+    pipeline, inbox, letters = make([Route("t.*", handler, version_guard=True, gap_aware=True)])
+    session = cast(AsyncSession, Savepoints(inbox))
+    fetch = [record(0, "a", 1, None), record(1, "a", 2, 1, "other.type"), record(2, "a", 3, 2)]
+    counts = await pipeline.apply(session, [pipeline.parse(r) for r in fetch])
+    assert applied == [1, 3]
+    assert (counts.applied, counts.dead_lettered, counts.parked) == (2, 1, 0)
+    assert [offset for offset, _ in letters.letters] == [1] and not inbox.parked_records
