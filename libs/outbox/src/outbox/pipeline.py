@@ -122,6 +122,10 @@ class ApplyPipeline:
         dead: list[Parsed] = []
         counts = ConsumerStats()
         routed: list[Parsed] = []  # fresh events with a handler, in delivery order
+        # What the version guard judges, in delivery order: guarded events, and (for gap-aware handlers) the
+        # events skipped on purpose, which still move their aggregate's version. One pass in one order, so
+        # passing over an event never makes one delivered before it stale.
+        judged: list[Parsed] = []
         for item in items:
             event = item.event
             if event is None:  # malformed: no event id to remember it by
@@ -131,16 +135,19 @@ class ApplyPipeline:
                 counts.duplicates += 1  # a redelivery, of a dead-lettered event too: no second dead letter
                 continue
             fresh.discard(event.id)  # a second copy inside this batch is a duplicate too
+            if item.problem is None and item.route is not None:
+                routed.append(item)
+                if item.route.version_guard:
+                    judged.append(item)
+                continue
             if item.problem is not None:
                 dead.append(item)
-            elif item.route is None:
-                counts.ignored += 1
-                await self._pass_over(session, event)
             else:
-                routed.append(item)
+                counts.ignored += 1
+            if self.tracks_gaps:
+                judged.append(item)
         # One read and one write of the version guard for the whole batch, not a statement per event; run
         # under the first guarded message's span, so a trace shows the guard with the message it decided.
-        guarded = [i for i in routed if i.route is not None and i.route.version_guard]
         verdicts: dict[int, Outcome] | None = None
         stale: list[uuid.UUID] = []
         parked: list[Parsed] = []
@@ -152,12 +159,7 @@ class ApplyPipeline:
             span = self._span(item)
             with trace.use_span(span, end_on_exit=True):
                 if verdicts is None and route.version_guard:
-                    outcomes = await self.inbox.guard(
-                        session,
-                        [i.event for i in guarded if i.event is not None],
-                        [bool(i.route and i.route.gap_aware) for i in guarded],
-                    )
-                    verdicts = dict(zip((id(i) for i in guarded), outcomes, strict=True))
+                    verdicts = await self._judge(session, judged)
                 verdict = (verdicts or {}).get(id(item), Outcome.APPLIED)
                 span.set_attribute("outbox.outcome", verdict.value)
                 if verdict is Outcome.STALE:
@@ -184,6 +186,17 @@ class ApplyPipeline:
                 await self._call(session, route, [event], span, attempt)
         if group:
             await self._call_group(session, group, attempt)
+        if verdicts is None and judged:  # only events passed over: no guarded one to run the guard under
+            verdicts = await self._judge(session, judged)
+        advanced |= {  # events passed over move their aggregate's version too: it may close a gap
+            (i.event.topic, i.event.subject)
+            for i in judged
+            if i.route is None
+            and i.event
+            and i.event.subject
+            and i.event.version is not None
+            and (verdicts or {}).get(id(i)) is Outcome.APPLIED
+        }
         await self.inbox.mark(session, stale, Outcome.STALE)
         await self._park(session, parked)
         if released := advanced & self.parked_keys:
@@ -191,9 +204,15 @@ class ApplyPipeline:
         for item in dead:
             await self.dead_letters.send(item.record, item.problem or "undecodable", attempts=0)
             counts.dead_lettered += 1
-            if item.event is not None:
-                await self._pass_over(session, item.event)
         return counts
+
+    async def _judge(self, session: AsyncSession, judged: Sequence[Parsed]) -> dict[int, Outcome]:
+        """The version guard's verdicts for `judged`, by item identity."""
+        events = [i.event for i in judged if i.event is not None]
+        outcomes = await self.inbox.guard(
+            session, events, [bool(i.route and i.route.gap_aware) for i in judged]
+        )
+        return dict(zip((id(i) for i in judged), outcomes, strict=True))
 
     async def _park(self, session: AsyncSession, items: Sequence[Parsed]) -> None:
         for item in items:
@@ -311,8 +330,8 @@ class ApplyPipeline:
         return counts
 
     async def _pass_over(self, session: AsyncSession, event: ReceivedEvent) -> None:
-        """An event this consumer deliberately does not apply (ignored, or dead-lettered here) still counts
-        as seen for gap-aware ordering: a gap is a version that never arrived, not one that was refused."""
+        """An event dead-lettered on the careful path still counts as seen for gap-aware ordering (a gap is
+        a version that never arrived, not one that was refused); `apply` does this in its guard."""
         if self.tracks_gaps:
             await self.inbox.advance_version(session, event)
 
