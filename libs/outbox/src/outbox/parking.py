@@ -108,7 +108,8 @@ class ParkedRelease:
             async with sessions() as session, session.begin():
                 released, more, failed = await self._rounds(guard_session(session), None, 1)
             counts.merge(released)
-        while failed and time.monotonic() < deadline:
+        careful = failed  # a round's handler failed: one event per savepoint from here on
+        while careful and time.monotonic() < deadline:
             async with sessions() as session, session.begin():
                 guard_session(session)
                 records = await self.pipeline.inbox.unpark(session, None, limit=self.savepoints)
@@ -117,7 +118,7 @@ class ParkedRelease:
                     released = await self.pipeline.apply_isolated(session, item, deadline, release=False)
                     released.released += 1
                     counts.merge(released)
-            failed = bool(records)
+            careful = bool(records)
         async with sessions() as session, session.begin():
             self.keys = {(r.topic, r.aggregate_id) for r in await self.pipeline.inbox.parked(session)}
         return counts
