@@ -117,6 +117,37 @@ async def test_each_event_carries_its_previous_version_except_standalone_snapsho
     assert seen == [("1", None), ("2", "1"), ("3", "2"), ("4", "3"), ("4", None), (None, None)]
 
 
+async def test_an_unversioned_event_between_two_versioned_ones_does_not_hide_the_predecessor(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], writer: OutboxWriter, topic: str
+) -> None:
+    # Review finding 5: add(v2, unversioned, v3) after v1 gave v3 the predecessor 1 (lag() met the middle
+    # event's NULL, and coalesce fell back to the head's old version).
+    await write(sessions, writer, ev(topic, "x", 1))
+    async with sessions() as session, session.begin():
+        await writer.add(session, ev(topic, "x", 2), ev(topic, "x", None), ev(topic, "x", 3))
+    async with sessions() as session, session.begin():  # unversioned first, then two in a row
+        await writer.add(
+            session, ev(topic, "x", None), ev(topic, "x", 4), ev(topic, "x", None), ev(topic, "x", None)
+        )
+        await writer.add(session, ev(topic, "y", None), ev(topic, "x", 5), ev(topic, "y", 1))
+    stored = await rows(
+        engine, "SELECT aggregate_id, aggregate_version, prev_version FROM outbox ORDER BY id"
+    )
+    assert stored == [
+        ("x", 1, None),
+        ("x", 2, 1),
+        ("x", None, None),
+        ("x", 3, 2),
+        ("x", None, None),
+        ("x", 4, 3),
+        ("x", None, None),
+        ("x", None, None),
+        ("y", None, None),
+        ("x", 5, 4),
+        ("y", 1, None),
+    ]
+
+
 async def dead_row(engine: AsyncEngine, aggregate: str, version: int) -> int:
     async with engine.begin() as conn:
         return int(

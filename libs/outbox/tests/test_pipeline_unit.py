@@ -10,26 +10,40 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from aiokafka import ConsumerRecord
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from outbox.apply_types import Parsed
 from outbox.dead_letters import DeadLetterSender
 from outbox.envelope import decode_record, encode_headers
 from outbox.handlers import BatchContext, EventContext, Outcome, Reject, Route
 from outbox.inbox_store import InboxStore, decide
-from outbox.pipeline import ApplyPipeline, Parsed, RetryPolicy
+from outbox.pipeline import ApplyPipeline, RetryPolicy
 
 SESSION = cast(AsyncSession, object())  # handlers here never touch it; the stores are in memory
 
 
 class Savepoints:
-    """The one session feature the careful path uses: a savepoint, rolled back (here: the in-memory inbox
-    restored) when the block raises."""
+    """The session features the pipeline uses: transactions and savepoints, rolled back (here: the
+    in-memory inbox restored) when their block raises."""
 
     def __init__(self, inbox: MemoryInbox) -> None:
         self.inbox = inbox
 
-    def begin_nested(self) -> Savepoints:
+    def begin_nested(self) -> Savepoint:
+        return Savepoint(self.inbox)
+
+    begin = begin_nested
+
+    async def __aenter__(self) -> Savepoints:
         return self
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+
+class Savepoint:
+    def __init__(self, inbox: MemoryInbox) -> None:
+        self.inbox = inbox
 
     async def __aenter__(self) -> None:
         self.saved = (dict(self.inbox.outcomes), dict(self.inbox.versions), dict(self.inbox.parked_records))
@@ -41,12 +55,16 @@ class Savepoints:
             )
 
 
+def sessions_of(inbox: MemoryInbox) -> async_sessionmaker[AsyncSession]:
+    return cast(async_sessionmaker[AsyncSession], lambda: Savepoints(inbox))
+
+
 class MemoryInbox(InboxStore):
     def __init__(self) -> None:
         super().__init__("unit")
         self.outcomes: dict[uuid.UUID, str] = {}
         self.versions: dict[tuple[str, str], int] = {}
-        self.parked_records: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
+        self.parked_records: dict[uuid.UUID, tuple[Any, dict[str, Any]]] = {}
 
     async def insert(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
         fresh = {r["event_id"] for r in rows if r["event_id"] not in self.outcomes}
@@ -74,8 +92,9 @@ class MemoryInbox(InboxStore):
         [verdict] = await self.guard(session, [event], [gap_aware])
         return verdict
 
-    async def park(self, session: AsyncSession, event: Any, record: dict[str, Any]) -> None:
-        self.parked_records[event.id] = (event.version, record)
+    async def park(self, session: AsyncSession, parked: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+        for event, stored in parked:
+            self.parked_records[event.id] = (event, stored)
 
     async def parked(self, session: AsyncSession) -> list[Any]:
         return []
@@ -83,22 +102,24 @@ class MemoryInbox(InboxStore):
     async def unpark(
         self, session: AsyncSession, aggregates: Any, *, limit: int = 500
     ) -> list[dict[str, Any]]:
-        due = []
-        for event_id, (version, record) in list(self.parked_records.items()):
-            parsed = decode_record(
-                topic=record["topic"], partition=0, offset=0, headers=_headers(record), value=b"{}"
-            )
-            if self.versions.get((parsed.topic, parsed.subject or ""), -1) >= (parsed.prev_version or 0):
-                due.append((version, record))
-                del self.parked_records[event_id]
-                del self.outcomes[event_id]
-        return [r for _, r in sorted(due, key=lambda d: d[0])]
-
-
-def _headers(record: dict[str, Any]) -> list[tuple[str, bytes]]:
-    import base64
-
-    return [(k, base64.b64decode(v)) for k, v in record["headers"]]
+        """As the SQL: per aggregate, the chain of parked events that follows the applied version."""
+        due: list[tuple[tuple[str, str, int], uuid.UUID]] = []
+        chains: dict[tuple[str, str], list[Any]] = {}
+        for event, _ in self.parked_records.values():
+            key = (event.topic, event.subject)
+            if key in self.versions and (aggregates is None or key in set(aggregates)):
+                chains.setdefault(key, []).append(event)
+        for key, events in chains.items():
+            reach = self.versions[key]
+            for event in sorted(events, key=lambda e: e.version):
+                if event.prev_version > reach:
+                    break
+                reach = max(reach, event.version)
+                due.append(((*key, event.version), event.id))
+        taken = [event_id for _, event_id in sorted(due)[:limit]]
+        for event_id in taken:
+            del self.outcomes[event_id]
+        return [self.parked_records.pop(event_id)[1] for event_id in taken]
 
 
 class MemoryDeadLetters(DeadLetterSender):
@@ -214,7 +235,7 @@ async def test_a_released_event_that_fails_stays_parked_and_the_sweep_dead_lette
     closing = await pipeline.apply(session, [pipeline.parse(record(1, "a", 2, 1))])
     assert (closing.applied, applied, letters.letters) == (1, [1, 2], [])  # v2 is not blamed for v3
     assert len(inbox.parked_records) == 1
-    swept = await pipeline.release_parked(session)
+    swept = await pipeline.release_parked(sessions_of(inbox))
     assert swept.dead_lettered == 1 and [offset for offset, _ in letters.letters] == [2]
     assert not inbox.parked_records and inbox.outcomes[v3] == "dead"
 
@@ -255,3 +276,44 @@ async def test_consecutive_events_of_a_batch_handler_come_in_one_call() -> None:
     ]
     await pipeline.apply(SESSION, [pipeline.parse(r) for r in items])
     assert calls == [[1, 1], [-5], [2]]
+
+
+async def test_an_ignored_event_never_makes_earlier_events_of_its_fetch_stale() -> None:
+    # Review finding 1: the ignored v3 was passed over before the guard judged v1 and v2 (delivered before
+    # it), so both were recorded stale and nothing was applied.
+    applied: list[int] = []
+
+    async def handler(ctx: EventContext) -> None:
+        applied.append(ctx.event.version or 0)
+
+    pipeline, inbox, _ = make([Route("t.*", handler, version_guard=True, gap_aware=True)], ignored=("noise",))
+    session = cast(AsyncSession, Savepoints(inbox))
+    v1, v2, v3, v4 = (uuid.uuid4() for _ in range(4))
+    fetch = [
+        record(0, "a", 1, None, eid=v1),
+        record(1, "a", 2, 1, eid=v2),
+        record(2, "a", 3, 2, "noise", eid=v3),
+        record(3, "a", 4, 3, eid=v4),
+    ]
+    counts = await pipeline.apply(session, [pipeline.parse(r) for r in fetch])
+    assert applied == [1, 2, 4]
+    assert (counts.applied, counts.ignored, counts.stale, counts.parked) == (3, 1, 0, 0)
+    assert [inbox.outcomes[i] for i in (v1, v2, v3, v4)] == ["applied", "applied", "ignored", "applied"]
+    assert inbox.versions == {("t", "a"): 4}
+
+
+async def test_an_event_dead_lettered_in_its_fetch_is_passed_over_in_delivery_order() -> None:
+    # The same rule for this consumer's own dead letters: v2 (no handler) counts as seen where it was
+    # delivered, so v3 behind it is applied in the same fetch, not parked until a sweep.
+    applied: list[int] = []
+
+    async def handler(ctx: EventContext) -> None:
+        applied.append(ctx.event.version or 0)
+
+    pipeline, inbox, letters = make([Route("t.*", handler, version_guard=True, gap_aware=True)])
+    session = cast(AsyncSession, Savepoints(inbox))
+    fetch = [record(0, "a", 1, None), record(1, "a", 2, 1, "other.type"), record(2, "a", 3, 2)]
+    counts = await pipeline.apply(session, [pipeline.parse(r) for r in fetch])
+    assert applied == [1, 3]
+    assert (counts.applied, counts.dead_lettered, counts.parked) == (2, 1, 0)
+    assert [offset for offset, _ in letters.letters] == [1] and not inbox.parked_records

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from outbox.apply_types import ConsumerStats, HandlerFailed, Parsed
 from outbox.dead_letters import DeadLetterSender
 from outbox.dlq import REDRIVE_HEADER
 from outbox.env_settings import from_env
@@ -42,7 +43,7 @@ from outbox.health import Heartbeat
 from outbox.inbox_store import InboxStore
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
 from outbox.metrics import consumer_metrics, observe_consumer_lag
-from outbox.pipeline import ApplyPipeline, ConsumerStats, HandlerFailed, Parsed, RetryPolicy
+from outbox.pipeline import ApplyPipeline, RetryPolicy
 from outbox.writer import OutboxWriter
 
 __all__ = [
@@ -77,7 +78,8 @@ class ConsumerSettings:
     outage_backoff_max_s: float = 5.0
     # After a handler failure the batch is replayed one savepoint per event. Past 64 subtransactions in one
     # transaction PostgreSQL's subtransaction cache overflows and every session's snapshots slow down, so
-    # the careful path commits every `careful_chunk` events.
+    # the careful path commits every `careful_chunk` events. Releasing parked events (a savepoint per round
+    # of up to `max_batch`) takes as many rounds per transaction.
     careful_chunk: int = 50
     # Retries of the careful path stop after this long per batch (the remaining failures are dead-lettered
     # after one attempt): well inside the broker's max poll interval (300 s), so no rebalance mid-batch.
@@ -198,6 +200,8 @@ class IdempotentConsumer:
             RetryPolicy(s.max_attempts, s.retry_initial_s, s.retry_max_s),
             self.writer,
             self._parse,
+            release_round=s.max_batch,
+            savepoints=s.careful_chunk,
         )
         self._pipeline.tracks_gaps = any(route.gap_aware for route in self._routes)
         self._consumer = AIOKafkaConsumer(
@@ -265,10 +269,10 @@ class IdempotentConsumer:
         """Apply parked events whose gap closed (by another member, say); warn about long-parked ones."""
         pipeline = self._pipeline
         assert pipeline is not None, "IdempotentConsumer.start() not called"
-        async with self.sessions() as session, session.begin():
-            counts = await pipeline.release_parked(guard_session(session))
-            waiting = await self.inbox.parked(session)
+        counts = await pipeline.release_parked(self.sessions)
         self.stats.merge(counts)
+        async with self.sessions() as session:
+            waiting = await self.inbox.parked(session)
         now = time.time()
         for row in waiting:
             if now - row.since.timestamp() > self.settings.park_alert_after_s:
@@ -371,15 +375,9 @@ class IdempotentConsumer:
                 counts = await pipeline.apply(guard_session(session), parsed)
             self.stats.merge(counts)
         except HandlerFailed:
-            deadline = time.monotonic() + self.settings.careful_budget_s
-            size = max(1, self.settings.careful_chunk)
-            for start in range(0, len(parsed), size):
-                counts = ConsumerStats()
-                async with self.sessions() as session, session.begin():
-                    guard_session(session)
-                    for item in parsed[start : start + size]:
-                        counts.merge(await pipeline.apply_isolated(session, item, deadline))
-                self.stats.merge(counts)
+            await pipeline.apply_careful(self.sessions, parsed, self.settings.careful_budget_s, self.stats)
+        # Parked events whose gap this batch closed and that its transaction(s) left for later.
+        self.stats.merge(await pipeline.release_pending(self.sessions))
 
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Parsed:
         try:

@@ -1,7 +1,8 @@
 """One apply pipeline for delivered records: inbox rows, version guard, handlers, dead letters.
 
 The consumer runs it over a fetched batch in one of two ways, with the same steps:
-- `apply`: the whole batch in one transaction, without savepoints (one inbox statement for all records);
+- `apply`: the whole batch in one transaction, without savepoints (one inbox statement for all records),
+  then the parked events whose gap it closed (savepoints, bounded: `parking.ParkedRelease`);
 - `apply_isolated`: after a handler raised in `apply` (that transaction rolled back; nothing of it
   persists), each record alone inside a savepoint, with retries and backoff, dead-lettering what cannot be
   applied (at once for `Reject`) within a time budget.
@@ -9,18 +10,16 @@ The consumer runs it over a fetched batch in one of two ways, with the same step
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -30,50 +29,16 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from outbox.apply_types import ConsumerStats, HandlerFailed, Parsed
 from outbox.dead_letters import DeadLetterSender
 from outbox.envelope import ReceivedEvent
-from outbox.handlers import Outcome, Reject, Route
+from outbox.handlers import Outcome, Reject, Route, guard_session
 from outbox.inbox_store import InboxStore
+from outbox.parking import Aggregate, ParkedRelease
 from outbox.tracing import MESSAGING_BATCH_MESSAGE_COUNT, context_from, process_attributes, tracer
 from outbox.writer import OutboxWriter
 
 log = logging.getLogger("outbox.consumer")
-
-
-@dataclass(slots=True)
-class ConsumerStats:
-    applied: int = 0
-    duplicates: int = 0
-    stale: int = 0
-    ignored: int = 0
-    dead_lettered: int = 0
-    retries: int = 0
-    batch_failures: int = 0
-    parked: int = 0  # arrived before the version they follow (gap-aware handlers)
-    released: int = 0  # parked events applied once their gap closed
-
-    def merge(self, other: ConsumerStats) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """A delivered record, decoded: its event (None: malformed), its handler, what is wrong with it."""
-
-    record: ConsumerRecord[bytes, bytes]
-    event: ReceivedEvent | None
-    route: Route | None
-    problem: str | None  # set: dead-letter this record with this reason
-    redriven: bool = False  # an operator's redrive from the dead-letter topic: a new attempt
-
-
-class HandlerFailed(Exception):
-    """A handler raised; `cause` is what it raised."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +57,9 @@ class ApplyPipeline:
         retry: RetryPolicy,
         writer: OutboxWriter | None,
         parse: Callable[[ConsumerRecord[bytes, bytes]], Parsed],
+        *,
+        release_round: int = 500,
+        savepoints: int = 50,
     ) -> None:
         self.consumer = consumer
         self.inbox = inbox
@@ -99,17 +67,45 @@ class ApplyPipeline:
         self.retry = retry
         self.writer = writer
         self.parse = parse
-        # Aggregates with parked events (kept fresh by the consumer's sweep): applying one of their events
-        # looks for parked successors in the same transaction.
-        self.parked_keys: set[tuple[str, str]] = set()
+        # Savepoints per transaction (PostgreSQL caches 64 subtransactions): careful-path events, or
+        # rounds of up to `release_round` parked events.
+        self.savepoints = max(1, savepoints)
+        self.parking = ParkedRelease(self, round_size=release_round, savepoints=self.savepoints)
         # Set by the consumer when a handler is gap-aware: events it skips on purpose (ignored types, its own
         # dead letters) still move their aggregate's version, so their successors are not parked for them.
         self.tracks_gaps = False
 
+    @property
+    def parked_keys(self) -> set[Aggregate]:
+        return self.parking.keys
+
     async def apply(
-        self, session: AsyncSession, items: Sequence[Parsed], *, attempt: int = 1
+        self, session: AsyncSession, items: Sequence[Parsed], *, attempt: int = 1, release: bool = True
     ) -> ConsumerStats:
-        """Apply `items` in the session's transaction; raises HandlerFailed when a handler raises."""
+        """Apply `items` in the session's transaction, then the parked events whose gap they closed (without
+        `release`: left for `release_pending`); raises HandlerFailed when a handler raises."""
+        counts, advanced = await self.apply_batch(session, items, attempt)
+        if due := advanced & self.parking.keys:
+            if release:
+                counts.merge(await self.parking.release(session, due, attempt=attempt))
+            else:
+                self.parking.pending |= due
+        return counts
+
+    async def release_pending(self, sessions: async_sessionmaker[AsyncSession]) -> ConsumerStats:
+        """Parked events whose gap closed but that `apply` left for later, in transactions of their own."""
+        return await self.parking.release_pending(sessions)
+
+    async def release_parked(
+        self, sessions: async_sessionmaker[AsyncSession], *, budget_s: float = 60.0
+    ) -> ConsumerStats:
+        """The sweep: every parked event whose gap closed (by another member, or behind a failure)."""
+        return await self.parking.sweep(sessions, budget_s=budget_s)
+
+    async def apply_batch(
+        self, session: AsyncSession, items: Sequence[Parsed], attempt: int
+    ) -> tuple[ConsumerStats, set[Aggregate]]:
+        """`apply` without releasing parked events; also returns the aggregates whose version it moved."""
         await self.inbox.forget_dead(session, [p.event.id for p in items if p.redriven and p.event])
         rows = []
         for p in items:
@@ -122,6 +118,10 @@ class ApplyPipeline:
         dead: list[Parsed] = []
         counts = ConsumerStats()
         routed: list[Parsed] = []  # fresh events with a handler, in delivery order
+        # What the version guard judges, in delivery order: guarded events, and (for gap-aware handlers) the
+        # events skipped on purpose, which still move their aggregate's version. One pass in one order, so
+        # passing over an event never makes one delivered before it stale.
+        judged: list[Parsed] = []
         for item in items:
             event = item.event
             if event is None:  # malformed: no event id to remember it by
@@ -131,20 +131,23 @@ class ApplyPipeline:
                 counts.duplicates += 1  # a redelivery, of a dead-lettered event too: no second dead letter
                 continue
             fresh.discard(event.id)  # a second copy inside this batch is a duplicate too
+            if item.problem is None and item.route is not None:
+                routed.append(item)
+                if item.route.version_guard:
+                    judged.append(item)
+                continue
             if item.problem is not None:
                 dead.append(item)
-            elif item.route is None:
-                counts.ignored += 1
-                await self._pass_over(session, event)
             else:
-                routed.append(item)
+                counts.ignored += 1
+            if self.tracks_gaps:
+                judged.append(item)
         # One read and one write of the version guard for the whole batch, not a statement per event; run
         # under the first guarded message's span, so a trace shows the guard with the message it decided.
-        guarded = [i for i in routed if i.route is not None and i.route.version_guard]
         verdicts: dict[int, Outcome] | None = None
         stale: list[uuid.UUID] = []
         parked: list[Parsed] = []
-        advanced: set[tuple[str, str]] = set()
+        advanced: set[Aggregate] = set()
         group: tuple[Route, list[ReceivedEvent]] | None = None  # consecutive events for one batch handler
         for item in routed:
             event, route = item.event, item.route
@@ -152,12 +155,7 @@ class ApplyPipeline:
             span = self._span(item)
             with trace.use_span(span, end_on_exit=True):
                 if verdicts is None and route.version_guard:
-                    outcomes = await self.inbox.guard(
-                        session,
-                        [i.event for i in guarded if i.event is not None],
-                        [bool(i.route and i.route.gap_aware) for i in guarded],
-                    )
-                    verdicts = dict(zip((id(i) for i in guarded), outcomes, strict=True))
+                    verdicts = await self._judge(session, judged)
                 verdict = (verdicts or {}).get(id(item), Outcome.APPLIED)
                 span.set_attribute("outbox.outcome", verdict.value)
                 if verdict is Outcome.STALE:
@@ -184,72 +182,61 @@ class ApplyPipeline:
                 await self._call(session, route, [event], span, attempt)
         if group:
             await self._call_group(session, group, attempt)
+        if verdicts is None and judged:  # only events passed over: no guarded one to run the guard under
+            verdicts = await self._judge(session, judged)
+        advanced |= {  # events passed over move their aggregate's version too: it may close a gap
+            (i.event.topic, i.event.subject)
+            for i in judged
+            if i.route is None
+            and i.event
+            and i.event.subject
+            and i.event.version is not None
+            and (verdicts or {}).get(id(i)) is Outcome.APPLIED
+        }
         await self.inbox.mark(session, stale, Outcome.STALE)
-        await self._park(session, parked)
-        if released := advanced & self.parked_keys:
-            counts.merge(await self._release(session, sorted(released), attempt))
+        await self.parking.park(session, parked)
         for item in dead:
             await self.dead_letters.send(item.record, item.problem or "undecodable", attempts=0)
             counts.dead_lettered += 1
-            if item.event is not None:
-                await self._pass_over(session, item.event)
-        return counts
+        return counts, advanced
 
-    async def _park(self, session: AsyncSession, items: Sequence[Parsed]) -> None:
-        for item in items:
-            assert item.event is not None and item.event.subject is not None
-            log.warning(
-                "consumer %s: parked %s v%s of %s: waits for v%s",
-                self.consumer,
-                item.event.type,
-                item.event.version,
-                item.event.subject,
-                item.event.prev_version,
-            )
-            await self.inbox.park(session, item.event, stored_record(item.record))
-            self.parked_keys.add((item.event.topic, item.event.subject))
-        await self.inbox.mark(session, [i.event.id for i in items if i.event], Outcome.PARKED)
+    async def _judge(self, session: AsyncSession, judged: Sequence[Parsed]) -> dict[int, Outcome]:
+        """The version guard's verdicts for `judged`, by item identity."""
+        events = [i.event for i in judged if i.event is not None]
+        outcomes = await self.inbox.guard(
+            session, events, [bool(i.route and i.route.gap_aware) for i in judged]
+        )
+        return dict(zip((id(i) for i in judged), outcomes, strict=True))
 
-    async def _release(
-        self, session: AsyncSession, aggregates: Sequence[tuple[str, str]], attempt: int = 1
-    ) -> ConsumerStats:
-        """Apply the parked events of `aggregates` whose gap this transaction closed, in version order, in a
-        savepoint: if one of their handlers fails they stay parked (the sweep retries them one by one) and
-        the event that closed the gap is not blamed for it."""
-        try:
-            async with session.begin_nested():
-                records = await self.inbox.unpark(session, aggregates)
-                if not records:
-                    return ConsumerStats()
-                counts = await self.apply(
-                    session, [self.parse(record_from(r)) for r in records], attempt=attempt
-                )
-        except HandlerFailed as failed:
-            log.warning(
-                "consumer %s: a released event's handler failed (%s); it stays parked for the sweep",
-                self.consumer,
-                failed,
-            )
-            return ConsumerStats()
-        counts.released += len(records)
-        return counts
-
-    async def release_parked(self, session: AsyncSession, *, budget_s: float = 60.0) -> ConsumerStats:
-        """The sweep: parked events whose gap closed (by another member, or behind a failure above), each
-        through the careful path (retries, then the dead-letter topic); refreshes which aggregates have
-        parked events."""
-        counts = ConsumerStats()
+    async def apply_careful(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        items: Sequence[Parsed],
+        budget_s: float,
+        into: ConsumerStats,
+    ) -> None:
+        """The careful path: `apply_isolated` for each item, committed every `savepoints` items (each
+        chunk's counts merged `into` as it commits)."""
         deadline = time.monotonic() + budget_s
-        for stored in await self.inbox.unpark(session, None):
-            released = await self.apply_isolated(session, self.parse(record_from(stored)), deadline)
-            released.released += 1
-            counts.merge(released)
-        self.parked_keys = {(r.topic, r.aggregate_id) for r in await self.inbox.parked(session)}
-        return counts
+        for start in range(0, len(items), self.savepoints):
+            counts = ConsumerStats()
+            chunk = items[start : start + self.savepoints]
+            async with sessions() as session, session.begin():
+                guard_session(session)
+                # One event per savepoint would lock its aggregate's version in delivery order: lock them
+                # all first, in the (topic, aggregate) order of the fast path and the sweep.
+                await self.inbox.lock_versions(session, _guarded(chunk))
+                for item in chunk:
+                    counts.merge(await self.apply_isolated(session, item, deadline))
+            into.merge(counts)
 
-    async def apply_isolated(self, session: AsyncSession, item: Parsed, deadline: float) -> ConsumerStats:
+    async def apply_isolated(
+        self, session: AsyncSession, item: Parsed, deadline: float, *, release: bool = False
+    ) -> ConsumerStats:
         """`apply` for one record inside a savepoint, retried with backoff until it goes through, the
-        handler rejects it, `max_attempts` or the deadline passes; then it is dead-lettered."""
+        handler rejects it, `max_attempts` or the deadline passes; then it is dead-lettered. The parked
+        events it lets through are left for `release_pending` unless `release`: the careful path spends
+        its savepoints one per event."""
         r = self.retry
         attempt = 0
         try:
@@ -263,7 +250,7 @@ class ApplyPipeline:
                     attempt = state.retry_state.attempt_number
                     try:
                         async with session.begin_nested():
-                            counts = await self.apply(session, [item], attempt=attempt)
+                            counts = await self.apply(session, [item], attempt=attempt, release=release)
                     except HandlerFailed:
                         raise
                     except Exception as exc:
@@ -311,10 +298,13 @@ class ApplyPipeline:
         return counts
 
     async def _pass_over(self, session: AsyncSession, event: ReceivedEvent) -> None:
-        """An event this consumer deliberately does not apply (ignored, or dead-lettered here) still counts
-        as seen for gap-aware ordering: a gap is a version that never arrived, not one that was refused."""
-        if self.tracks_gaps:
-            await self.inbox.advance_version(session, event)
+        """An event dead-lettered on the careful path still counts as seen for gap-aware ordering (a gap is
+        a version that never arrived, not one that was refused); `apply_batch` does this in its guard."""
+        if not self.tracks_gaps:
+            return
+        moved = await self.inbox.advance_version(session, event) is Outcome.APPLIED
+        if moved and event.subject and (key := (event.topic, event.subject)) in self.parking.keys:
+            self.parking.pending.add(key)  # its parked successors may be due
 
     def _span(self, item: Parsed) -> Span:
         """`process {topic}`: a child of the producer's span (one trace end to end) and linked to it, as the
@@ -377,35 +367,12 @@ class _PastDeadline(stop_base):
         return time.monotonic() >= self.deadline
 
 
-def stored_record(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
-    """A Kafka record as JSON, to park it in the database."""
-    return {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp,
-        "key": base64.b64encode(record.key).decode() if record.key is not None else None,
-        "value": base64.b64encode(record.value).decode() if record.value is not None else None,
-        "headers": [[k, base64.b64encode(v).decode()] for k, v in record.headers or ()],
-    }
-
-
-def record_from(stored: dict[str, Any]) -> ConsumerRecord[bytes, bytes]:
-    key = base64.b64decode(stored["key"]) if stored["key"] is not None else None
-    value = base64.b64decode(stored["value"]) if stored["value"] is not None else None
-    return ConsumerRecord(
-        topic=stored["topic"],
-        partition=stored["partition"],
-        offset=stored["offset"],
-        timestamp=stored["timestamp"],
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
-        headers=tuple((k, base64.b64decode(v)) for k, v in stored["headers"]),
-    )
+def _guarded(items: Sequence[Parsed]) -> list[Aggregate]:
+    return [
+        (p.event.topic, p.event.subject)
+        for p in items
+        if p.event and p.event.subject and p.event.version is not None and p.route and p.route.version_guard
+    ]
 
 
 def _worth_retrying(exc: BaseException) -> bool:

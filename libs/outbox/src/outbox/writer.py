@@ -32,8 +32,9 @@ DEFAULT_MAX_EVENT_BYTES = 1_000_000
 
 # One constant statement over arrays (prepared once per connection whatever the number of events). The
 # INSERT reads `heads`, so each aggregate's head row is locked (waiting for an earlier writer's commit)
-# before the outbox rows take their ids. An event's previous version is the one before it in this call,
-# else the head's.
+# before the outbox rows take their ids. An event's previous version is the highest before it in this call,
+# else the head's: max() skips the unversioned events in between (lag() would return their NULL, and the
+# head's older version would stand in for it).
 _INSERT = """
 WITH r AS (
     SELECT * FROM unnest(
@@ -54,7 +55,9 @@ WITH r AS (
                         payload, trace_context, occurred_at)
     SELECT r.event_id, r.topic, r.event_type, r.source, r.aggregate_id, r.aggregate_version,
            CASE WHEN r.aggregate_version IS NOT NULL AND NOT r.standalone THEN coalesce(
-               lag(r.aggregate_version) OVER (PARTITION BY r.topic, r.aggregate_id ORDER BY r.ord), heads.previous
+               max(r.aggregate_version) OVER (PARTITION BY r.topic, r.aggregate_id ORDER BY r.ord
+                                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+               heads.previous
            ) END,
            r.payload, r.trace_context, r.occurred_at
     FROM r JOIN heads ON heads.topic = r.topic AND heads.aggregate_id = r.aggregate_id

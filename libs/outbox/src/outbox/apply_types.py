@@ -1,0 +1,47 @@
+"""What the apply pipeline and its parked-release loops pass around: a decoded record, the counts, a
+handler's failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from aiokafka import ConsumerRecord
+
+from outbox.envelope import ReceivedEvent
+from outbox.handlers import Route
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    applied: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    batch_failures: int = 0
+    parked: int = 0  # arrived before the version they follow (gap-aware handlers)
+    released: int = 0  # parked events applied once their gap closed
+
+    def merge(self, other: ConsumerStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A delivered record, decoded: its event (None: malformed), its handler, what is wrong with it."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: ReceivedEvent | None
+    route: Route | None
+    problem: str | None  # set: dead-letter this record with this reason
+    redriven: bool = False  # an operator's redrive from the dead-letter topic: a new attempt
+
+
+class HandlerFailed(Exception):
+    """A handler raised; `cause` is what it raised."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
