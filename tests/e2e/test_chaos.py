@@ -16,6 +16,7 @@ The durable broker is Tansu on s3 storage (a local moto server), and its fetches
   400 one-record batches over 8 partitions, consumed at a third of one core, came in 140 records per
   fetch with a 1,000 ms wait, 30 with 250 ms, 13 with 100 ms and 1-3 with 10 ms (183 of 400 in 120 s);
   with memory storage all 400 come in the first fetch whatever the wait.
+  (`python -m tests.e2e.tansu_s3_probe s3|memory WAIT_MS` reproduces it.)
 So on a slow or busy host each fetch's listing eats the wait before it reads a record, and a consumer
 applies a few events per second however healthy it is: the failure seen on a 3x slower host (31 events
 in 50 s after the consumer restart, a backlog of 508) and every recovery growing with the backlog.
