@@ -42,6 +42,7 @@ from outbox.handlers import (
 from outbox.health import Heartbeat
 from outbox.inbox_store import InboxStore
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
+from outbox.kafka_clients import KafkaConsumer, start_with_backoff
 from outbox.metrics import consumer_metrics, observe_consumer_lag
 from outbox.pipeline import ApplyPipeline, RetryPolicy
 from outbox.writer import OutboxWriter
@@ -204,7 +205,7 @@ class IdempotentConsumer:
             savepoints=s.careful_chunk,
         )
         self._pipeline.tracks_gaps = any(route.gap_aware for route in self._routes)
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = KafkaConsumer(
             *self.wire_topics,
             bootstrap_servers=s.bootstrap,
             group_id=self.name,
@@ -234,8 +235,9 @@ class IdempotentConsumer:
             self._producer = None
 
     async def run(self) -> None:
-        """Consume until `stop()`; starts and closes the Kafka clients itself, prunes the inbox meanwhile."""
-        await self.start()
+        """Consume until `stop()`; starts (with backoff) and closes the Kafka clients, prunes the inbox."""
+        if not await start_with_backoff(f"consumer {self.name}", self.start, self.close, self._stopping):
+            return
         background = [asyncio.create_task(self._prune_loop(), name="outbox-inbox-prune")]
         if any(route.gap_aware for route in self._routes):
             background.append(asyncio.create_task(self._park_loop(), name="outbox-parked-sweep"))
