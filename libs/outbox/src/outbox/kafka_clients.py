@@ -64,7 +64,8 @@ def _connection(options: dict[str, Any]) -> KafkaConnection:
 class KafkaProducer(AIOKafkaProducer):  # type: ignore[misc]
     def __init__(self, *args: Any, **options: Any) -> None:
         self.connection = _connection(options)
-        super().__init__(*args, **{**self.connection.client_kwargs(), **options})
+        options = {**self.connection.client_kwargs(), **options}
+        super().__init__(*args, **options)
         self._explain = _Explainer(self.connection, options, "producer")
 
     async def start(self) -> None:
@@ -74,7 +75,8 @@ class KafkaProducer(AIOKafkaProducer):  # type: ignore[misc]
 class KafkaConsumer(AIOKafkaConsumer):  # type: ignore[misc]
     def __init__(self, *topics: str, **options: Any) -> None:
         self.connection = _connection(options)
-        super().__init__(*topics, **{**self.connection.client_kwargs(), **options})
+        options = {**self.connection.client_kwargs(), **options}
+        super().__init__(*topics, **options)
         group = options.get("group_id")
         self._explain = _Explainer(
             self.connection, options, f"consumer (group {group})" if group else "consumer"
@@ -87,7 +89,8 @@ class KafkaConsumer(AIOKafkaConsumer):  # type: ignore[misc]
 class KafkaAdmin(AIOKafkaAdminClient):  # type: ignore[misc]
     def __init__(self, **options: Any) -> None:
         self.connection = _connection(options)
-        super().__init__(**{**self.connection.client_kwargs(), **options})
+        options = {**self.connection.client_kwargs(), **options}
+        super().__init__(**options)
         self._explain = _Explainer(self.connection, options, "admin client")
 
     async def start(self) -> None:
@@ -130,6 +133,8 @@ class _Explainer:
         self.bootstrap = bootstrap if isinstance(bootstrap, str) else ",".join(bootstrap)
         self.request_timeout_s = float(options.get("request_timeout_ms", 40_000)) / 1000
         self.what = what
+        # The client's own settings (its SSLContext included), for the probe connection.
+        self.security = {k: v for k, v in options.items() if k.startswith(("security_", "ssl_", "sasl_"))}
 
     async def start(self, start: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None]]) -> None:
         began = time.monotonic()
@@ -168,13 +173,12 @@ class _Explainer:
     async def _probe(self) -> BaseException:
         """Connect to the first bootstrap address as the client did; return what went wrong."""
         host, _, port = self.bootstrap.split(",")[0].strip().rpartition(":")
-        kwargs = self.connection.client_kwargs()
         try:
             conn = await create_conn(
                 host or "localhost",
                 int(port or 9092),
                 request_timeout_ms=int(_PROBE_TIMEOUT_S * 1000),
-                **kwargs,
+                **self.security,
             )
         except Exception as probe_exc:
             return probe_exc

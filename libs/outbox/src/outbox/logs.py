@@ -17,6 +17,17 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(trace_suffix)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(trace_id)s %(span_id)s"
 
 
+class ExplainedBootstrapFilter(logging.Filter):
+    """Drops aiokafka's lines about a failed bootstrap connection (logged only while a client starts): the
+    library's clients raise an error naming the cause and the setting to fix instead (kafka_clients.py),
+    and a process retrying with backoff should log one line a try, not three."""
+
+    MESSAGES = ('Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.MESSAGES
+
+
 class TraceContextFilter(logging.Filter):
     """Adds the current span's ids to every record (empty outside a span)."""
 
@@ -58,3 +69,6 @@ def configure_logging(service: str, *, level: str | None = None) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
+    aiokafka = logging.getLogger("aiokafka")
+    if not any(isinstance(f, ExplainedBootstrapFilter) for f in aiokafka.filters):
+        aiokafka.addFilter(ExplainedBootstrapFilter())
