@@ -15,7 +15,6 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from outbox.kafka_clients import KafkaAccessRefused
 from outbox.kafka_clients import KafkaAdmin as AIOKafkaAdminClient
 from outbox.kafka_clients import KafkaProducer as AIOKafkaProducer
 
@@ -93,8 +92,6 @@ async def start_producer(bootstrap: str, *, idempotent: bool = True, **options: 
             return producer
         except KafkaError as exc:
             await producer.stop()
-            if isinstance(exc, KafkaAccessRefused):  # credentials or certificates, not idempotence
-                raise
             log.warning(
                 "broker refused the idempotent producer (%s): falling back to acks=all without idempotence; "
                 "duplicates on retry are absorbed by the consumers' inbox",
