@@ -9,8 +9,7 @@
     outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
     outbox trace   SPANS_FILE [--trace-id ID] [--last N]
 
-The database URL may also come from OUTBOX_DATABASE_URL; the broker from KAFKA_BOOTSTRAP, how to connect
-to it (TLS, SASL) from KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_* (outbox/kafka_connection.py).
+The database URL may also come from OUTBOX_DATABASE_URL; the broker from KAFKA_BOOTSTRAP.
 """
 
 from __future__ import annotations
