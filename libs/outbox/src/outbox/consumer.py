@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from outbox import kafka_clients
 from outbox.apply_types import ConsumerStats, HandlerFailed, Parsed
 from outbox.dead_letters import DeadLetterSender
 from outbox.dlq import REDRIVE_HEADER
@@ -42,7 +43,6 @@ from outbox.handlers import (
 from outbox.health import Heartbeat
 from outbox.inbox_store import InboxStore
 from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
-from outbox.kafka_clients import KafkaConsumer, start_with_backoff
 from outbox.metrics import consumer_metrics, observe_consumer_lag
 from outbox.pipeline import ApplyPipeline, RetryPolicy
 from outbox.writer import OutboxWriter
@@ -205,7 +205,7 @@ class IdempotentConsumer:
             savepoints=s.careful_chunk,
         )
         self._pipeline.tracks_gaps = any(route.gap_aware for route in self._routes)
-        self._consumer = KafkaConsumer(
+        self._consumer = kafka_clients.KafkaConsumer(
             *self.wire_topics,
             bootstrap_servers=s.bootstrap,
             group_id=self.name,
@@ -236,7 +236,9 @@ class IdempotentConsumer:
 
     async def run(self) -> None:
         """Consume until `stop()`; starts (with backoff) and closes the Kafka clients, prunes the inbox."""
-        if not await start_with_backoff(f"consumer {self.name}", self.start, self.close, self._stopping):
+        if not await kafka_clients.start_with_backoff(
+            f"consumer {self.name}", self.start, self.close, self._stopping
+        ):
             return
         background = [asyncio.create_task(self._prune_loop(), name="outbox-inbox-prune")]
         if any(route.gap_aware for route in self._routes):
