@@ -184,3 +184,22 @@ async def test_refused_starts_back_off_and_stop_promptly(
     assert all(r.levelno == logging.ERROR and "refused SASL authentication" in r.getMessage() for r in lines)
     assert all(r.exc_info is None for r in lines)  # no traceback
     assert "retrying in 0.2s" in lines[0].getMessage() and "retrying in 0.8s" in lines[2].getMessage()
+
+
+def test_aiokafka_connection_lines_are_explained_or_thinned() -> None:
+    """Bootstrap failures are dropped (the library raises the explained error); a running client's
+    reconnect error, logged by aiokafka every 100 ms, passes once a minute per distinct line."""
+    from outbox.logs import ExplainedBootstrapFilter
+
+    keep = ExplainedBootstrapFilter()
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, msg, args, None)
+
+    assert not keep.filter(record('Unable connect to "%s:%s": %s', "h", 1, "refused"))
+    node = "Unable connect to node with id %s: %s"
+    assert [keep.filter(record(node, 1, "SaslAuthenticationFailed")) for _ in range(5)] == [True] + [
+        False
+    ] * 4
+    assert keep.filter(record(node, 2, "SaslAuthenticationFailed"))  # another broker: its own line
+    assert keep.filter(record("Something else %s", 1))

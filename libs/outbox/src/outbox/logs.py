@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from opentelemetry import trace
 
@@ -20,12 +21,26 @@ JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(trace_id)s %(spa
 class ExplainedBootstrapFilter(logging.Filter):
     """Drops aiokafka's lines about a failed bootstrap connection (logged only while a client starts): the
     library's clients raise an error naming the cause and the setting to fix instead (kafka_clients.py),
-    and a process retrying with backoff should log one line a try, not three."""
+    and a process retrying with backoff should log one line a try, not three. A running client that loses
+    a broker retries every 100 ms and logs each try: the same line is let through once a minute."""
 
     MESSAGES = ('Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s')
+    REPEATED = ("Unable connect to node with id %s: %s",)
+    EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.MESSAGES
+        if record.msg in self.MESSAGES:
+            return False
+        if record.msg in self.REPEATED:
+            line, now = record.getMessage(), time.monotonic()
+            if now - self._last.get(line, -self.EVERY_S) < self.EVERY_S:
+                return False
+            self._last[line] = now
+        return True
 
 
 class TraceContextFilter(logging.Filter):
