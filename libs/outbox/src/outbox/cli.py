@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run_relay(url: str, name: str) -> None:
+    from outbox.kafka_connection import KafkaConnection
     from outbox.metrics import serve_metrics_from_env, setup_metrics
     from outbox.relay import Relay, RelaySettings
     from outbox.tracing import setup_tracing
@@ -139,7 +140,12 @@ async def _run_relay(url: str, name: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, relay.stop)
-    logging.getLogger("outbox.relay").info("relay %s starting (broker %s)", name, relay.settings.bootstrap)
+    logging.getLogger("outbox.relay").info(
+        "relay %s starting (broker %s, %s)",
+        name,
+        relay.settings.bootstrap,
+        KafkaConnection.from_env().describe(),
+    )
     await relay.run()
 
 
@@ -209,11 +215,20 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"healthy: heartbeat {age:.1f}s old")
         return 0
+    from aiokafka.errors import KafkaConnectionError
+
     from outbox import dlq, observe, trace_view, why
     from outbox.kafka import bootstrap_from_env
+    from outbox.kafka_connection import KafkaConnection, KafkaSettingError
     from outbox.logs import configure_logging
 
     configure_logging(f"outbox-{args.command}")
+    if args.command in ("relay", "status", "dlq"):
+        try:  # settings that cannot work stop the command here, with one line naming the variables
+            KafkaConnection.from_env()
+        except KafkaSettingError as exc:
+            print(f"outbox {args.command}: {exc}", file=sys.stderr)
+            return 2
     if args.command == "trace":
         print(
             trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
@@ -226,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         except LookupError as exc:
             print(f"outbox dlq: {exc.args[0]}", file=sys.stderr)
+            return 1
+        except KafkaConnectionError as exc:  # refused or unreachable: the library says which setting
+            print(f"outbox dlq: {exc}", file=sys.stderr)
             return 1
         print(json.dumps(result, indent=2, default=str))
         return 0

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from outbox import kafka_clients
 from outbox.apply_types import ConsumerStats, HandlerFailed, Parsed
 from outbox.dead_letters import DeadLetterSender
 from outbox.dlq import REDRIVE_HEADER
@@ -204,7 +205,7 @@ class IdempotentConsumer:
             savepoints=s.careful_chunk,
         )
         self._pipeline.tracks_gaps = any(route.gap_aware for route in self._routes)
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_clients.KafkaConsumer(
             *self.wire_topics,
             bootstrap_servers=s.bootstrap,
             group_id=self.name,
@@ -234,8 +235,11 @@ class IdempotentConsumer:
             self._producer = None
 
     async def run(self) -> None:
-        """Consume until `stop()`; starts and closes the Kafka clients itself, prunes the inbox meanwhile."""
-        await self.start()
+        """Consume until `stop()`; starts (with backoff) and closes the Kafka clients, prunes the inbox."""
+        if not await kafka_clients.start_with_backoff(
+            f"consumer {self.name}", self.start, self.close, self._stopping
+        ):
+            return
         background = [asyncio.create_task(self._prune_loop(), name="outbox-inbox-prune")]
         if any(route.gap_aware for route in self._routes):
             background.append(asyncio.create_task(self._park_loop(), name="outbox-parked-sweep"))

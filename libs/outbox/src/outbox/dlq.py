@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from outbox.kafka import start_producer, topic_prefix
+from outbox.kafka_clients import KafkaConsumer
 
 
 def dead_letter_topic(group: str, prefix: str | None = None) -> str:
@@ -65,7 +66,7 @@ class DeadLetter:
 
 async def read_dead_letters(bootstrap: str, topic: str, *, timeout_s: float = 15.0) -> list[DeadLetter]:
     """Every record on the dead-letter topic, from the start to the highwater of a fetch."""
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10
     )
     await consumer.start()

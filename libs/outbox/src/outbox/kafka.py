@@ -1,6 +1,8 @@
 """Kafka plumbing shared by the relay and the consumer: bootstrap address, topic creation, producers.
 
-Code only ever sees a bootstrap address; nothing here knows which broker implementation answers.
+Code only ever sees a bootstrap address; nothing here knows which broker implementation answers. The
+clients are the library's (`kafka_clients.py`): each carries the KAFKA_SECURITY_* / KAFKA_SASL_* /
+KAFKA_SSL_* settings and explains a refused start.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ import contextlib
 import logging
 import os
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from outbox.kafka_clients import KafkaAdmin as AIOKafkaAdminClient
+from outbox.kafka_clients import KafkaProducer as AIOKafkaProducer
 
 log = logging.getLogger("outbox.kafka")
 

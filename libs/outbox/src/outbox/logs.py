@@ -10,11 +10,37 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from opentelemetry import trace
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(trace_suffix)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(trace_id)s %(span_id)s"
+
+
+class ExplainedBootstrapFilter(logging.Filter):
+    """Drops aiokafka's lines about a failed bootstrap connection (logged only while a client starts): the
+    library's clients raise an error naming the cause and the setting to fix instead (kafka_clients.py),
+    and a process retrying with backoff should log one line a try, not three. A running client that loses
+    a broker retries every 100 ms and logs each try: the same line is let through once a minute."""
+
+    MESSAGES = ('Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s')
+    REPEATED = ("Unable connect to node with id %s: %s",)
+    EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self.MESSAGES:
+            return False
+        if record.msg in self.REPEATED:
+            line, now = record.getMessage(), time.monotonic()
+            if now - self._last.get(line, -self.EVERY_S) < self.EVERY_S:
+                return False
+            self._last[line] = now
+        return True
 
 
 class TraceContextFilter(logging.Filter):
@@ -58,3 +84,6 @@ def configure_logging(service: str, *, level: str | None = None) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
+    aiokafka = logging.getLogger("aiokafka")
+    if not any(isinstance(f, ExplainedBootstrapFilter) for f in aiokafka.filters):
+        aiokafka.addFilter(ExplainedBootstrapFilter())

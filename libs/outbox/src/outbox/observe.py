@@ -12,12 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.kafka import topic_prefix
+from outbox.kafka_clients import KafkaAdmin, KafkaConsumer
 from outbox.metrics import BacklogSnapshot
 from outbox.outbox_admin_store import OutboxAdmin
 
@@ -41,7 +41,7 @@ async def group_lag(
     """Per (wire topic, partition): highwater minus committed offset (minus the log start when nothing
     committed). `topics=None`: every topic under OUTBOX_TOPIC_PREFIX (dead-letter topics aside) on which
     the group has committed an offset, so a stopped consumer's lag is still seen."""
-    probe = AIOKafkaConsumer(
+    probe = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -49,7 +49,7 @@ async def group_lag(
         max_partition_fetch_bytes=1024,
         request_timeout_ms=int(timeout_s * 1000) + 1000,
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = KafkaAdmin(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     await probe.start()
     try:
         await admin.start()

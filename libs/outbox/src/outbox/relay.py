@@ -114,7 +114,10 @@ class Relay:
             await self.engine.dispose()
 
     async def run(self) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except KafkaError as exc:  # e.g. refused credentials: the publish loop retries with backoff
+            log.error("relay %s: cannot start a producer: %s", self.name, exc)
         background = [asyncio.create_task(self._cleanup_loop(), name="outbox-cleanup")]
         if self.settings.notify_channel:
             background.append(asyncio.create_task(self._listen_loop(), name="outbox-listen"))

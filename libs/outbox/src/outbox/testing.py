@@ -6,12 +6,13 @@ import asyncio
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.consumer import BatchContext, EventContext
 from outbox.kafka import topic_prefix
+from outbox.kafka_clients import KafkaConsumer
 from outbox.relay import Relay, RelaySettings
 
 
@@ -19,7 +20,7 @@ async def read_topic(
     bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read from the beginning of `topic` until `expect` records arrived or the deadline passed."""
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
         group_id=None,

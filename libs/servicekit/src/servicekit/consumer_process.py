@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 
 from outbox import IdempotentConsumer, setup_tracing
+from outbox.kafka_connection import KafkaConnection, KafkaSettingError
 from outbox.logs import configure_logging
 from outbox.metrics import serve_metrics_from_env, setup_metrics
 from servicekit.db import Database
@@ -18,7 +19,17 @@ async def run_consumer(service: str, db: Database, build: Callable[[Database], I
     setup_tracing(f"{service}-consumer")
     setup_metrics(f"{service}-consumer")
     serve_metrics_from_env()
+    log = logging.getLogger(f"{service}.consumer")
+    try:  # settings that cannot work stop the process here, with one line naming the variables
+        connection = KafkaConnection.from_env()
+    except KafkaSettingError as exc:
+        log.error("%s consumer cannot start: %s", service, exc)
+        await db.dispose()
+        raise SystemExit(2) from None
     consumer = build(db)
+    log.info(
+        "%s consumer starting (broker %s, %s)", service, consumer.settings.bootstrap, connection.describe()
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.stop)
@@ -26,4 +37,4 @@ async def run_consumer(service: str, db: Database, build: Callable[[Database], I
         await consumer.run()
     finally:
         await db.dispose()
-        logging.getLogger(f"{service}.consumer").info("%s consumer stopped: %s", service, consumer.stats)
+        log.info("%s consumer stopped: %s", service, consumer.stats)

@@ -5,6 +5,8 @@
 - `testsupport.tokens`: a stand-in token issuer (Ed25519 key, JWKS over real HTTP) for service tests.
 - `testsupport.broker`, `testsupport.tcp_proxy`: dedicated Tansu brokers, one behind a TCP proxy whose
   connections can be cut (fault injection).
+- `testsupport.tls`, `testsupport.kafka_gate`: a throwaway CA; a listener enforcing TLS and SASL in front of
+  a Tansu broker (which enforces neither), for the clients' security settings.
 """
 
 from testsupport.ports import free_port

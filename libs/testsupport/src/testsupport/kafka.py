@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
 from outbox.envelope import encode_headers, encode_value
 from outbox.kafka import bootstrap_from_env, topic_prefix
+from outbox.kafka_clients import KafkaAdmin, KafkaProducer
 from testsupport.processes import wait_until
 
 
@@ -38,7 +38,7 @@ async def publish(
     `topic` as the relay would: under OUTBOX_TOPIC_PREFIX. `Sent.topic` is the wire topic."""
     event_id = event_id or uuid.uuid4()
     topic = topic_prefix() + topic
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_from_env(), acks="all")
+    producer = KafkaProducer(bootstrap_servers=bootstrap_from_env(), acks="all")
     await producer.start()
     try:
         headers = encode_headers(
@@ -58,7 +58,7 @@ async def publish(
 
 async def committed_offset(group: str, topic: str, partition: int) -> int:
     """The group's committed offset of one partition, -1 when none (explicit partitions: a broker quirk)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_from_env())
+    admin = KafkaAdmin(bootstrap_servers=bootstrap_from_env())
     await admin.start()
     try:
         tp = TopicPartition(topic, partition)
