@@ -60,7 +60,7 @@ _WRITE_VERSIONS = text(
     "INSERT INTO consumer_versions (consumer, topic, aggregate_id, version) "
     "SELECT :c, t, a, v FROM unnest(CAST(:t AS text[]), CAST(:a AS text[]), CAST(:v AS bigint[])) AS x(t, a, v) "
     "ON CONFLICT (consumer, topic, aggregate_id) DO UPDATE "
-    "SET version = greatest(consumer_versions.version, EXCLUDED.version)"
+    "SET version = greatest(consumer_versions.version, EXCLUDED.version), advanced_at = now()"
 )
 
 _PARK = text(
