@@ -194,9 +194,11 @@ PARTIAL_REPLAY = (
 
 
 OUT_OF_ORDER = (
-    "refused the rows under out_of_order: later rows of their aggregates were already published, so they "
-    "would reach consumers after their successors. --reorder sends each again followed by those later rows "
-    "(the topic ends in order; consumers with an inbox skip what they applied); --force sends it alone."
+    "refused the rows under out_of_order: later rows of their aggregates were already published (retained, "
+    "or pruned since: pruned_through, newer_version_pruned), so they would reach consumers after their "
+    "successors. --reorder sends each again followed by those later rows (the topic ends in order; consumers "
+    "with an inbox skip what they applied; not possible once the newest of them was pruned); --force sends "
+    "it alone."
 )
 
 
@@ -248,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str))
     if args.command == "status":
         return status_exit_code(result, max_age=args.max_age, allow_dead=args.allow_dead)
+    if args.command == "redrive" and args.yes and result.get("cannot_reorder"):
+        for row in result["cannot_reorder"]:
+            print(
+                f"outbox redrive: refused row {row['id']} under --reorder: {row['reason']}", file=sys.stderr
+            )
+        return 1
     if (
         args.command == "redrive"
         and result.get("out_of_order")
