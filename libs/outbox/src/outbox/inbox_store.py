@@ -63,6 +63,10 @@ _WRITE_VERSIONS = text(
     "SET version = greatest(consumer_versions.version, EXCLUDED.version), advanced_at = now()"
 )
 
+_APPLIED = text(
+    "SELECT version FROM consumer_versions WHERE consumer = :c AND topic = :t AND aggregate_id = :a"
+)
+
 _PARK = text(
     "INSERT INTO inbox_parked (consumer, event_id, topic, aggregate_id, version, prev_version, record) "
     "SELECT :consumer, * FROM unnest(CAST(:event_id AS uuid[]), CAST(:topic AS text[]), "
@@ -223,6 +227,12 @@ class InboxStore:
                 _WRITE_VERSIONS, {"c": self.consumer, "t": list(t), "a": list(a), "v": list(v)}
             )
         return verdicts
+
+    async def applied_version(self, session: AsyncSession, topic: str, aggregate_id: str) -> int | None:
+        return cast(
+            "int | None",
+            (await session.execute(_APPLIED, {"c": self.consumer, "t": topic, "a": aggregate_id})).scalar(),
+        )
 
     async def lock_versions(self, session: AsyncSession, aggregates: Sequence[tuple[str, str]]) -> None:
         """Lock these aggregates' versions up front, in the guard's (topic, aggregate) order: for a
