@@ -50,3 +50,13 @@ def test_a_bad_value_is_refused_naming_the_variable(
     with pytest.raises(SettingError, match=name):
         RelaySettings.from_env()
     assert issubclass(SettingError, ValueError)
+
+
+def test_the_retention_settings_of_heads_versions_and_parked_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTBOX_HEADS_RETENTION_HOURS", "48")
+    monkeypatch.setenv("OUTBOX_CONSUMER_VERSION_RETENTION_HOURS", "1000")
+    monkeypatch.setenv("OUTBOX_CONSUMER_PARK_RETENTION_HOURS", "12")
+    relay, consumer = RelaySettings.from_env(), ConsumerSettings.from_env()
+    assert relay.heads_retention == timedelta(hours=48)
+    assert consumer.version_retention == timedelta(hours=1000)
+    assert consumer.park_retention == timedelta(hours=12)

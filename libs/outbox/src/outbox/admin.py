@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.outbox_admin_store import OutboxAdmin, Selection
+from outbox.outbox_admin_store import DeadRow, OutboxAdmin, Selection
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
 __all__ = ["RedriveOrder", "Selection", "redrive", "replay", "status"]
@@ -74,25 +74,51 @@ async def redrive(
 
     A dead row whose aggregate already published later rows would reach consumers after them; by default
     such rows are refused (listed under `out_of_order`), `REORDER` re-sends those later rows after it and
-    `FORCE` sends it alone. Rows with nothing published after them (the relay's `block_on_dead`) go."""
+    `FORCE` sends it alone. Rows with nothing published after them (the relay's `block_on_dead`) go. Whether
+    later rows went out is read from state the retention keeps (`DeadRow.late`), so the refusal holds after
+    the published rows are pruned; `REORDER` refuses a row whose newest successor is pruned (under
+    `cannot_reorder`): it cannot be re-sent, and the log would end at the redriven row's older state."""
     store = OutboxAdmin(engine)
     dead = await store.dead_rows(ids)
-    late = [d for d in dead if d.published_after]
     out_of_order = [
         {
             "id": d.id,
             "aggregate_id": d.aggregate_id,
             "version": d.aggregate_version,
             "published_after": d.published_after,
+            "pruned_through": d.pruned_through,
+            "newer_version_pruned": d.newer_version_pruned,
         }
-        for d in late
+        for d in dead
+        if d.late
     ]
-    chosen = [d for d in dead if not d.published_after or order is not RedriveOrder.REFUSE]
+    cannot = [d for d in dead if d.late and order is RedriveOrder.REORDER and not d.resendable]
+    cannot_reorder = [{"id": d.id, "reason": _pruned_reason(d)} for d in cannot]
+    chosen = [
+        d
+        for d in dead
+        if not d.late or order is RedriveOrder.FORCE or (order is RedriveOrder.REORDER and d not in cannot)
+    ]
     resend = sorted({i for d in chosen for i in d.published_after}) if order is RedriveOrder.REORDER else []
     report: dict[str, Any] = {"out_of_order": out_of_order, "order": order.value}
+    if cannot_reorder:
+        report["cannot_reorder"] = cannot_reorder
     if dry_run:
         report |= {"would_redrive": len(chosen), "would_resend": len(resend)}
         return report
     count = await store.redrive([d.id for d in chosen], resend, wake=_wake_channel())
     report |= {"redriven": count, "resent": len(resend), "refused": len(dead) - len(chosen)}
     return report
+
+
+def _pruned_reason(row: DeadRow) -> str:
+    gone = (
+        f"its published successors up to row {row.pruned_through} were pruned"
+        if row.pruned_through
+        else "a later version was published and pruned"
+    )
+    return (
+        f"{gone} (past OUTBOX_RETENTION_HOURS) and cannot be re-sent after it, so the log would end at this "
+        "row's older state; --force sends it alone (guarded consumers drop it as stale), or have the "
+        "producer re-announce the aggregate's current state after it"
+    )

@@ -22,6 +22,7 @@ class ConsumerStats:
     batch_failures: int = 0
     parked: int = 0  # arrived before the version they follow (gap-aware handlers)
     released: int = 0  # parked events applied once their gap closed
+    gap_expired: int = 0  # parked events dead-lettered after waiting past the park retention
 
     def merge(self, other: ConsumerStats) -> None:
         for f in fields(self):

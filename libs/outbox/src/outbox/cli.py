@@ -6,6 +6,7 @@
     outbox dlq     list|show|redrive --group G [--id PARTITION:OFFSET ...] [--yes]
     outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since ISO] [--until ISO] [--yes]
     outbox redrive --database-url URL [--id N ...] [--reorder | --force] [--yes]
+    outbox skip-gap --database-url URL --consumer NAME --topic T --aggregate ID [--yes]   (a consumer's database)
     outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
     outbox trace   SPANS_FILE [--trace-id ID] [--last N]
 
@@ -104,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     ordering.add_argument(
         "--force", action="store_true", help="send such a dead row alone, after its successors"
     )
+    skip = with_db(
+        sub.add_parser(
+            "skip-gap",
+            help="give up the missing version a gap-aware consumer's parked events wait for (its database)",
+        )
+    )
+    skip.add_argument("--consumer", required=True, help="the consumer's name (its group and inbox key)")
+    skip.add_argument("--topic", required=True, help="the logical topic (without OUTBOX_TOPIC_PREFIX)")
+    skip.add_argument("--aggregate", required=True, help="the aggregate id (the events' subject)")
+    skip.add_argument("--yes", action="store_true", help="do it (without: say what would be skipped)")
     explain = with_db(
         sub.add_parser(
             "why",
@@ -152,7 +163,7 @@ async def _run_relay(url: str, name: str) -> None:
 async def _admin(args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from outbox import admin, observe, why
+    from outbox import admin, gaps, observe, why
     from outbox.kafka import bootstrap_from_env
 
     engine = create_async_engine(_normalise(args.database_url))
@@ -163,6 +174,8 @@ async def _admin(args: argparse.Namespace) -> dict[str, Any]:
                 engine, bootstrap_from_env(), args.groups
             )
             return report
+        if args.command == "skip-gap":
+            return await gaps.skip_gap(engine, args.consumer, args.topic, args.aggregate, yes=args.yes)
         if args.command == "why":
             return await why.explain(
                 engine,
@@ -200,9 +213,11 @@ PARTIAL_REPLAY = (
 
 
 OUT_OF_ORDER = (
-    "refused the rows under out_of_order: later rows of their aggregates were already published, so they "
-    "would reach consumers after their successors. --reorder sends each again followed by those later rows "
-    "(the topic ends in order; consumers with an inbox skip what they applied); --force sends it alone."
+    "refused the rows under out_of_order: later rows of their aggregates were already published (retained, "
+    "or pruned since: pruned_through, newer_version_pruned), so they would reach consumers after their "
+    "successors. --reorder sends each again followed by those later rows (the topic ends in order; consumers "
+    "with an inbox skip what they applied; not possible once the newest of them was pruned); --force sends "
+    "it alone."
 )
 
 
@@ -257,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "replay" and args.event_type and not args.allow_partial:
         print(f"outbox replay: {PARTIAL_REPLAY}", file=sys.stderr)
         return 2
-    result = asyncio.run(_admin(args))
+    try:
+        result = asyncio.run(_admin(args))
+    except LookupError as exc:  # skip-gap: nothing parked there
+        print(f"outbox {args.command}: {exc.args[0]}", file=sys.stderr)
+        return 1
     if args.command == "status" and not args.json:
         print(observe.render_status(result))
     elif args.command == "why" and not args.json:
@@ -266,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str))
     if args.command == "status":
         return status_exit_code(result, max_age=args.max_age, allow_dead=args.allow_dead)
+    if args.command == "skip-gap" and not args.yes:
+        print("outbox skip-gap: refused without --yes (nothing changed): see would_skip", file=sys.stderr)
+        return 1
+    if args.command == "redrive" and args.yes and result.get("cannot_reorder"):
+        for row in result["cannot_reorder"]:
+            print(
+                f"outbox redrive: refused row {row['id']} under --reorder: {row['reason']}", file=sys.stderr
+            )
+        return 1
     if (
         args.command == "redrive"
         and result.get("out_of_order")

@@ -18,8 +18,6 @@ import fnmatch
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -27,9 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from outbox import kafka_clients
 from outbox.apply_types import ConsumerStats, HandlerFailed, Parsed
+from outbox.consumer_retention import expire_parked, prune_versions
+from outbox.consumer_settings import CONSUMER_ENV, ConsumerSettings
 from outbox.dead_letters import DeadLetterSender
 from outbox.dlq import REDRIVE_HEADER
-from outbox.env_settings import from_env
 from outbox.envelope import MalformedMessage, decode_record
 from outbox.handlers import (
     BatchContext,
@@ -42,12 +41,13 @@ from outbox.handlers import (
 )
 from outbox.health import Heartbeat
 from outbox.inbox_store import InboxStore
-from outbox.kafka import bootstrap_from_env, ensure_topics, start_producer, topic_prefix
+from outbox.kafka import ensure_topics, start_producer
 from outbox.metrics import consumer_metrics, observe_consumer_lag
 from outbox.pipeline import ApplyPipeline, RetryPolicy
 from outbox.writer import OutboxWriter
 
 __all__ = [
+    "CONSUMER_ENV",
     "BatchContext",
     "ConsumerSettings",
     "ConsumerStats",
@@ -57,54 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("outbox.consumer")
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerSettings:
-    bootstrap: str = field(default_factory=bootstrap_from_env)
-    topic_prefix: str = field(default_factory=topic_prefix)
-    max_attempts: int = 5
-    retry_initial_s: float = 0.05
-    retry_max_s: float = 2.0
-    max_batch: int = 500
-    poll_timeout_ms: int = 200
-    # How long the broker may hold an empty fetch. Some brokers answer a held fetch only when it expires,
-    # not when data arrives, so this bounds delivery latency; lower costs idle CPU (one fetch per wait).
-    fetch_max_wait_ms: int = 5
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 1_000
-    # Must exceed half the session timeout: some brokers hold JoinGroup that long.
-    request_timeout_ms: int = 20_000
-    # How long to wait before retrying a batch whose transaction failed (database down, say).
-    outage_backoff_max_s: float = 5.0
-    # After a handler failure the batch is replayed one savepoint per event. Past 64 subtransactions in one
-    # transaction PostgreSQL's subtransaction cache overflows and every session's snapshots slow down, so
-    # the careful path commits every `careful_chunk` events. Releasing parked events (a savepoint per round
-    # of up to `max_batch`) takes as many rounds per transaction.
-    careful_chunk: int = 50
-    # Retries of the careful path stop after this long per batch (the remaining failures are dead-lettered
-    # after one attempt): well inside the broker's max poll interval (300 s), so no rebalance mid-batch.
-    careful_budget_s: float = 60.0
-    # Inbox rows are pruned after this; keep it longer than any topic's retention (replays from Kafka).
-    inbox_retention: timedelta = timedelta(days=30)
-    inbox_prune_interval_s: float = 600.0
-    # Gap-aware handlers park events that arrived before the version they follow; a sweep applies those
-    # whose gap another member closed, and warns about any parked longer than `park_alert_after_s`.
-    park_sweep_interval_s: float = 5.0
-    park_alert_after_s: float = 60.0
-
-    @classmethod
-    def from_env(cls) -> ConsumerSettings:
-        """Every field from `OUTBOX_CONSUMER_<FIELD>`, or the shared name in `CONSUMER_ENV`."""
-        return from_env(cls, "OUTBOX_CONSUMER_", CONSUMER_ENV)
-
-
-CONSUMER_ENV = {
-    "bootstrap": "KAFKA_BOOTSTRAP",
-    "topic_prefix": "OUTBOX_TOPIC_PREFIX",
-    "inbox_retention": "OUTBOX_INBOX_RETENTION_HOURS",
-    "park_alert_after_s": "OUTBOX_CONSUMER_PARK_ALERT_S",
-}
 
 
 class IdempotentConsumer:
@@ -256,10 +208,29 @@ class IdempotentConsumer:
     async def _prune_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                await self.inbox.prune(self.sessions, self.settings.inbox_retention)
+                await self.prune()
             except Exception as exc:
-                log.warning("consumer %s: inbox pruning failed (%s); will retry", self.name, exc)
+                log.warning("consumer %s: pruning failed (%s); will retry", self.name, exc)
             await asyncio.sleep(self.settings.inbox_prune_interval_s)
+
+    async def prune(self) -> dict[str, int]:
+        """One round of the prune loop: inbox rows, version rows (never below the inbox retention), and,
+        once started, events parked past `park_retention` (to the dead-letter topic: `consumer_retention`)."""
+        s = self.settings
+        pruned = {
+            "inbox": await self.inbox.prune(self.sessions, s.inbox_retention),
+            "versions": await prune_versions(
+                self.sessions, self.name, max(s.version_retention, s.inbox_retention)
+            ),
+            "gap_expired": 0,
+        }
+        if self._pipeline is not None:
+            expired = await expire_parked(self.sessions, self.name, self._pipeline, s.park_retention)
+            if expired:
+                pruned["gap_expired"] = expired
+                self.stats.gap_expired += expired
+                consumer_metrics().stats_changed(self.name, self.stats)
+        return pruned
 
     async def _park_loop(self) -> None:
         while not self._stopping.is_set():
@@ -282,7 +253,8 @@ class IdempotentConsumer:
             if now - row.since.timestamp() > self.settings.park_alert_after_s:
                 log.error(
                     "consumer %s: %d event(s) of %s %s parked since %s, waiting for version %s: "
-                    "find it with `outbox why %s` (dead-lettered upstream? redrive it)",
+                    "find it with `outbox why %s` (dead-lettered upstream? redrive it; lost for good? "
+                    "`outbox skip-gap`); past OUTBOX_CONSUMER_PARK_RETENTION_HOURS they are dead-lettered",
                     self.name,
                     row.events,
                     row.topic,

@@ -3,8 +3,10 @@
 A dead letter keeps the original key, value and headers plus `dlq_reason`, `dlq_consumer`,
 `dlq_original_topic/partition/offset`, `dlq_attempts` and `dlq_time` (consumer.py). It is named by its
 place on the dead-letter topic, `partition:offset`. Redrive republishes the original record (without the
-`dlq_*` headers) to its original topic, where the group applies it like any other: a record redriven twice
-is a duplicate its inbox absorbs. Reading never joins a group and never commits an offset.
+`dlq_*` headers) to its original topic, where the group judges it like any other delivery: a record redriven
+twice is a duplicate its inbox absorbs, and one whose aggregate had a later version applied meanwhile is
+stale (the version guard keeps the newer state; the consumer logs a warning naming both versions). Reading
+never joins a group and never commits an offset.
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ REDRIVE_HEADER = "outbox_redrive"
 async def redrive(bootstrap: str, letters: Sequence[DeadLetter]) -> int:
     """Republish each dead letter to its original topic with its original key, value and headers, plus
     `outbox_redrive`: the consumer's inbox remembers a dead-lettered event (so a plain redelivery is a
-    duplicate); this header tells it the delivery is an operator's new attempt."""
+    duplicate); this header tells it the delivery is an operator's new attempt, judged by the version guard
+    like any delivery (stale, and not applied, when a later version of its aggregate was applied)."""
     producer = await start_producer(bootstrap, idempotent=True)
     try:
         futures = []
@@ -153,4 +156,15 @@ async def run(
         return {"topic": topic, "dead_letters": [d.detail() for d in letters]}
     if not yes:
         return {"topic": topic, "would_redrive": [d.summary() for d in letters]}
-    return {"topic": topic, "redriven": await redrive(bootstrap, letters), "ids": [d.id for d in letters]}
+    return {
+        "topic": topic,
+        "redriven": await redrive(bootstrap, letters),
+        "ids": [d.id for d in letters],
+        "note": STALE_NOTE,
+    }
+
+
+STALE_NOTE = (
+    "each is judged by the group's version guard like any delivery: one whose aggregate had a later "
+    "version applied meanwhile is stale and not applied (the consumer logs it)"
+)

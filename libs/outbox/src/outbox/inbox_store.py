@@ -60,7 +60,11 @@ _WRITE_VERSIONS = text(
     "INSERT INTO consumer_versions (consumer, topic, aggregate_id, version) "
     "SELECT :c, t, a, v FROM unnest(CAST(:t AS text[]), CAST(:a AS text[]), CAST(:v AS bigint[])) AS x(t, a, v) "
     "ON CONFLICT (consumer, topic, aggregate_id) DO UPDATE "
-    "SET version = greatest(consumer_versions.version, EXCLUDED.version)"
+    "SET version = greatest(consumer_versions.version, EXCLUDED.version), advanced_at = now()"
+)
+
+_APPLIED = text(
+    "SELECT version FROM consumer_versions WHERE consumer = :c AND topic = :t AND aggregate_id = :a"
 )
 
 _PARK = text(
@@ -223,6 +227,12 @@ class InboxStore:
                 _WRITE_VERSIONS, {"c": self.consumer, "t": list(t), "a": list(a), "v": list(v)}
             )
         return verdicts
+
+    async def applied_version(self, session: AsyncSession, topic: str, aggregate_id: str) -> int | None:
+        return cast(
+            "int | None",
+            (await session.execute(_APPLIED, {"c": self.consumer, "t": topic, "a": aggregate_id})).scalar(),
+        )
 
     async def lock_versions(self, session: AsyncSession, aggregates: Sequence[tuple[str, str]]) -> None:
         """Lock these aggregates' versions up front, in the guard's (topic, aggregate) order: for a

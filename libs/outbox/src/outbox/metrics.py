@@ -198,6 +198,7 @@ _OUTCOMES = {
     "dead_lettered": "dead_lettered",
     "parked": "parked",
     "released": "released",
+    "gap_expired": "gap_expired",
 }
 
 

@@ -119,7 +119,27 @@ V3_DOWN = (
     "ALTER TABLE outbox DROP COLUMN prev_version",
 )
 
-STEPS = {1: (V1, V1_DOWN), 2: (V2, V2_DOWN), 3: (V3, V3_DOWN)}
+# 4: retention of the per-aggregate state (none of it grew bounded before).
+# - `outbox_heads.written_at`: the aggregate's last write; a head quiet past the heads retention with nothing
+#   pending or dead is pruned (its next event then names no predecessor: unknown, never a wrong one).
+# - `outbox_heads.pruned_published_id`: the highest id of the aggregate's published rows that the retention
+#   pruned while an earlier row of it was unpublished (dead, or pending again): a redrive of that row still
+#   knows its successors went out before it.
+# - `consumer_versions.advanced_at`: when the guard last moved the version; rows quiet past the version
+#   retention (never below the inbox's) are pruned.
+V4 = (
+    "ALTER TABLE outbox_heads ADD COLUMN written_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL",
+    "ALTER TABLE outbox_heads ADD COLUMN pruned_published_id BIGINT",
+    "ALTER TABLE consumer_versions ADD COLUMN advanced_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL",
+)
+
+V4_DOWN = (
+    "ALTER TABLE consumer_versions DROP COLUMN advanced_at",
+    "ALTER TABLE outbox_heads DROP COLUMN pruned_published_id",
+    "ALTER TABLE outbox_heads DROP COLUMN written_at",
+)
+
+STEPS = {1: (V1, V1_DOWN), 2: (V2, V2_DOWN), 3: (V3, V3_DOWN), 4: (V4, V4_DOWN)}
 LATEST = max(STEPS)
 
 
@@ -153,6 +173,15 @@ def v3(connection: Connection) -> None:
 
 def v3_downgrade(connection: Connection) -> None:
     _run(connection, V3_DOWN)
+
+
+def v4(connection: Connection) -> None:
+    """Schema version 4: what the retention of heads, consumer versions and redrive decisions needs."""
+    _run(connection, V4)
+
+
+def v4_downgrade(connection: Connection) -> None:
+    _run(connection, V4_DOWN)
 
 
 def upgrade_all(connection: Connection) -> None:

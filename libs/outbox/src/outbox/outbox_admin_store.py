@@ -67,15 +67,30 @@ _REPLAY_CHUNK = text(
 # Operator actions wake the relays on the channel they listen on, as a writer's commit does.
 _WAKE = text("SELECT pg_notify(:c, '')")
 
+# What went out after a dead row, from state that outlives the retention of published rows: the retained
+# published successors; the head's `pruned_published_id` (published successors pruned after it, recorded by
+# the prune: `outbox_retention`); and, for successors pruned before that marker existed, the head's version
+# when no retained row after the dead one carries it (the row that set it is gone: published, then pruned).
+# The head of an aggregate with a dead row is never pruned.
 _DEAD_ROWS = text(
     """
     SELECT d.id, d.topic, d.aggregate_id, d.aggregate_version,
-           array_remove(array_agg(s.id ORDER BY s.id), NULL) AS published_after
+           ARRAY(
+               SELECT s.id FROM outbox s
+               WHERE s.topic = d.topic AND s.aggregate_id = d.aggregate_id AND s.id > d.id
+                 AND s.published_at IS NOT NULL
+               ORDER BY s.id
+           ) AS published_after,
+           CASE WHEN h.pruned_published_id > d.id THEN h.pruned_published_id END AS pruned_through,
+           coalesce(h.version > d.aggregate_version AND NOT EXISTS (
+               SELECT 1 FROM outbox r
+               WHERE r.topic = d.topic AND r.aggregate_id = d.aggregate_id AND r.id > d.id
+                 AND r.aggregate_version >= h.version
+           ), false) AS newer_version_pruned
     FROM outbox d
-    LEFT JOIN outbox s ON s.topic = d.topic AND s.aggregate_id = d.aggregate_id AND s.id > d.id
-                      AND s.published_at IS NOT NULL
+    LEFT JOIN outbox_heads h ON h.topic = d.topic AND h.aggregate_id = d.aggregate_id
     WHERE d.dead_at IS NOT NULL AND (CAST(:ids AS bigint[]) IS NULL OR d.id = ANY(:ids))
-    GROUP BY d.id ORDER BY d.id
+    ORDER BY d.id
     """
 )
 _REDRIVE = text(
@@ -139,7 +154,21 @@ class DeadRow:
     topic: str
     aggregate_id: str
     aggregate_version: int | None
-    published_after: list[int]  # ids of this aggregate's rows published after it was dead-lettered
+    published_after: list[int]  # ids of this aggregate's retained rows published after it
+    pruned_through: int | None = None  # published successors up to this id were pruned
+    newer_version_pruned: bool = False  # a later version was written, and its row is gone (published, pruned)
+
+    @property
+    def late(self) -> bool:
+        """Later rows of its aggregate went out: a redrive would reach consumers after them."""
+        return bool(self.published_after or self.pruned_through or self.newer_version_pruned)
+
+    @property
+    def resendable(self) -> bool:
+        """Its newest published successor is retained: re-sending the retained ones after it ends the
+        aggregate's log at its latest state again (the pruned ones, older, are superseded by them)."""
+        newest = max(self.published_after, default=0)
+        return newest > (self.pruned_through or 0) and not self.newer_version_pruned
 
 
 class OutboxAdmin:
@@ -193,7 +222,15 @@ class OutboxAdmin:
         async with self.engine.connect() as conn:
             rows = await conn.execute(_DEAD_ROWS, {"ids": ids})
             return [
-                DeadRow(r.id, r.topic, r.aggregate_id, r.aggregate_version, list(r.published_after))
+                DeadRow(
+                    r.id,
+                    r.topic,
+                    r.aggregate_id,
+                    r.aggregate_version,
+                    list(r.published_after),
+                    r.pruned_through,
+                    r.newer_version_pruned,
+                )
                 for r in rows
             ]
 

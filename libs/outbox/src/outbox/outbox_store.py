@@ -9,12 +9,14 @@ pending, oldest id first, and orders per aggregate, which holds whatever order c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from outbox.outbox_retention import OutboxRetention, Retention
+
+__all__ = ["ClaimedRow", "OutboxStore", "Retention"]
 
 # One statement claims a batch and says, for each claimed row, whether a pending row of its aggregate lies
 # between it and its previous claimed row (or before it, for the first): a gap. A row after a gap must wait:
@@ -139,41 +141,13 @@ _MARK_FAILED = text(
     """
 )
 
-# SKIP LOCKED: several relays run the same cleanup; each takes rows no other one is deleting.
-_DELETE_PUBLISHED = text(
-    """
-    DELETE FROM outbox WHERE id IN (
-        SELECT id FROM outbox
-        WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => :retention_s)
-        ORDER BY published_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    )
-    """
-)
-
-_DELETE_DEAD = text(
-    """
-    DELETE FROM outbox WHERE id IN (
-        SELECT id FROM outbox
-        WHERE dead_at IS NOT NULL AND dead_at < now() - make_interval(secs => :retention_s)
-        ORDER BY id
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    )
-    """
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    published: timedelta
-    dead: timedelta
-    batch: int
-
 
 class OutboxStore:
-    """Claim, mark and prune outbox rows. Claims and marks run in the caller's transaction."""
+    """Claim, mark and prune outbox rows. Claims and marks run in the caller's transaction; the retention's
+    statements are in `outbox_retention`."""
+
+    def __init__(self) -> None:
+        self.retention = OutboxRetention()
 
     @staticmethod
     async def claim(
@@ -216,18 +190,7 @@ class OutboxStore:
         )
         return bool(result.scalar_one())
 
-    @staticmethod
-    async def prune(engine: AsyncEngine, retention: Retention, *, stop: Any = None) -> int:
-        """Delete published rows past their retention, then dead rows past theirs, in bounded batches."""
-        total = 0
-        for statement, window in ((_DELETE_PUBLISHED, retention.published), (_DELETE_DEAD, retention.dead)):
-            while True:
-                async with engine.begin() as conn:
-                    result = await conn.execute(
-                        statement, {"retention_s": window.total_seconds(), "limit": retention.batch}
-                    )
-                deleted = result.rowcount or 0
-                total += deleted
-                if deleted < retention.batch or (stop is not None and stop()):
-                    break
-        return total
+    async def prune(self, engine: AsyncEngine, retention: Retention, *, stop: Any = None) -> int:
+        """Delete published rows past their retention, then dead rows past theirs, in bounded batches; then
+        a page of quiet aggregates' heads (`outbox_retention`)."""
+        return await self.retention.prune(engine, retention, stop=stop)

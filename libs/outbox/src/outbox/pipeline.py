@@ -161,6 +161,8 @@ class ApplyPipeline:
                 if verdict is Outcome.STALE:
                     stale.append(event.id)
                     counts.stale += 1
+                    if item.redriven:  # an operator expects it applied: say why it was not
+                        await self._redriven_stale(session, event)
                     continue
                 if verdict is Outcome.PARKED:
                     parked.append(item)
@@ -199,6 +201,14 @@ class ApplyPipeline:
             await self.dead_letters.send(item.record, item.problem or "undecodable", attempts=0)
             counts.dead_lettered += 1
         return counts, advanced
+
+    async def _redriven_stale(self, session: AsyncSession, event: ReceivedEvent) -> None:
+        applied = await self.inbox.applied_version(session, event.topic, event.subject or "")
+        log.warning(
+            "consumer %s: redriven %s v%s of %s is stale: v%s already applied, so it is not applied over it "
+            "(the version guard keeps the newer state)",
+            *(self.consumer, event.type, event.version, event.subject, applied),
+        )
 
     async def _judge(self, session: AsyncSession, judged: Sequence[Parsed]) -> dict[int, Outcome]:
         """The version guard's verdicts for `judged`, by item identity."""

@@ -345,11 +345,12 @@ class Relay:
             await asyncio.sleep(self.settings.cleanup_interval_s)
 
     async def cleanup_published(self) -> int:
-        """Delete published rows past `retention` and dead rows past `dead_retention`; returns rows deleted."""
+        """Delete published rows past `retention`, dead rows past `dead_retention`, a page of heads quiet past
+        `heads_retention`; returns rows deleted."""
         s = self.settings
         total = await self.store.prune(
             self.engine,
-            Retention(published=s.retention, dead=s.dead_retention, batch=s.cleanup_batch),
+            Retention(s.retention, s.dead_retention, s.cleanup_batch, heads=s.heads_retention),
             stop=self._stopping.is_set,
         )
         self.stats.cleaned += total

@@ -31,6 +31,9 @@ class RelaySettings:
     retention: timedelta = timedelta(days=7)
     # Dead-lettered rows stay for inspection and redrive this long, then go.
     dead_retention: timedelta = timedelta(days=30)
+    # The head of an aggregate with nothing pending or dead and no write for this long goes (its next event
+    # then names no previous version). Keep it above the consumers' lag and the published retention.
+    heads_retention: timedelta = timedelta(days=30)
     cleanup_interval_s: float = 60.0
     cleanup_batch: int = 5000
     # How often the relay checks whether the outbox's planner figures are stale (and ANALYZEs it if so).
@@ -59,6 +62,7 @@ RELAY_ENV = {
     "notify_channel": "OUTBOX_NOTIFY_CHANNEL",
     "retention": "OUTBOX_RETENTION_HOURS",
     "dead_retention": "OUTBOX_DEAD_RETENTION_HOURS",
+    "heads_retention": "OUTBOX_HEADS_RETENTION_HOURS",
     "cleanup_interval_s": "OUTBOX_CLEANUP_INTERVAL_S",
     "cleanup_batch": "OUTBOX_CLEANUP_BATCH",
     "max_message_bytes": "OUTBOX_MAX_MESSAGE_BYTES",

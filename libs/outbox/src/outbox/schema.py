@@ -1,7 +1,8 @@
 """Tables the library owns. Each service includes `metadata` in its own Alembic migrations.
 
 `outbox`   events waiting for (or retained after) publication; written in the caller's transaction.
-`outbox_heads`  each aggregate's last version: the writer's per-aggregate lock and previous version.
+`outbox_heads`  each aggregate's last version: the writer's per-aggregate lock and previous version; pruned
+                once the aggregate is quiet (see ARCHITECTURE.md, retention).
 `inbox`    one row per (consumer, event id) applied: the idempotency record of the consumer.
 `consumer_versions`  highest aggregate version a consumer applied: the stale-event guard.
 `inbox_parked`  events a gap-aware consumer received before the version they follow; applied once it is.
@@ -86,6 +87,8 @@ consumer_versions_table = Table(
     Column("topic", Text, nullable=False),
     Column("aggregate_id", Text, nullable=False),
     Column("version", BigInteger, nullable=False),
+    # When the guard last moved the version (the version retention prunes quiet rows).
+    Column("advanced_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("consumer", "topic", "aggregate_id", name="pk_consumer_versions"),
 )
 
@@ -99,6 +102,11 @@ outbox_heads_table = Table(
     Column("aggregate_id", Text, nullable=False),
     Column("version", BigInteger, nullable=True),
     Column("previous", BigInteger, nullable=True),
+    # The last write (the heads retention prunes quiet heads with nothing pending or dead).
+    Column("written_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    # Published rows of the aggregate up to this id were pruned while an earlier row was unpublished: a
+    # redrive of that row knows its successors went out (migrations.V4).
+    Column("pruned_published_id", BigInteger, nullable=True),
     PrimaryKeyConstraint("topic", "aggregate_id", name="pk_outbox_heads"),
 )
 

@@ -11,7 +11,9 @@ the row lock makes a second writer of that aggregate wait until the first commit
 order per aggregate, and the upsert hands back the aggregate's previous version (read from the latest
 committed row even after waiting), stored as the event's `prev_version`; gap-aware consumers use it to
 tell a stale event from one whose predecessor has not arrived. All of it, the outbox INSERT and the NOTIFY
-are one statement: one round trip per `add`.
+are one statement: one round trip per `add`. The upsert also stamps the head's `written_at`: the relay prunes
+heads quiet past `OUTBOX_HEADS_RETENTION_HOURS` with nothing pending or dead, never one a writer holds, and
+the next write of such an aggregate names no previous version (unknown, never a wrong one).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ WITH r AS (
     SELECT topic, aggregate_id, max(aggregate_version) FROM r GROUP BY topic, aggregate_id
     ORDER BY topic, aggregate_id
     ON CONFLICT (topic, aggregate_id) DO UPDATE
-        SET version = coalesce(EXCLUDED.version, h.version), previous = h.version
+        SET version = coalesce(EXCLUDED.version, h.version), previous = h.version, written_at = now()
     RETURNING h.topic, h.aggregate_id, h.previous
 ), inserted AS (
     INSERT INTO outbox (event_id, topic, event_type, source, aggregate_id, aggregate_version, prev_version,
