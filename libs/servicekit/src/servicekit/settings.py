@@ -11,11 +11,18 @@ from servicekit.db import normalise_url
 from servicekit.secrets import SecretFileSettings, with_password
 
 
-def local_database_url(database: str) -> str:
-    """The default URL of a service's database: libpq's PGHOST/PGPORT/PGUSER (what `make stack` creates the
-    databases with), 127.0.0.1:5432 as postgres otherwise. A `<SERVICE>_DATABASE_URL` overrides it."""
+def local_database_name(service: str) -> str:
+    """The service's database on the local stack: `<SERVICE>_PGDATABASE`, else the service's name."""
+    return os.environ.get(f"{service.upper()}_PGDATABASE") or service
+
+
+def local_database_url(service: str, *, role: str = "app") -> str:
+    """The default URL of a service's database as `make stack` provisions it: PGHOST/PGPORT (127.0.0.1:5432
+    otherwise), the role `<service>_app` (what the service's processes run as) or `<service>_owner` (what
+    its migrations run as; servicekit.pgroles). A `<SERVICE>_DATABASE_URL` overrides it."""
     env = os.environ.get
-    return f"postgresql+psycopg://{env('PGUSER', 'postgres')}@{env('PGHOST', '127.0.0.1')}:{env('PGPORT', '5432')}/{database}"
+    host, port = env("PGHOST", "127.0.0.1"), env("PGPORT", "5432")
+    return f"postgresql+psycopg://{service}_{role}@{host}:{port}/{local_database_name(service)}"
 
 
 def local_redis_url() -> str:
