@@ -91,7 +91,7 @@ def provision(
             conn.execute(adoption)
 
 
-def _adoptions(conn: psycopg.Connection[tuple[object, ...]], owner: str) -> list[sql.Composable]:
+def _adoptions(conn: psycopg.Connection[tuple[object, ...]], owner: str) -> list[sql.Composed]:
     """ALTER ... OWNER TO owner for every object in the schema another role owns: databases migrated before
     the roles existed (as the superuser) keep working, and the owner can grant on everything."""
     rows = conn.execute(
