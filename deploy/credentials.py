@@ -2,6 +2,7 @@
 the check that no secret is left in the compose files themselves (`make compose-check`).
 
     python deploy/credentials.py [--dir deploy/secrets]   # create the missing ones (make compose-secrets)
+    python deploy/credentials.py --check                  # exit 1 naming any missing (make compose-up)
 
 Each secret is one file in a 0700 directory (deploy/secrets/, never committed); the files are 0644 because a
 Compose secret outside Swarm is a bind mount with the host file's mode, and the containers' users (postgres,
@@ -140,7 +141,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("SECRETS_DIR") or DEFAULT_DIR))
     parser.add_argument("--redis-prefix", default=os.environ.get("AUTH_REDIS_PREFIX", "auth:"))
+    parser.add_argument("--check", action="store_true", help="only check that every secret file exists")
     args = parser.parse_args()
+    if args.check:
+        absent = missing(args.dir)
+        if absent:
+            print(
+                f"[secrets] missing in {args.dir}: {', '.join(absent)} (make compose-secrets)",
+                file=sys.stderr,
+            )
+        return 1 if absent else 0
     created = generate(args.dir, args.redis_prefix)
     print(
         f"[secrets] {args.dir}: created {', '.join(created) or 'nothing (all present)'}; {REDIS_ACL} rewritten"
