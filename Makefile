@@ -91,17 +91,21 @@ COMPOSE_ENV ?= deploy/.env
 COMPOSE_FILES ?= -f deploy/compose.yml
 COMPOSE_PROJECT ?= outbox-reference
 DC = $(COMPOSE) -p $(COMPOSE_PROJECT) --env-file $(COMPOSE_ENV) $(COMPOSE_FILES)
-.PHONY: compose-up compose-down compose-check compose-smoke
+.PHONY: compose-up compose-down compose-check compose-smoke compose-secrets
 
-compose-up:  ## build the image and start the topology (needs deploy/.env: copy deploy/.env.example, fill the secrets)
-	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing: cp deploy/.env.example $(COMPOSE_ENV) and set every secret in it"; exit 1; }
+compose-secrets:  ## create the missing secret files in deploy/secrets/ (random; never committed) and Redis's ACL file
+	python3 deploy/credentials.py
+
+compose-up:  ## build the image and start the topology (needs deploy/secrets/: make compose-secrets; deploy/.env: cp deploy/.env.example)
+	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing: cp deploy/.env.example $(COMPOSE_ENV) (settings only, no secret)"; exit 1; }
+	python3 deploy/credentials.py --check
 	$(DC) up -d --build
 
 compose-down:  ## stop and remove the topology's containers (volumes stay; add `-v` by hand to drop the data)
 	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing"; exit 1; }
 	$(DC) down
 
-compose-check: setup  ## validate the compose files with the compose tool and build every service image from the Dockerfile
+compose-check: setup  ## refuse any secret outside secret files, validate the compose files, build every service image
 	$(RUN) python deploy/composectl.py check
 
 compose-smoke: setup  ## the whole topology on locally built stand-ins (deploy/compose.local.yml): quick start, health, teardown

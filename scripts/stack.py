@@ -1,4 +1,8 @@
-"""Local stack: PostgreSQL and Redis checks, one database per service, the Kafka-protocol broker.
+"""Local stack: PostgreSQL and Redis checks, one database per service with its two roles, the broker.
+
+Each service's database (`<SERVICE>_PGDATABASE`, default the service's name) is owned by `<service>_owner`,
+which runs the migrations, and reached by `<service>_app`, which the service's processes connect as
+(servicekit.pgroles; trust authentication locally, so no passwords).
 
 Idempotent: `up` reuses whatever already answers and starts only what is missing; it records the
 processes it started in `.stack/` so that `down` stops exactly those and nothing else.
@@ -29,7 +33,7 @@ PG_USER = os.environ.get("PGUSER", "postgres")
 REDIS_HOST = os.environ.get("REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("REDIS_PORT", "6379"))
 BROKER = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-DATABASES = os.environ.get("STACK_DATABASES", "auth console indexer").split()
+SERVICES = ("auth", "console", "indexer")
 
 
 def log(msg: str) -> None:
@@ -101,15 +105,16 @@ def ensure_redis() -> None:
 
 
 def ensure_databases() -> None:
-    import psycopg
+    from psycopg.conninfo import make_conninfo
 
-    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as c:
-        existing = {r[0] for r in c.execute("SELECT datname FROM pg_database")}
-        for name in DATABASES:
-            if name not in existing:
-                c.execute(f'CREATE DATABASE "{name}"')
-                log(f"created database {name}")
-    log(f"databases ready: {', '.join(DATABASES)}")
+    from servicekit.pgroles import ServiceRoles, provision
+    from servicekit.settings import local_database_name
+
+    admin = make_conninfo(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
+    for service in SERVICES:
+        roles = ServiceRoles.of(service)
+        provision(admin, local_database_name(service), roles)
+        log(f"database {local_database_name(service)}: owner {roles.owner}, services connect as {roles.app}")
 
 
 def broker_binary() -> str:

@@ -4,6 +4,8 @@ service, console's and indexer's consumers, each on a fresh database, talking to
     with start_system(infra, bootstrap=infra.kafka_bootstrap, log_dir=tmp) as system:
         system.kill("indexer-consumer"); system.start("indexer-consumer")   # SIGKILL + restart
 
+Each service's database is provisioned as in compose: migrations run as `<service>_owner`, every process of
+the service connects as `<service>_app` (no DDL, no TRUNCATE); the tests' own queries use the superuser.
 Every process writes its spans to `system.spans_file` (JSON lines, outbox.tracing). Consumer groups,
 databases and the Redis prefix are unique per system, so systems never share state through the broker
 or Redis. On failure, `system.tails()` shows the end of every process's log.
@@ -28,7 +30,7 @@ import psycopg
 import redis
 
 from tests.e2e.infra import Infra
-from testsupport import HttpService, ServiceProcess, free_port, run_migrations
+from testsupport import HttpService, ServiceProcess, free_port
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 APIS = {
@@ -46,7 +48,8 @@ class System:
     bootstrap: str
     log_dir: Path
     spans_file: Path
-    database_urls: dict[str, str]  # service -> SQLAlchemy URL
+    database_urls: dict[str, str]  # service -> SQLAlchemy URL of its app role (what its processes use)
+    admin_urls: dict[str, str]  # service -> the same database as the superuser (the tests' inspection)
     groups: dict[str, str]  # consumer process -> consumer group (= inbox `consumer` value)
     redis_prefix: str
     topic_prefix: str = ""  # what every process prepends to topic names on the wire
@@ -83,7 +86,7 @@ class System:
 
     # -- databases ------------------------------------------------------------------------------------------
     def dsn(self, service: str) -> str:
-        return self.database_urls[service].replace("postgresql+psycopg://", "postgresql://")
+        return self.admin_urls[service].replace("postgresql+psycopg://", "postgresql://")
 
     def rows(self, service: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """On one kept connection per service (autocommit): tests poll these every fraction of a second,
@@ -149,9 +152,10 @@ def start_system(
     """Fresh databases + migrations, then every process; all stopped (SIGTERM, then SIGKILL) at exit.
     `env` is added to every process's environment."""
     run = f"{label}_{uuid.uuid4().hex[:8]}"
-    urls = {service: infra.create_database(f"{service}_{run}") for service in APIS}
-    with ThreadPoolExecutor(len(urls)) as pool:  # three alembic processes at once
-        list(pool.map(lambda s: run_migrations(SERVICES / s / "alembic.ini", urls[s]), urls))
+    databases = {service: infra.create_service_database(f"{service}_{run}", service) for service in APIS}
+    with ThreadPoolExecutor(len(databases)) as pool:  # three alembic processes at once
+        list(pool.map(lambda s: databases[s].migrate(SERVICES / s / "alembic.ini"), databases))
+    urls = {service: db.app_url for service, db in databases.items()}
     log_dir.mkdir(parents=True, exist_ok=True)
     spans_file = log_dir / "spans.jsonl"
     system = System(
@@ -161,6 +165,7 @@ def start_system(
         log_dir=log_dir,
         spans_file=spans_file,
         database_urls=urls,
+        admin_urls={service: db.admin_url for service, db in databases.items()},
         groups={"console-consumer": f"console-{run}", "indexer-consumer": f"indexer-{run}"},
         redis_prefix=f"{run}:",
     )

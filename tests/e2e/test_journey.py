@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 
 from tests.e2e import spans
@@ -155,3 +156,22 @@ async def test_one_trace_from_enable_request_to_status_update(system: System, us
     assert "consumer_versions" in indexer_sql and "UPDATE indexed_documents" in indexer_sql, indexer_sql
     assert "INSERT INTO outbox" in indexer_sql, indexer_sql  # its report, in the same transaction
     assert "documents" in console_sql, console_sql
+
+
+async def test_every_process_of_a_service_connects_as_its_app_role_which_may_not_change_the_schema(
+    system: System, user: User
+) -> None:
+    """Least privilege, as deployed: the journey's API, relay and consumer sessions all belong to
+    `<service>_app` (servicekit.pgroles), and that role is refused DDL."""
+    await user.create_dataset()  # every process of console and auth has done some work by now
+    for service in ("auth", "console", "indexer"):
+        sessions = system.rows(
+            service,
+            "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        )
+        assert sessions == [(f"{service}_app",)], (service, sessions)
+    with psycopg.connect(system.database_urls["console"].replace("+psycopg", ""), autocommit=True) as app:
+        for statement in ("CREATE TABLE stolen (a int)", "DROP TABLE inbox", "TRUNCATE outbox"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)

@@ -154,7 +154,6 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(directory)], check=True)
     run = uuid.uuid4().hex[:8]
     ports = {name: free_port() for name in ("gateway", "auth", "console", "indexer")}
-    pg = f"{os.environ.get('PGUSER', 'postgres')}@{os.environ.get('PGHOST', '127.0.0.1')}:{os.environ.get('PGPORT', '5432')}"
     databases = {name: f"quickstart_{run}_{name}" for name in ("auth", "console", "indexer")}
     env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_PREFIXES)}
     env |= {
@@ -164,11 +163,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
         "AUTH_PORT": str(ports["auth"]),
         "CONSOLE_PORT": str(ports["console"]),
         "INDEXER_PORT": str(ports["indexer"]),
-        "STACK_DATABASES": " ".join(databases.values()),
-        **{
-            f"{name.upper()}_DATABASE_URL": f"postgresql+psycopg://{pg}/{db}"
-            for name, db in databases.items()
-        },
+        # `make stack` provisions these (owner and app roles), `make run` connects as the app roles.
+        **{f"{name.upper()}_PGDATABASE": db for name, db in databases.items()},
         "AUTH_JWKS_URL": f"http://127.0.0.1:{ports['auth']}/auth/.well-known/jwks.json",
         **{
             f"{name}_METRICS_PORT": str(free_port())

@@ -6,11 +6,13 @@ ANALYZEs a backlog's stale figures before it claims from them."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 
 import psycopg
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from outbox import Relay, RelaySettings
 from outbox.admin import Selection, redrive, replay
@@ -82,6 +84,43 @@ async def test_analyze_skips_a_table_held_by_maintenance_instead_of_waiting(
         await holder.rollback()
         await holder.close()
     assert await analyzed_at(engine) == before  # skipped, not waited for
+
+
+async def test_a_relay_whose_role_does_not_own_the_outbox_analyzes_through_outbox_analyze(
+    engine: AsyncEngine, database_url: str, bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Least privilege: a relay connected as a role with only row rights cannot ANALYZE the outbox
+    (PostgreSQL would skip it with a mere warning). Without EXECUTE on the owner's `outbox_analyze()` it says
+    so once and goes on; with it, the figures are refreshed."""
+    role = f"outbox_lib_relay_{os.environ['TEST_RUN_ID']}"
+    async with engine.begin() as conn:
+        await conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        await conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        await conn.execute(
+            text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        )
+    relay_engine = create_async_engine(make_url(database_url).set(username=role))
+    try:
+        relay = Relay(relay_engine, RelaySettings(bootstrap=bootstrap, analyze_interval_s=0))
+        await make_statistics_stale(engine)
+        before = await analyzed_at(engine)
+        with caplog.at_level(logging.WARNING, logger="outbox.relay"):
+            await relay.refresh_statistics()
+            await relay.refresh_statistics()
+        refusals = [r for r in caplog.records if "outbox_analyze()" in r.getMessage()]
+        assert len(refusals) == 1, caplog.text
+        assert await analyzed_at(engine) == before
+
+        async with engine.begin() as conn:
+            await conn.execute(text(f"GRANT EXECUTE ON FUNCTION outbox_analyze() TO {role}"))
+        async with relay_engine.connect() as conn:
+            assert await OutboxStore.analyze_if_stale(conn) == "analyzed"
+        assert await analyzed_at(engine) not in (None, before)
+    finally:
+        await relay_engine.dispose()
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP OWNED BY {role}"))
+            await conn.execute(text(f"DROP ROLE {role}"))
 
 
 async def test_replay_and_redrive_wake_relays_on_the_configured_channel(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,19 @@ def test_the_retention_settings_of_heads_versions_and_parked_events(monkeypatch:
     assert relay.heads_retention == timedelta(hours=48)
     assert consumer.version_retention == timedelta(hours=1000)
     assert consumer.park_retention == timedelta(hours=12)
+
+
+def test_the_cli_takes_its_database_url_and_password_from_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from outbox.cli import _database_url
+
+    (tmp_path / "url").write_text("postgresql://auth_app@db:5432/auth\n")
+    (tmp_path / "password").write_text("s3cret\n")
+    monkeypatch.setenv("OUTBOX_DATABASE_URL_FILE", str(tmp_path / "url"))
+    monkeypatch.setenv("OUTBOX_DATABASE_PASSWORD_FILE", str(tmp_path / "password"))
+    assert _database_url(None) == "postgresql+psycopg://auth_app:s3cret@db:5432/auth"
+    assert _database_url("postgresql://other@db/x") == "postgresql+psycopg://other:s3cret@db/x"
+    monkeypatch.setenv("OUTBOX_DATABASE_PASSWORD", "again")
+    with pytest.raises(SettingError, match="OUTBOX_DATABASE_PASSWORD and OUTBOX_DATABASE_PASSWORD_FILE"):
+        _database_url(None)

@@ -1,7 +1,6 @@
-"""Alembic environment for the auth database: DATABASE_URL first, then AUTH_DATABASE_URL / the default."""
+"""Alembic environment for the auth database: DATABASE_URL (the owner role), else the local stack's auth_owner."""
 
 from auth.models import Base
-from auth.settings import DatabaseSettings
 from servicekit import migrations_env
 
-migrations_env.run(Base.metadata, settings_url=lambda: DatabaseSettings().database_url)
+migrations_env.run(Base.metadata, service="auth")

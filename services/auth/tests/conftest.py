@@ -1,5 +1,6 @@
-"""Fixtures on real infrastructure: a fresh `auth_svc_test_<run>` database with the migrations applied, a Redis key
-prefix of our own (deleted at the end), auth served by uvicorn in its own process, and the verifier app."""
+"""Fixtures on real infrastructure: a fresh `auth_svc_test_<run>` database provisioned as deployed (migrations
+as `auth_owner`, auth itself as `auth_app`: servicekit.pgroles), a Redis key prefix of our own (deleted at the
+end), auth served by uvicorn in its own process, and the verifier app."""
 
 from __future__ import annotations
 
@@ -33,17 +34,23 @@ from auth.keys import repository as signing_keys
 from auth.keys.crypto import KeyCipher
 from servicekit.auth import AuthSettings
 from servicekit.db import make_engine
-from testsupport import HttpService, recreate_database, run_migrations
+from testsupport import HttpService, ServiceDatabase, create_service_database
 
 AUTH_DIR = Path(__file__).resolve().parents[1]
 TEST_DATABASE = f"auth_svc_test_{os.environ['TEST_RUN_ID']}"
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    url = recreate_database(TEST_DATABASE)
-    run_migrations(AUTH_DIR / "alembic.ini", url)
-    return url
+def database() -> ServiceDatabase:
+    db = create_service_database(TEST_DATABASE, "auth")
+    db.migrate(AUTH_DIR / "alembic.ini")
+    return db
+
+
+@pytest.fixture(scope="session")
+def database_url(database: ServiceDatabase) -> str:
+    """What auth connects with: the app role's URL."""
+    return database.app_url
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """The whole document flow as real processes: console and indexer APIs, their consumers and relays, on
-their own fresh databases and consumer groups (topics are shared; groups and databases isolate a run)."""
+their own fresh databases and consumer groups (topics are shared; groups and databases isolate a run).
+Databases are provisioned as deployed: migrations as `<service>_owner`, every process as `<service>_app`;
+the tests' own queries (`console_rows`, `indexer_rows`) as the superuser."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from testsupport import HttpService, ServiceProcess, recreate_database, run_migrations, wait_until
+from testsupport import HttpService, ServiceProcess, create_service_database, wait_until
 from testsupport.kafka import Sent, consumed, publish
 from testsupport.tokens import TestTokenIssuer
 
@@ -53,10 +55,11 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("console-logs")
     issuer = TestTokenIssuer().start()
-    console_url = recreate_database(f"console_test_{RUN}")
-    indexer_url = recreate_database(f"indexer_test_{RUN}")
-    run_migrations(SERVICES / "console" / "alembic.ini", console_url)
-    run_migrations(SERVICES / "indexer" / "alembic.ini", indexer_url)
+    console_db = create_service_database(f"console_test_{RUN}", "console")
+    indexer_db = create_service_database(f"indexer_test_{RUN}", "indexer")
+    console_db.migrate(SERVICES / "console" / "alembic.ini")
+    indexer_db.migrate(SERVICES / "indexer" / "alembic.ini")
+    console_url, indexer_url = console_db.app_url, indexer_db.app_url
     console_group, indexer_group = f"console-test-{RUN}", f"indexer-test-{RUN}"
     common = {**issuer.env(), "OUTBOX_CONSUMER_SESSION_TIMEOUT_MS": "6000"}
     console_env = {**common, "CONSOLE_DATABASE_URL": console_url, "CONSOLE_CONSUMER_NAME": console_group}
@@ -87,8 +90,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(
             console=console,
             indexer=indexer,
-            console_db=libpq(console_url),
-            indexer_db=libpq(indexer_url),
+            console_db=libpq(console_db.admin_url),
+            indexer_db=libpq(indexer_db.admin_url),
             console_group=console_group,
             indexer_group=indexer_group,
             issuer=issuer,

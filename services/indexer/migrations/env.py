@@ -1,7 +1,7 @@
-"""Alembic environment for the indexer database: DATABASE_URL first, then INDEXER_DATABASE_URL / the default."""
+"""Alembic environment for the indexer database: DATABASE_URL (the owner role), else the local stack's
+indexer_owner."""
 
 from indexer.models import Base
-from indexer.settings import Settings
 from servicekit import migrations_env
 
-migrations_env.run(Base.metadata, settings_url=lambda: Settings().database_url)
+migrations_env.run(Base.metadata, service="indexer")

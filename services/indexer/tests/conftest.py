@@ -1,5 +1,6 @@
 """The indexer as real processes (API, consumer, relay) on a fresh database and consumer group; console's
-events are published by hand, so every case (stale, duplicate, reordered) is under the test's control."""
+events are published by hand, so every case (stale, duplicate, reordered) is under the test's control.
+The processes connect as `indexer_app` (migrations ran as `indexer_owner`); `rows` queries as the superuser."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from testsupport import HttpService, ServiceProcess, recreate_database, run_migrations
+from testsupport import HttpService, ServiceProcess, create_service_database
 from testsupport.kafka import Sent, consumed, publish
 from testsupport.tokens import TestTokenIssuer
 
@@ -49,8 +50,9 @@ class Indexer:
 def indexer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Indexer]:
     logs = tmp_path_factory.mktemp("indexer-logs")
     issuer = TestTokenIssuer().start()
-    url = recreate_database(f"indexer_unit_{RUN}")
-    run_migrations(SERVICE / "alembic.ini", url)
+    database = create_service_database(f"indexer_unit_{RUN}", "indexer")
+    database.migrate(SERVICE / "alembic.ini")
+    url = database.app_url
     group = f"indexer-unit-{RUN}"
     env = {
         **issuer.env(),
@@ -70,7 +72,10 @@ def indexer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Indexer]:
         relay = [str(BIN / "outbox"), "relay", "--database-url", url, "--name", "indexer"]
         processes.append(ServiceProcess("indexer-relay", relay, env={}, log_dir=logs).start())
         yield Indexer(
-            api=api, db=url.replace("postgresql+psycopg://", "postgresql://"), group=group, issuer=issuer
+            api=api,
+            db=database.admin_url.replace("postgresql+psycopg://", "postgresql://"),
+            group=group,
+            issuer=issuer,
         )
     finally:
         for process in reversed(processes):

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The official postgres image's contract, minimal: POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB on first
+# The official postgres image's contract, minimal: POSTGRES_USER / POSTGRES_PASSWORD (or _FILE) / POSTGRES_DB on first
 # start, then `postgres [args]` as the postgres user (PGPORT respected, e.g. under host networking).
 set -e
 [ "$1" = postgres ] && shift
@@ -7,6 +7,9 @@ set -e
 mkdir -p "$PGDATA" /var/run/postgresql
 chown -R postgres:postgres "$PGDATA" /var/run/postgresql
 chmod 700 "$PGDATA"
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then  # a Compose secret, as the official image reads it
+  POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   printf '%s\n' "${POSTGRES_PASSWORD:-postgres}" >/tmp/pwfile && chown postgres /tmp/pwfile
   runuser -u postgres -- initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile=/tmp/pwfile \

@@ -43,6 +43,13 @@ if ! have e2e/tansu:0.6; then
   rm -rf "$t"
 fi
 
+# An image imported with an older entrypoint (e.g. before POSTGRES_PASSWORD_FILE) is imported again.
+ep_sha="$(sha256sum "$ROOT/tests/e2e/docker/postgres-entrypoint.sh" | cut -c1-16)"
+if have e2e/postgres:15 \
+  && [ "$("${D[@]}" image inspect -f '{{index .Config.Labels "entrypoint"}}' e2e/postgres:15)" != "$ep_sha" ]; then
+  log "e2e/postgres:15 has an older entrypoint: importing it again"
+  "${D[@]}" rmi e2e/postgres:15 >/dev/null
+fi
 if ! have e2e/postgres:15 || ! have e2e/redis:7; then
   rootfs="$DIR/rootfs"
   if [ ! -f "$rootfs/.complete" ]; then
@@ -59,6 +66,7 @@ if ! have e2e/postgres:15 || ! have e2e/redis:7; then
     tar -C "$rootfs" --exclude=./.complete -c . | "${D[@]}" import \
       -c 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       -c 'ENV PGDATA=/var/lib/postgresql/data' \
+      -c "LABEL entrypoint=$ep_sha" \
       -c 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' -c 'CMD ["postgres"]' - e2e/postgres:15 >/dev/null
   fi
   if ! have e2e/redis:7; then

@@ -29,6 +29,7 @@ import psycopg
 
 from testsupport.broker import TansuBroker, kafka_api_versions_ok, poll_until
 from testsupport.ports import free_port
+from testsupport.processes import ServiceDatabase, create_service_database
 
 
 @dataclass
@@ -62,6 +63,20 @@ class Infra:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.database_url(name)
+
+    def create_service_database(self, name: str, service: str) -> ServiceDatabase:
+        """A service's database as deployed: owned by `<service>_owner` (migrations), reached by
+        `<service>_app` (the service's processes); with this server's password for both where it wants one."""
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise ValueError(f"database name {name!r}: letters, digits and _ only")
+        return create_service_database(
+            name,
+            service,
+            host=self.pg_host,
+            port=self.pg_port,
+            admin_user=self.pg_user,
+            password=self.pg_password,
+        )
 
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.pg_dsn(), autocommit=True) as conn:

@@ -10,7 +10,8 @@
     outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
     outbox trace   SPANS_FILE [--trace-id ID] [--last N]
 
-The database URL may also come from OUTBOX_DATABASE_URL; the broker from KAFKA_BOOTSTRAP.
+The database URL may also come from OUTBOX_DATABASE_URL, its password apart from OUTBOX_DATABASE_PASSWORD
+(each also as a file: OUTBOX_DATABASE_URL_FILE, OUTBOX_DATABASE_PASSWORD_FILE); the broker from KAFKA_BOOTSTRAP.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from outbox.env_settings import SettingError, env_or_file, with_password
 from outbox.health import heartbeat_age
 
 # Every other import happens in the command that needs it: `outbox health` is a probe run every few seconds
@@ -39,6 +40,15 @@ def _normalise(url: str) -> str:
     return url
 
 
+def _database_url(given: str | None) -> str | None:
+    """--database-url, else OUTBOX_DATABASE_URL(_FILE); with OUTBOX_DATABASE_PASSWORD(_FILE) set in it."""
+    url = given or env_or_file("OUTBOX_DATABASE_URL")
+    if not url:
+        return None
+    password = env_or_file("OUTBOX_DATABASE_PASSWORD")
+    return with_password(_normalise(url), password, setting="OUTBOX_DATABASE_PASSWORD")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="outbox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -46,9 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "--database-url", default=os.environ.get("OUTBOX_DATABASE_URL"), help="SQLAlchemy or libpq URL"
-        )
+        p.add_argument("--database-url", help="SQLAlchemy or libpq URL (default: OUTBOX_DATABASE_URL)")
         return p
 
     relay = with_db(sub.add_parser("relay", help="publish this database's outbox to Kafka until SIGTERM"))
@@ -262,10 +270,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(json.dumps(result, indent=2, default=str))
         return 0
+    try:
+        args.database_url = _database_url(args.database_url)
+    except SettingError as exc:
+        print(f"outbox: {exc}", file=sys.stderr)
+        return 2
     if not args.database_url:
         print("outbox: --database-url or OUTBOX_DATABASE_URL is required", file=sys.stderr)
         return 2
-    args.database_url = _normalise(args.database_url)
     if args.command == "relay":
         asyncio.run(_run_relay(args.database_url, args.name))
         return 0

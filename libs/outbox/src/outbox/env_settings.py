@@ -18,6 +18,7 @@ import types
 import typing
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -69,3 +70,34 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
         return value
     except ValueError as exc:
         raise SettingError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+def env_or_file(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The secret `name`: its variable, or the contents of the file `<name>_FILE` names (Compose and
+    Kubernetes mount secrets as files, which keeps them out of `docker inspect`, /proc/*/environ and crash
+    reports); None when neither is set. One trailing newline is dropped. Both set, or a file that cannot be
+    read, is a SettingError naming the variable. An empty variable counts as unset."""
+    env = os.environ if environ is None else environ
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return env.get(name)
+    if env.get(name):
+        raise SettingError(f"{name} and {name}_FILE are both set: set one of them")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingError(f"{name}_FILE={path!r} cannot be read: {exc.strerror or exc}") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def with_password(url: str, password: str | None, *, setting: str = "password") -> str:
+    """`url` (PostgreSQL or Redis) with `password` set in it; `url` unchanged when there is none. A URL that
+    already carries a password is refused: the two would disagree sooner or later."""
+    if not password:
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.password:
+        raise SettingError(f"{setting} is set and the URL carries a password too: keep one")
+    return parsed.set(password=password).render_as_string(hide_password=False)

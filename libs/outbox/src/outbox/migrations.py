@@ -139,7 +139,27 @@ V4_DOWN = (
     "ALTER TABLE outbox_heads DROP COLUMN written_at",
 )
 
-STEPS = {1: (V1, V1_DOWN), 2: (V2, V2_DOWN), 3: (V3, V3_DOWN), 4: (V4, V4_DOWN)}
+# 5: `outbox_analyze()`, for relays that connect as a role that does not own the outbox (least privilege):
+# ANALYZE needs ownership (or MAINTAIN, PostgreSQL 17+), and without it PostgreSQL skips the table with a
+# warning, so a backlog's claims would run on an empty table's statistics (outbox_store.py). The function
+# runs as its owner, the migrating role, and does that one thing; the table's schema is fixed when it is
+# created and the search path pinned, so a caller can slip nothing in. Nobody but the owner may call it until
+# granted (servicekit.pgroles grants the service's app role).
+V5 = (
+    """
+    DO $$ BEGIN
+      EXECUTE format($f$
+        CREATE FUNCTION outbox_analyze() RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp
+        AS $body$ BEGIN ANALYZE (SKIP_LOCKED) %I.outbox; END $body$ $f$, current_schema());
+    END $$
+    """,
+    "REVOKE ALL ON FUNCTION outbox_analyze() FROM PUBLIC",
+)
+
+V5_DOWN = ("DROP FUNCTION outbox_analyze()",)
+
+STEPS = {1: (V1, V1_DOWN), 2: (V2, V2_DOWN), 3: (V3, V3_DOWN), 4: (V4, V4_DOWN), 5: (V5, V5_DOWN)}
 LATEST = max(STEPS)
 
 
@@ -182,6 +202,15 @@ def v4(connection: Connection) -> None:
 
 def v4_downgrade(connection: Connection) -> None:
     _run(connection, V4_DOWN)
+
+
+def v5(connection: Connection) -> None:
+    """Schema version 5: `outbox_analyze()`, the relay's ANALYZE for a role that does not own the outbox."""
+    _run(connection, V5)
+
+
+def v5_downgrade(connection: Connection) -> None:
+    _run(connection, V5_DOWN)
 
 
 def upgrade_all(connection: Connection) -> None:

@@ -117,15 +117,20 @@ _CLAIM_BLOCKING_DEAD = _claim(
 
 # Stale: more rows inserted, updated or deleted since the last ANALYZE than half of what it counted (an
 # outbox never analyzed counts -1 rows: then 1,000 changes). Counters from the statistics system, no scan.
+# And how this role may ANALYZE: as the table's owner, or through the owner's `outbox_analyze()` (schema
+# step 5) when it connects as a least-privilege role; PostgreSQL would skip the table with a mere warning.
 _STALE_STATISTICS = text(
     """
-    SELECT s.n_mod_since_analyze > greatest(1000, c.reltuples * 0.5)
+    SELECT s.n_mod_since_analyze > greatest(1000, c.reltuples * 0.5),
+           pg_has_role(c.relowner, 'USAGE'),
+           coalesce(has_function_privilege(to_regprocedure('outbox_analyze()'), 'EXECUTE'), false)
     FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
     WHERE s.relid = 'outbox'::regclass
     """
 )
 # SKIP_LOCKED: never queue behind a VACUUM/ANALYZE in progress (nor make autovacuum cancel itself for us).
 _ANALYZE = text("ANALYZE (SKIP_LOCKED) outbox")
+_ANALYZE_AS_OWNER = text("SELECT outbox_analyze()")
 
 _MARK_PUBLISHED = text("UPDATE outbox SET published_at = now(), last_error = NULL WHERE id = ANY(:ids)")
 
@@ -164,15 +169,19 @@ class OutboxStore:
     async def statistics_stale(conn: AsyncConnection) -> bool:
         return bool((await conn.execute(_STALE_STATISTICS)).scalar())
 
-    @classmethod
-    async def analyze_if_stale(cls, conn: AsyncConnection) -> bool:
-        """ANALYZE the outbox when its planner figures are stale; True when it did (or tried: with the
-        table held by maintenance, SKIP_LOCKED returns at once and the next check tries again)."""
-        if not await cls.statistics_stale(conn):
-            return False
-        await conn.execute(_ANALYZE)
+    @staticmethod
+    async def analyze_if_stale(conn: AsyncConnection) -> str:
+        """ANALYZE the outbox when its planner figures are stale: "analyzed" when it did (or tried: with the
+        table held by maintenance, SKIP_LOCKED returns at once and the next check tries again), "fresh", or
+        "not permitted" (neither the owner nor allowed `outbox_analyze()`)."""
+        stale, owner, via_function = (await conn.execute(_STALE_STATISTICS)).one()
+        if not stale:
+            return "fresh"
+        if not (owner or via_function):
+            return "not permitted"
+        await conn.execute(_ANALYZE if owner else _ANALYZE_AS_OWNER)
         await conn.commit()
-        return True
+        return "analyzed"
 
     @staticmethod
     async def mark_published(conn: AsyncConnection, ids: list[int]) -> None:

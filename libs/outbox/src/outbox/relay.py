@@ -74,6 +74,7 @@ class Relay:
         self._starting = asyncio.Lock()
         self._known_topics: set[str] = set()
         self._analyzed_at = -float("inf")
+        self._analyze_refusal_logged = False
         self._heartbeat = Heartbeat(None)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -167,8 +168,15 @@ class Relay:
         self._analyzed_at = now
         try:
             async with self.engine.connect() as conn:
-                await self.store.analyze_if_stale(conn)
-        except Exception as exc:  # not fatal: e.g. the relay's role does not own the table
+                outcome = await self.store.analyze_if_stale(conn)
+            if outcome == "not permitted" and not self._analyze_refusal_logged:
+                self._analyze_refusal_logged = True
+                log.warning(
+                    "relay %s: its role neither owns the outbox nor may run outbox_analyze() (schema step 5): "
+                    "statistics are left to autovacuum, and claims may be slow on a sudden backlog",
+                    self.name,
+                )
+        except Exception as exc:  # not fatal: e.g. a database outage
             log.warning(
                 "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog", self.name, exc
             )

@@ -35,13 +35,12 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from servicekit.errors import ServiceUnavailable, Unauthorized
-from servicekit.settings import local_redis_url
+from servicekit.settings import RedisUrlSettings
 
 log = logging.getLogger("servicekit.auth")
 
@@ -50,15 +49,16 @@ STATE_KEY = "token_verifier"
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "aud", "iss")
 
 
-class AuthSettings(BaseSettings):
-    """The verifier's view of auth; the same AUTH_* names the auth service itself reads."""
+class AuthSettings(RedisUrlSettings):
+    """The verifier's view of auth; the same AUTH_* names the auth service itself reads. AUTH_REDIS_URL names
+    the verifier's own Redis user (read-only on the deny list where Redis has ACLs), AUTH_REDIS_PASSWORD its
+    password; either may be a file (`_FILE`, servicekit.secrets)."""
 
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
 
     jwks_url: str = "http://127.0.0.1:8001/auth/.well-known/jwks.json"
     jwt_audience: str = "outbox-reference"
     jwt_issuer: str = "auth"
-    redis_url: str = Field(default_factory=local_redis_url)
     redis_prefix: str = "auth:"
     jwks_cache_seconds: float = 300.0
     jwks_min_refetch_seconds: float = 5.0

@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -40,15 +42,67 @@ def recreate_database(name: str) -> str:
     return database_url(name)
 
 
-def run_migrations(alembic_ini: Path, url: str) -> None:
-    """`alembic upgrade head` for one service against `url` (the service's env.py reads DATABASE_URL)."""
-    subprocess.run(
+@dataclass(frozen=True, slots=True)
+class ServiceDatabase:
+    """A service's database as deployed: migrations run as `owner_url`, the service's processes connect with
+    `app_url` (servicekit.pgroles), tests inspect and tamper with `admin_url` (the superuser)."""
+
+    name: str
+    app_role: str
+    owner_url: str
+    app_url: str
+    admin_url: str
+
+    def migrate(self, alembic_ini: Path) -> None:
+        run_migrations(alembic_ini, self.owner_url, app_role=self.app_role)
+
+
+def create_service_database(
+    name: str,
+    service: str,
+    *,
+    host: str = PG_HOST,
+    port: int = PG_PORT,
+    admin_user: str = PG_USER,
+    password: str | None = None,
+) -> ServiceDatabase:
+    """Drop and create `name` the way `make stack` and compose do: owned by `<service>_owner`, reached by
+    `<service>_app`. `password`: the administrator's, also given to both roles (a server that wants one)."""
+    from psycopg.conninfo import make_conninfo
+
+    from servicekit.pgroles import ServiceRoles, provision
+
+    admin = make_conninfo(host=host, port=port, user=admin_user, dbname="postgres", password=password)
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    roles = ServiceRoles.of(service)
+    provision(admin, name, roles, owner_password=password, app_password=password)
+
+    def url(user: str) -> str:
+        secret = f":{quote(password, safe='')}" if password else ""
+        return f"postgresql+psycopg://{quote(user, safe='')}{secret}@{host}:{port}/{name}"
+
+    return ServiceDatabase(name, roles.app, url(roles.owner), url(roles.app), url(admin_user))
+
+
+def run_migrations(alembic_ini: Path, url: str, *, app_role: str | None = None) -> None:
+    """`alembic upgrade head` for one service against `url` (the service's env.py reads DATABASE_URL), then,
+    with `app_role`, that role's grants (DATABASE_APP_ROLE: servicekit.migrations_env)."""
+    env = {**os.environ, "DATABASE_URL": url}
+    env.pop("DATABASE_APP_ROLE", None)
+    if app_role:
+        env["DATABASE_APP_ROLE"] = app_role
+    done = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(alembic_ini), "upgrade", "head"],
-        check=True,
         cwd=alembic_ini.parent,
-        env={**os.environ, "DATABASE_URL": url},
+        env=env,
         capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"alembic upgrade head ({alembic_ini.parent.name}) failed:\n{(done.stdout + done.stderr)[-3000:]}"
+        )
 
 
 async def wait_until(

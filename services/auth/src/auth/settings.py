@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from servicekit.db import normalise_url
-from servicekit.settings import local_database_url, local_redis_url
+from servicekit.settings import DatabaseUrlSettings, RedisUrlSettings, local_database_url
 
 log = logging.getLogger("auth.settings")
 
@@ -23,25 +22,27 @@ _OBVIOUS_SECRETS = {DEFAULT_SECRET, "secret", "changeme", "password", "test", ""
 MIN_SECRET_LENGTH = 32
 
 
-class DatabaseSettings(BaseSettings):
-    """What the migrations need: the database, and nothing secret."""
+class DatabaseSettings(DatabaseUrlSettings):
+    """The database alone (`python -m auth.keys`); AUTH_DATABASE_URL / _PASSWORD, each also as `_FILE`."""
 
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
 
     database_url: str = Field(default_factory=lambda: local_database_url("auth"))
 
-    @field_validator("database_url")
-    @classmethod
-    def _normalise_db_url(cls, value: str) -> str:
-        return normalise_url(value)
 
-
-class Settings(DatabaseSettings):
+class Settings(DatabaseSettings, RedisUrlSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")  # the bases' configs would merge
+    # Each may also come from a file, AUTH_<NAME>_FILE (servicekit.secrets); AUTH_REDIS_URL names auth's Redis
+    # user, AUTH_REDIS_PASSWORD is that user's password.
+    secret_fields: ClassVar[tuple[str, ...]] = (
+        *DatabaseSettings.secret_fields,
+        *RedisUrlSettings.secret_fields,
+        "key_encryption_key",
+    )
     environment: Literal["local", "test", "production"] = "production"
     host: str = "127.0.0.1"
     port: int = 8001
     log_level: str = "INFO"
-    redis_url: str = Field(default_factory=local_redis_url)
     # Every Redis key auth writes starts with this (the verifiers in other services read the same prefix).
     redis_prefix: str = "auth:"
     max_body_bytes: int = 64 * 1024

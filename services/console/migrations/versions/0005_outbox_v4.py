@@ -2,7 +2,7 @@
 
 Revision ID: 0005_outbox_v4
 Revises: 0004_outbox_v3
-Create Date: 2027-01-15
+Create Date: 2026-12-02
 """
 
 from __future__ import annotations
