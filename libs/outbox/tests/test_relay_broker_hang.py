@@ -39,7 +39,7 @@ ACK_TIMEOUT_S = 1.0
 # The claim itself, the marks and the commit take milliseconds; the rest of the bound is the ack deadline.
 CLAIM_BOUND_S = ACK_TIMEOUT_S + 1.5
 HANG_WINDOW_S = 12.0  # longer than one topic creation (10 s) against the black hole
-START_WINDOW_S = 17.0  # longer than one producer start (15 s) against the black hole
+START_WINDOW_S = 20.0  # longer than a producer's stop (1 s), backoff and failed start (15 s)
 
 
 @pytest.fixture

@@ -185,10 +185,16 @@ class Relay:
             with attempt:
                 if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
                     return 0
-                publisher = await self.prepare()
-                if self.settings.claim_ahead:
-                    return await Pipeline(self, publisher, self._heartbeat.beat).run()
-                return await self.publish_batch(publisher)
+                while True:
+                    publisher = await self.prepare()
+                    if self.settings.claim_ahead:
+                        claimed = await Pipeline(self, publisher, self._heartbeat.beat).run()
+                    else:
+                        claimed = await self.publish_batch(publisher)
+                    # A claim that met a topic not created yet left its rows pending (`send`): create it
+                    # and claim them again now, not a poll later.
+                    if not self._wanted_topics or self._stopping.is_set():
+                        return claimed
         return 0  # pragma: no cover - AsyncRetrying either returns or raises
 
     def _log_outage(self, retry_state: Any) -> None:
