@@ -1,6 +1,7 @@
 """The relay: publishes committed outbox rows to Kafka, in order per aggregate, at least once.
 
-One batch = one database transaction:
+Before a claim, whatever may wait on the broker for long: the topics earlier claims met are created and a
+producer is started (`prepare`). Then one batch = one database transaction:
   1. claim up to `batch_size` pending rows, oldest first, `FOR UPDATE SKIP LOCKED` (several relays share
      the work without blocking each other);
   2. keep, per aggregate, only the rows that continue the aggregate's pending sequence from its head:
