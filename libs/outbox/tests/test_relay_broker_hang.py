@@ -21,14 +21,21 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import OutOfOrderSequenceNumber
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    SaslAuthenticationFailed,
+    UnknownError,
+)
 from aiokafka.producer.message_accumulator import BatchBuilder
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from libs.outbox.tests.relay_support import POISON, scalar, versions_by_key, wait_for, write
 from outbox import OutboxWriter, Relay, RelaySettings
 from outbox.failures import PublishTimeout
-from outbox.kafka import ensure_topics, start_producer
+from outbox.kafka import ensure_topics, refuses_idempotence, start_producer
 from outbox.publisher import BatchPublisher, Outbound
 from outbox.testing import read_topic, wire
 from testsupport.broker import BrokerBehindProxy
@@ -290,3 +297,14 @@ async def test_a_broker_that_refused_the_idempotent_producer_is_not_asked_again(
     init_errors = [r for r in caplog.records if "InitProducerId" in r.getMessage()]
     assert len(refusals) == 1, [r.getMessage() for r in refusals]
     assert len(init_errors) <= 1
+
+
+def test_only_a_brokers_answer_refuses_idempotence() -> None:
+    wrapped = KafkaConnectionError("refused: not authorized for this cluster operation")
+    wrapped.__cause__ = ClusterAuthorizationFailedError()
+    assert refuses_idempotence(UnknownError())  # Tansu's answer to InitProducerId
+    assert refuses_idempotence(ClusterAuthorizationFailedError())
+    assert refuses_idempotence(wrapped)
+    assert not refuses_idempotence(KafkaConnectionError("Unable to bootstrap"))  # a silent broker
+    assert not refuses_idempotence(KafkaTimeoutError())
+    assert not refuses_idempotence(SaslAuthenticationFailed())

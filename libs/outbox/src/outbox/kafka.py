@@ -12,7 +12,13 @@ import os
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import BrokerResponseError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    BrokerResponseError,
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+)
 
 log = logging.getLogger("outbox.kafka")
 
@@ -98,10 +104,9 @@ class Producers:
                         bootstrap_servers=self.bootstrap, enable_idempotence=True, **self.options
                     )
                 )
-            except BrokerResponseError as exc:
-                # Only an answer is a refusal (Tansu answers InitProducerId with UnknownError; a cluster
-                # may deny IDEMPOTENT_WRITE). An unreachable or silent broker raises a connection or timeout
-                # error: falling back then would only wait out a second start against the same silence.
+            except KafkaError as exc:
+                if not refuses_idempotence(exc):
+                    raise  # falling back would only wait out a second start against the same silence
                 self.idempotent = False
                 log.warning(
                     "broker %s refused the idempotent producer (%s: %s): falling back to acks=all without "
@@ -111,6 +116,16 @@ class Producers:
                     exc,
                 )
         return await _started(AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", **self.options))
+
+
+def refuses_idempotence(exc: BaseException) -> bool:
+    """The broker answered the idempotent producer's start with an error: Tansu answers InitProducerId with
+    UnknownError, a cluster may deny IDEMPOTENT_WRITE (ClusterAuthorizationFailed, which a client wrapping
+    its start errors keeps as the cause). An unreachable or silent broker raises a connection or timeout
+    error instead, and a failed authentication is the client's credentials: neither is a refusal."""
+    if isinstance(exc, SaslAuthenticationFailed):
+        return False
+    return isinstance(exc, BrokerResponseError) or isinstance(exc.__cause__, ClusterAuthorizationFailedError)
 
 
 async def _started(producer: AIOKafkaProducer) -> AIOKafkaProducer:
