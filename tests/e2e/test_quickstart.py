@@ -163,6 +163,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
         "AUTH_PORT": str(ports["auth"]),
         "CONSOLE_PORT": str(ports["console"]),
         "INDEXER_PORT": str(ports["indexer"]),
+        "PROMETHEUS_PORT": str(free_port()),
         # `make stack` provisions these (owner and app roles), `make run` connects as the app roles.
         **{f"{name.upper()}_PGDATABASE": db for name, db in databases.items()},
         "AUTH_JWKS_URL": f"http://127.0.0.1:{ports['auth']}/auth/.well-known/jwks.json",
