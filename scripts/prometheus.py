@@ -141,6 +141,7 @@ def idle() -> NoReturn:
 def port_free(address: str) -> bool:
     host, _, port = address.rpartition(":")
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Prometheus itself binds
         try:
             probe.bind((host, int(port)))
         except OSError:
