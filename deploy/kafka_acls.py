@@ -20,9 +20,15 @@ Why each grant (Kafka >= 3.0: an idempotent producer needs Write on a topic, not
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 ADMIN = "admin"  # super.users; used only by the init job
 BROKER = "CN=kafka-broker"  # the brokers' certificate subject: inter-broker and controller listeners (mTLS)
@@ -103,10 +109,11 @@ INIT_SH = """\
 # compose.yml's kafka-init job, in the kafka image, as the super user `admin` over SASL_SSL. Idempotent: a
 # credential is upserted, a topic created if missing, an ACL added if absent. An ACL removed from
 # kafka_acls.py is NOT revoked here: `kafka-acls.sh --remove` it by hand.
-# Environment: KAFKA_BOOTSTRAP, TOPIC_PREFIX, PARTITIONS, REPLICATION; secrets in /run/secrets/.
+# Environment: KAFKA_BOOTSTRAP, TOPIC_PREFIX, PARTITIONS, REPLICATION; secrets in /run/secrets/ (BROKER_BIN
+# and BROKER_SECRETS move the tools and the secrets: the tests run this script against stand-in tools).
 set -euo pipefail
-bin=/opt/kafka/bin
-secrets=/run/secrets
+bin=${{BROKER_BIN:-/opt/kafka/bin}}
+secrets=${{BROKER_SECRETS:-/run/secrets}}
 umask 077
 conf=$(mktemp -d)
 trap 'rm -rf "$conf"' EXIT
@@ -147,7 +154,7 @@ acl() {{
 
 {acls}
 
-kafka kafka-acls.sh --list | grep -c 'principal=User:' | sed 's/^/ACL entries: /'
+echo "kafka-init: credentials, topics and ACLs in place"
 """.replace("{admin}", ADMIN)
 
 
@@ -198,6 +205,222 @@ def _consumer_of(principal: str) -> str | None:
     return {"console-consumer": "console", "indexer-consumer": "indexer", "mailer": "auth-mailer"}.get(
         principal
     )
+
+
+# --- what the init job really applies: init.sh run against stand-in Kafka tools ---------------------------
+STUB = """#!/usr/bin/env bash
+printf '%s\\0' "$(basename "$0")" "$@" >> "$CALLS"; printf '\\n' >> "$CALLS"
+"""
+
+
+def applied(script: Path, prefix: str = "") -> tuple[dict[str, list[Grant]], list[list[str]]]:
+    """Run init.sh with stand-ins for kafka-configs/topics/acls.sh that record their arguments; the grants
+    its kafka-acls.sh --add calls make (principal -> grants, names without `prefix`) and every call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "bin").mkdir()
+        (root / "secrets").mkdir()
+        for tool in ("kafka-configs.sh", "kafka-topics.sh", "kafka-acls.sh"):
+            (root / "bin" / tool).write_text(STUB)
+            (root / "bin" / tool).chmod(0o755)
+        for name in ("kafka_ca_cert", *(password_secret(p) for p in (ADMIN, *PRINCIPALS))):
+            (root / "secrets" / name).write_text(f"pw-{name}\n")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "CALLS": str(root / "calls"),
+            "BROKER_BIN": str(root / "bin"),
+            "BROKER_SECRETS": str(root / "secrets"),
+            "KAFKA_BOOTSTRAP": "kafka:9093",
+            "TOPIC_PREFIX": prefix,
+            "PARTITIONS": "6",
+            "REPLICATION": "1",
+        }
+        run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{script} failed ({run.returncode}): {run.stderr.strip()}")
+        calls = [line.split("\0") for line in (root / "calls").read_text().split("\0\n") if line]
+    grants: dict[str, list[Grant]] = {}
+    for call in calls:
+        if call[0] != "kafka-acls.sh" or "--add" not in call:
+            continue
+        ops = frozenset(call[i + 1] for i, a in enumerate(call) if a == "--operation")
+        principal = call[call.index("--allow-principal") + 1].removeprefix("User:")
+        kind = "topic" if "--topic" in call else "group"
+        name = call[call.index(f"--{kind}") + 1]
+        if kind == "topic":
+            name = name.removeprefix(prefix)
+        assert call[call.index("--resource-pattern-type") + 1] == "literal", call
+        grants.setdefault(principal, []).append((kind, name, ops))
+    return grants, calls
+
+
+# --- the compose files: every Kafka client on SASL_SSL as its own principal, every broker locked down -------
+BROKER_SCRIPT = "/opt/outbox/kafka/broker.sh"
+INIT_SCRIPT = "/opt/outbox/kafka/init.sh"
+CLIENT_PORT = "9093"
+BROKER_SECRETS = {"kafka_keystore", "kafka_keystore_password", "kafka_ca_cert", "kafka_admin_password"}
+BROKER_SETTINGS = {
+    "KAFKA_AUTHORIZER_CLASS_NAME": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND": "false",
+    "KAFKA_SUPER_USERS": f"User:{ADMIN};User:{BROKER}",
+    "KAFKA_SASL_ENABLED_MECHANISMS": "SCRAM-SHA-512",
+    "KAFKA_INTER_BROKER_LISTENER_NAME": "SSL",
+    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:SSL",
+    "KAFKA_LISTENER_NAME_SSL_SSL_CLIENT_AUTH": "required",
+    "KAFKA_LISTENER_NAME_CONTROLLER_SSL_CLIENT_AUTH": "required",
+}
+_DEFAULT = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}")
+
+
+def with_defaults(value: Any) -> Any:
+    """A compose file's values with every `${VAR:-default}` replaced by its default (nothing set)."""
+    if isinstance(value, str):
+        return _DEFAULT.sub(lambda m: m.group(1) or "", value)
+    if isinstance(value, Mapping):
+        return {k: with_defaults(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_defaults(v) for v in value]
+    return value
+
+
+def merge(base: Mapping[str, Any], *overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Compose's merge, as far as these checks need: per service, `environment` and `depends_on` merge key
+    by key, `secrets` and `volumes` add up, anything else is replaced."""
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    out["services"] = {n: dict(s) for n, s in base.get("services", {}).items()}
+    for override in overrides:
+        for name, svc in (override.get("services") or {}).items():
+            merged = out["services"].setdefault(name, {})
+            for key, value in svc.items():
+                if key in ("environment", "depends_on"):
+                    merged[key] = {**(merged.get(key) or {}), **(value or {})}
+                elif key in ("secrets", "volumes"):
+                    merged[key] = [
+                        *(merged.get(key) or []),
+                        *(x for x in value if x not in (merged.get(key) or [])),
+                    ]
+                else:
+                    merged[key] = value
+        for key in ("secrets", "volumes"):
+            out[key] = {**(out.get(key) or {}), **(override.get(key) or {})}
+    return with_defaults(out)
+
+
+def _env(svc: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): "" if v is None else str(v) for k, v in (svc.get("environment") or {}).items()}
+
+
+def _secrets(svc: Mapping[str, Any]) -> set[str]:
+    """A service's secrets, short (`name`) or long syntax (`{source: name}`, as `compose config` prints)."""
+    return {x if isinstance(x, str) else str(x.get("source")) for x in svc.get("secrets") or []}
+
+
+def _runs(svc: Mapping[str, Any], script: str) -> bool:
+    return script in [str(x) for x in (svc.get("command") or [])]
+
+
+def compose_findings(config: Mapping[str, Any], *, plaintext_allowed: bool = False) -> list[str]:
+    """What is wrong with a (merged) compose configuration's Kafka security. `plaintext_allowed`: the local
+    stand-in (compose.local.yml), whose broker cannot do TLS or SASL: its clients must then be PLAINTEXT
+    without credentials, said explicitly."""
+    found: list[str] = []
+    services: Mapping[str, Any] = config.get("services") or {}
+    secrets = config.get("secrets") or {}
+    brokers = sorted(n for n, s in services.items() if _runs(s, BROKER_SCRIPT))
+    if not plaintext_allowed:
+        if not brokers:
+            found.append("no service runs deploy/kafka/broker.sh")
+        for name in brokers:
+            env = _env(services[name])
+            for var, want in BROKER_SETTINGS.items():
+                if env.get(var) != want:
+                    found.append(f"{name}: {var}={env.get(var)!r}, not {want!r}")
+            listeners = {x.split("://")[0] for x in env.get("KAFKA_LISTENERS", "").split(",")}
+            if listeners != {"SASL_SSL", "SSL", "CONTROLLER"}:
+                found.append(f"{name}: listeners {sorted(listeners)}, not SASL_SSL, SSL and CONTROLLER")
+            advertised = env.get("KAFKA_ADVERTISED_LISTENERS", "")
+            if f"SASL_SSL://{name}:{CLIENT_PORT}" not in advertised.split(","):
+                found.append(f"{name}: does not advertise SASL_SSL://{name}:{CLIENT_PORT}")
+            if missing := BROKER_SECRETS - _secrets(services[name]):
+                found.append(f"{name}: secrets {sorted(missing)} not mounted")
+    clients = sorted(
+        n
+        for n, s in services.items()
+        if "KAFKA_BOOTSTRAP" in _env(s) and n not in brokers and not _runs(s, INIT_SCRIPT)
+    )
+    users: dict[str, str] = {}
+    for name in clients:
+        svc, env = services[name], _env(services[name])
+        mounted = _secrets(svc)
+        protocol = env.get("KAFKA_SECURITY_PROTOCOL", "") or "PLAINTEXT"
+        if plaintext_allowed:
+            creds = [
+                v
+                for v in (
+                    "KAFKA_SASL_MECHANISM",
+                    "KAFKA_SASL_USERNAME",
+                    "KAFKA_SASL_PASSWORD_FILE",
+                    "KAFKA_SSL_CAFILE",
+                )
+                if env.get(v)
+            ]
+            if protocol != "PLAINTEXT" or creds:
+                found.append(f"{name}: the stand-in broker is PLAINTEXT only, but {protocol} {creds}")
+            continue
+        if protocol != "SASL_SSL":
+            found.append(f"{name}: KAFKA_SECURITY_PROTOCOL={protocol}, not SASL_SSL")
+        if env.get("KAFKA_SASL_MECHANISM") != "SCRAM-SHA-512":
+            found.append(
+                f"{name}: KAFKA_SASL_MECHANISM={env.get('KAFKA_SASL_MECHANISM')!r}, not SCRAM-SHA-512"
+            )
+        user = env.get("KAFKA_SASL_USERNAME", "")
+        if user not in POLICY:
+            found.append(f"{name}: KAFKA_SASL_USERNAME={user!r} is not a principal of kafka_acls.py")
+        elif user in users:
+            found.append(f"{name}: shares principal {user} with {users[user]}")
+        users.setdefault(user, name)
+        secret = password_secret(user)
+        if env.get("KAFKA_SASL_PASSWORD_FILE") != f"/run/secrets/{secret}" or secret not in mounted:
+            found.append(f"{name}: KAFKA_SASL_PASSWORD_FILE is not its mounted secret /run/secrets/{secret}")
+        if "KAFKA_SASL_PASSWORD" in env:
+            found.append(f"{name}: KAFKA_SASL_PASSWORD as a value")
+        if env.get("KAFKA_SSL_CAFILE") != "/run/secrets/kafka_ca_cert" or "kafka_ca_cert" not in mounted:
+            found.append(f"{name}: KAFKA_SSL_CAFILE is not the mounted compose CA")
+        if env.get("KAFKA_SSL_CHECK_HOSTNAME", "true").lower() not in ("true", "1", "yes", "on"):
+            found.append(f"{name}: KAFKA_SSL_CHECK_HOSTNAME is off")
+        found += _bootstrap_findings(name, env.get("KAFKA_BOOTSTRAP", ""), brokers)
+    inits = [n for n, s in services.items() if _runs(s, INIT_SCRIPT)]
+    if not plaintext_allowed:
+        if inits != ["kafka-init"]:
+            found.append(f"the init job (deploy/kafka/init.sh) runs in {inits}, not kafka-init alone")
+        for name in inits:
+            want = {"kafka_ca_cert", *(password_secret(p) for p in (ADMIN, *PRINCIPALS))}
+            if missing := want - _secrets(services[name]):
+                found.append(f"{name}: secrets {sorted(missing)} not mounted")
+            found += _bootstrap_findings(name, _env(services[name]).get("KAFKA_BOOTSTRAP", ""), brokers)
+        admin_users = [n for n, s in services.items() if password_secret(ADMIN) in _secrets(s)]
+        if set(admin_users) - {*brokers, *inits}:
+            found.append(
+                f"the admin's password is mounted into {sorted(set(admin_users) - {*brokers, *inits})}"
+            )
+    if "kafka-init" in services and _env(services["kafka-init"]).get("TOPICS", "").split() != list(TOPICS):
+        found.append("kafka-init: TOPICS differs from kafka_acls.TOPICS")
+    for name in ("kafka_ca_cert", *(password_secret(p) for p in (ADMIN, *PRINCIPALS))):
+        if not isinstance(secrets.get(name), Mapping) or "file" not in secrets[name]:
+            found.append(f"secrets.{name}: not a file")
+    return found
+
+
+def _bootstrap_findings(name: str, bootstrap: str, brokers: list[str]) -> list[str]:
+    hosts = [x.strip() for x in bootstrap.split(",") if x.strip()]
+    found = [
+        f"{name}: bootstrap {h} is not a broker's SASL_SSL listener"
+        for h in hosts
+        if h.rpartition(":")[0] not in brokers or h.rpartition(":")[2] != CLIENT_PORT
+    ]
+    if missing := set(brokers) - {h.rpartition(":")[0] for h in hosts}:
+        found.append(f"{name}: bootstrap {bootstrap!r} leaves out {sorted(missing)}")
+    return found
 
 
 if __name__ == "__main__":
