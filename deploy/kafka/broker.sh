@@ -16,7 +16,7 @@ mkdir -p "$conf"
 # Variables of the launch scripts (JVM options, logging), not broker properties.
 is_property() {
   case $1 in
-    KAFKA_*_OPTS | KAFKA_VERSION | KAFKA_HOME | KAFKA_DEBUG | KAFKA_LOG4J_* | KAFKA_TOOLS_* | KAFKA_JMX_* | KAFKA_GC_*) return 1 ;;
+    KAFKA_OPTS | KAFKA_*_OPTS | KAFKA_VERSION | KAFKA_HOME | KAFKA_DEBUG | KAFKA_LOG4J_* | KAFKA_TOOLS_* | KAFKA_JMX_* | KAFKA_GC_*) return 1 ;;
     KAFKA_*) return 0 ;;
     *) return 1 ;;
   esac
