@@ -5,8 +5,11 @@
     python deploy/composectl.py smoke   # the whole topology on this machine's stand-ins, end to end, torn down
 
 `check` first refuses any secret left in a compose file (an environment value, an interpolated variable or
-default, credentials in a URL or on a command line: deploy/credentials.py), which needs no compose tool;
-then validates each combination of files with `compose config` (with throwaway secret files), then builds every service that has a `build:` section and checks the image (entry points import, the CLIs
+default, credentials in a URL or on a command line: deploy/credentials.py) and checks Kafka's security
+(deploy/kafka_acls.py: the init job's script is the generated one and, run against stand-in tools, adds
+exactly the intended ACLs; every Kafka client is SASL_SSL as its own principal; every broker denies by
+default), which needs no compose tool; then validates each combination of files with `compose config` (with
+throwaway secret files) and repeats the Kafka checks on what it renders, then builds every service that has a `build:` section and checks the image (entry points import, the CLIs
 run, a non-root user, no uv/pip/compiler). It builds against the engine DOCKER_HOST (or the default socket)
 names when one answers, else against the local stand-in engine of deploy/local/images.sh with
 compose.local.yml's base image.
