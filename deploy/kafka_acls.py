@@ -382,6 +382,8 @@ def compose_findings(config: Mapping[str, Any], *, plaintext_allowed: bool = Fal
         secret = password_secret(user)
         if env.get("KAFKA_SASL_PASSWORD_FILE") != f"/run/secrets/{secret}" or secret not in mounted:
             found.append(f"{name}: KAFKA_SASL_PASSWORD_FILE is not its mounted secret /run/secrets/{secret}")
+        if others := sorted(mounted & {password_secret(p) for p in (ADMIN, *PRINCIPALS)} - {secret}):
+            found.append(f"{name}: mounts other principals' passwords {others}")
         if "KAFKA_SASL_PASSWORD" in env:
             found.append(f"{name}: KAFKA_SASL_PASSWORD as a value")
         if env.get("KAFKA_SSL_CAFILE") != "/run/secrets/kafka_ca_cert" or "kafka_ca_cert" not in mounted:

@@ -220,6 +220,10 @@ def _mutated(change: Any, *, override: str | None = None, plaintext_allowed: boo
             lambda s: s["console"].setdefault("secrets", []).append("kafka_admin_password"),
             "the admin's password is mounted into ['console']",
         ),
+        (
+            lambda s: s["indexer-relay"].setdefault("secrets", []).append("kafka_console_relay_password"),
+            "indexer-relay: mounts other principals' passwords ['kafka_console_relay_password']",
+        ),
     ],
 )
 def test_a_weakened_compose_file_is_refused(change: Any, expected: str) -> None:
