@@ -5,8 +5,9 @@
 The init job (the kafka image, as the super user `admin`) runs init.sh: a SCRAM-SHA-512 credential per
 principal from its secret file, the topics, then each `acl` line below as `kafka-acls.sh --add` (LITERAL
 names; topics carry OUTBOX_TOPIC_PREFIX, groups do not, as in the library). The broker denies whatever no ACL
-allows (`allow.everyone.if.no.acl.found=false`). `make compose-check` and tests/test_compose_kafka.py parse
-init.sh's `acl` lines back and check them against POLICY and the invariants in `policy_findings`.
+allows (`allow.everyone.if.no.acl.found=false`). `make compose-check` and tests/test_compose_kafka.py run
+init.sh against stand-in Kafka tools (`applied`) and check the `kafka-acls.sh --add` calls it makes against
+POLICY and the invariants in `policy_findings`; `compose_findings` checks the compose files.
 
 Why each grant (Kafka >= 3.0: an idempotent producer needs Write on a topic, not IdempotentWrite):
 - relays: Write (+ Describe, for metadata) on their own service's topics only;
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,7 @@ from typing import Any
 ADMIN = "admin"  # super.users; used only by the init job
 BROKER = "CN=kafka-broker"  # the brokers' certificate subject: inter-broker and controller listeners (mTLS)
 RELAYS = {"auth-relay": "auth", "console-relay": "console", "indexer-relay": "indexer"}
+CONSUMERS = {"console-consumer": "console", "indexer-consumer": "indexer", "mailer": "auth-mailer"}
 # Consumer group -> the topics it subscribes to (services/*/consumer.py; the mailer's: auth.mail).
 GROUPS = {
     "console": ("auth.account", "indexer.document"),
@@ -57,11 +58,7 @@ def _policy() -> dict[str, list[Grant]]:
     policy: dict[str, list[Grant]] = {}
     for principal, service in RELAYS.items():
         policy[principal] = [g("topic", t, "Write", "Describe") for t in PRODUCED[service]]
-    for principal, group in (
-        ("console-consumer", "console"),
-        ("indexer-consumer", "indexer"),
-        ("mailer", "auth-mailer"),
-    ):
+    for principal, group in CONSUMERS.items():
         policy[principal] = [
             *(g("topic", t, "Read", "Describe") for t in GROUPS[group]),
             g("group", group, "Read"),
@@ -158,16 +155,6 @@ echo "kafka-init: credentials, topics and ACLs in place"
 """.replace("{admin}", ADMIN)
 
 
-def parse(script: str) -> dict[str, list[Grant]]:
-    """The grants an init.sh applies: its `acl` lines, principal -> [(kind, name, operations)]."""
-    found: dict[str, list[Grant]] = {}
-    for line in script.splitlines():
-        if line.startswith("acl "):
-            _, principal, kind, name, *ops = shlex.split(line)
-            found.setdefault(principal, []).append((kind, name, frozenset(ops)))
-    return found
-
-
 def policy_findings(grants: Mapping[str, Iterable[Grant]]) -> list[str]:
     """What is wrong with a set of grants: anything but POLICY, and, said plainly, the invariants POLICY keeps."""
     problems = []
@@ -187,24 +174,18 @@ def policy_findings(grants: Mapping[str, Iterable[Grant]]) -> list[str]:
             if principal == ADMIN:
                 problems.append("User:admin: is a super user; it needs no ACL")
             if kind == "topic" and "Write" in ops:
-                allowed = own.get(principal) or {f"{g}.dlq" for g in GROUPS if _consumer_of(principal) == g}
+                allowed = own.get(principal) or {f"{g}.dlq" for g in GROUPS if CONSUMERS.get(principal) == g}
                 if name not in allowed:
                     problems.append(f"User:{principal}: writes {name}, not one of its own topics")
             if kind == "topic" and "Read" in ops and name in SECRET_TOPICS and principal != "mailer":
                 problems.append(f"User:{principal}: reads {name}, which only the mailer may read")
-            if kind == "group" and "Read" in ops and _consumer_of(principal) != name:
+            if kind == "group" and "Read" in ops and CONSUMERS.get(principal) != name:
                 problems.append(f"User:{principal}: joins group {name}, which is not its own")
             if principal in RELAYS and ops - {"Write", "Describe"}:
                 problems.append(f"User:{principal}: a relay with {sorted(ops)} on {name}")
             if ops - {"Read", "Write", "Describe"}:
                 problems.append(f"User:{principal}: {sorted(ops)} on {name}: more than Read, Write, Describe")
     return problems
-
-
-def _consumer_of(principal: str) -> str | None:
-    return {"console-consumer": "console", "indexer-consumer": "indexer", "mailer": "auth-mailer"}.get(
-        principal
-    )
 
 
 # --- what the init job really applies: init.sh run against stand-in Kafka tools ---------------------------
