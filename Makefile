@@ -94,8 +94,8 @@ COMPOSE_PROJECT ?= outbox-reference
 DC = $(COMPOSE) -p $(COMPOSE_PROJECT) --env-file $(COMPOSE_ENV) $(COMPOSE_FILES)
 .PHONY: compose-up compose-down compose-check compose-smoke compose-secrets
 
-compose-secrets:  ## create the missing secret files in deploy/secrets/ (random; never committed) and Redis's ACL file
-	python3 deploy/credentials.py
+compose-secrets: setup  ## create the missing secret files in deploy/secrets/ (random; never committed) and Redis's ACL file
+	$(RUN) python deploy/credentials.py
 
 compose-up:  ## build the image and start the topology (needs deploy/secrets/: make compose-secrets; deploy/.env: cp deploy/.env.example)
 	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing: cp deploy/.env.example $(COMPOSE_ENV) (settings only, no secret)"; exit 1; }

@@ -5,8 +5,11 @@
     python deploy/composectl.py smoke   # the whole topology on this machine's stand-ins, end to end, torn down
 
 `check` first refuses any secret left in a compose file (an environment value, an interpolated variable or
-default, credentials in a URL or on a command line: deploy/credentials.py), which needs no compose tool;
-then validates each combination of files with `compose config` (with throwaway secret files), then builds every service that has a `build:` section and checks the image (entry points import, the CLIs
+default, credentials in a URL or on a command line: deploy/credentials.py) and checks Kafka's security
+(deploy/kafka_acls.py: the init job's script is the generated one and, run against stand-in tools, adds
+exactly the intended ACLs; every Kafka client is SASL_SSL as its own principal; every broker denies by
+default), which needs no compose tool; then validates each combination of files with `compose config` (with
+throwaway secret files) and repeats the Kafka checks on what it renders, then builds every service that has a `build:` section and checks the image (entry points import, the CLIs
 run, a non-root user, no uv/pip/compiler). It builds against the engine DOCKER_HOST (or the default socket)
 names when one answers, else against the local stand-in engine of deploy/local/images.sh with
 compose.local.yml's base image.
@@ -37,6 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import kafka_acls
 import yaml
 from credentials import generate, secret_findings
 
@@ -180,12 +184,58 @@ class Compose:
         return yaml.safe_load(self.run("config", capture=True).stdout)
 
 
+def lint_kafka() -> list[str]:
+    """Kafka security, without a compose tool: init.sh is what kafka_acls.py generates, running it (against
+    stand-in tools) adds exactly the intended ACLs, and the compose files, merged, put every client on
+    SASL_SSL as its own principal and lock every broker down (compose.local.yml: PLAINTEXT, said so)."""
+    failures = []
+
+    def report(what: str, findings: list[str]) -> None:
+        log(f"{'PASS' if not findings else 'FAIL'} kafka: {what}")
+        for finding in findings:
+            log(f"  {finding}")
+        failures.extend(f"kafka: {what}: {finding}" for finding in findings)
+
+    script = DEPLOY / "kafka" / "init.sh"
+    report(
+        "init.sh is kafka_acls.py's",
+        []
+        if script.read_text() == kafka_acls.render()
+        else ["deploy/kafka/init.sh differs: python deploy/kafka_acls.py > deploy/kafka/init.sh"],
+    )
+    for prefix in ("", "staging."):
+        try:
+            grants, _ = kafka_acls.applied(script, prefix)
+        except RuntimeError as exc:
+            report(f"init.sh runs (prefix {prefix!r})", [str(exc)])
+            continue
+        report(
+            f"the ACLs init.sh adds (prefix {prefix!r}): producers only their topics, consumers only theirs, "
+            "only the mailer reads auth.mail",
+            kafka_acls.policy_findings(grants),
+        )
+    base, cluster, local = (yaml.safe_load(f.read_text()) for f in (BASE, CLUSTER, LOCAL))
+    report(
+        "compose.yml: SASL_SSL clients, each its own principal; brokers deny by default",
+        kafka_acls.compose_findings(kafka_acls.merge(base)),
+    )
+    report(
+        "+ compose.kafka-cluster.yml: the same on every broker; every broker in each bootstrap list",
+        kafka_acls.compose_findings(kafka_acls.merge(base, cluster)),
+    )
+    report(
+        "+ compose.local.yml: PLAINTEXT stand-in (Tansu), clients without credentials",
+        kafka_acls.compose_findings(kafka_acls.merge(base, local), plaintext_allowed=True),
+    )
+    return failures
+
+
 # --- check ------------------------------------------------------------------------------------------------
 
 
 def check(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    failures: list[str] = lint_secrets()
+    failures: list[str] = lint_secrets() + lint_kafka()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         env_file = tmp_dir / "check.env"
@@ -193,11 +243,20 @@ def check(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         for files in ([BASE], [BASE, CLUSTER], [BASE, LOCAL]):
             names = " + ".join(f.name for f in files)
-            result = Compose(files, env_file, env).run("config", "-q", check=False, capture=True)
+            result = Compose(files, env_file, env).run("config", check=False, capture=True)
             ok = result.returncode == 0
             log(f"{'PASS' if ok else 'FAIL'} config: {names}{'' if ok else ': ' + result.stderr.strip()}")
             if not ok:
                 failures.append(f"config {names}")
+                continue
+            # The same Kafka checks on compose's own rendering (its merge, its interpolation).
+            findings = kafka_acls.compose_findings(
+                yaml.safe_load(result.stdout), plaintext_allowed=LOCAL in files
+            )
+            log(f"{'PASS' if not findings else 'FAIL'} kafka security as compose renders it: {names}")
+            for finding in findings:
+                log(f"  {finding}")
+            failures += [f"kafka ({names}): {finding}" for finding in findings]
 
         files = [BASE]
         started_engine = False

@@ -8,6 +8,12 @@ Each secret is one file in a 0700 directory (deploy/secrets/, never committed); 
 Compose secret outside Swarm is a bind mount with the host file's mode, and the containers' users (postgres,
 redis, the app's uid 10001) are not the host's. `redis-users.acl` is derived from the three Redis passwords
 (SHA-256 digests, no password in it) and rewritten on every run.
+
+Kafka (deploy/kafka_acls.py): a SCRAM password per principal and the admin's, and TLS: a CA (`kafka-ca.pem`,
+what clients trust; its key `kafka-ca.key` is mounted nowhere) and the brokers' certificate, CN=kafka-broker
+for the names kafka, kafka-2, kafka-3 and localhost, server and client use (the brokers authenticate each
+other with it), in a PKCS12 keystore (`kafka-broker.p12`) under `kafka_keystore_password`. A new CA reissues
+the keystore; delete `kafka-ca.*` to rotate both, `kafka-broker.p12` to reissue the brokers' certificate.
 """
 
 from __future__ import annotations
@@ -22,15 +28,29 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+try:  # as a script (deploy/ on sys.path) or as deploy.credentials (the tests)
+    from kafka_acls import ADMIN, PRINCIPALS, password_secret
+except ImportError:
+    from deploy.kafka_acls import ADMIN, PRINCIPALS, password_secret
+
 DEFAULT_DIR = Path(__file__).resolve().parent / "secrets"
 SERVICES = ("auth", "console", "indexer")
 PASSWORDS = (
     "auth_key_encryption_key",
     *(f"{s}_db_{who}_password" for s in SERVICES for who in ("admin", "owner", "app")),
     *(f"redis_{s}_password" for s in SERVICES),
+    *(password_secret(p) for p in (ADMIN, *PRINCIPALS)),
+    "kafka_keystore_password",
 )
 REDIS_ACL = "redis-users.acl"
-FILES = (*PASSWORDS, REDIS_ACL)
+KAFKA_CA, KAFKA_CA_KEY, KAFKA_KEYSTORE = "kafka-ca.pem", "kafka-ca.key", "kafka-broker.p12"
+KAFKA_BROKER_NAMES = (
+    "kafka",
+    "kafka-2",
+    "kafka-3",
+    "localhost",
+)  # compose's broker services, the healthcheck
+FILES = (*PASSWORDS, REDIS_ACL, KAFKA_CA, KAFKA_CA_KEY, KAFKA_KEYSTORE)
 
 # What each Redis user may run: exactly the commands its code sends (redis-py loads Lua scripts with SCRIPT
 # EXISTS/LOAD before EVALSHA; the CLIENT SETINFO it sends on connect may be refused, it ignores that, and
@@ -79,6 +99,84 @@ def generate(directory: Path, prefix: str = "auth:") -> list[str]:
     passwords = {s: (directory / f"redis_{s}_password").read_text().strip() for s in SERVICES}
     (directory / REDIS_ACL).write_text(redis_acl(passwords, prefix))
     (directory / REDIS_ACL).chmod(0o644)
+    created += kafka_tls(directory)
+    return created
+
+
+def kafka_tls(directory: Path) -> list[str]:
+    """Create the Kafka CA and the brokers' keystore when missing (a new CA reissues the keystore)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def usage(**on: bool) -> x509.KeyUsage:
+        names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment")
+        names += ("key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+        return x509.KeyUsage(**{n: on.get(n, False) for n in names})
+
+    now = datetime.datetime.now(datetime.UTC)
+    created = []
+    ca_path, ca_key_path, store_path = (directory / n for n in (KAFKA_CA, KAFKA_CA_KEY, KAFKA_KEYSTORE))
+    if not (ca_path.exists() and ca_key_path.exists()):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name("outbox-reference Kafka CA"))
+            .issuer_name(name("outbox-reference Kafka CA"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        ca_key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        ca_key_path.chmod(0o600)  # the CA's key: mounted nowhere, readable by its owner alone
+        ca_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        ca_path.chmod(0o644)
+        store_path.unlink(missing_ok=True)
+        created += [KAFKA_CA, KAFKA_CA_KEY]
+    if not store_path.exists():
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+        ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        eku = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name("kafka-broker"))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=825))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage(digital_signature=True, key_agreement=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in KAFKA_BROKER_NAMES]), False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        password = (directory / "kafka_keystore_password").read_text().strip().encode()
+        store_path.write_bytes(
+            pkcs12.serialize_key_and_certificates(
+                b"kafka-broker", key, cert, [ca], serialization.BestAvailableEncryption(password)
+            )
+        )
+        store_path.chmod(0o644)  # a compose secret: a bind mount read by the broker's user
+        created.append(KAFKA_KEYSTORE)
     return created
 
 
