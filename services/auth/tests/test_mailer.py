@@ -23,8 +23,11 @@ from auth_testkit import Secrets, new_login, strong_password
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from auth.mailer.settings import MailerSettings
 from contracts.auth import MAIL_TOPIC, LoginCode, PasswordResetCode
 from outbox import outbox_table
+from outbox.dlq import dead_letter_topic, read_dead_letters
+from outbox.kafka import bootstrap_from_env
 from testsupport import ServiceDatabase, ServiceProcess, free_port, wait_until
 from testsupport.kafka import consumed, publish
 
@@ -252,6 +255,9 @@ async def test_refused_recipient_is_dead_lettered_and_deferral_retried(
     assert await inbox(engine, mailer.group, deferred_id) == ["applied"]
     assert len(handler.to(f"later-{tag}@example.com")) == 1 and handler.deferred == 2
     assert not handler.to(f"nobody-{tag}@")
+    letters = await read_dead_letters(bootstrap_from_env(), dead_letter_topic(mailer.group))
+    [letter] = [d for d in letters if d.header("ce_id") == str(refused_id)]
+    assert "550" in (letter.header("dlq_reason") or "") and letter.header("dlq_attempts") == "1"
 
 
 async def test_a_server_down_is_retried_until_it_is_back(engine: AsyncEngine, mailer_for: Any) -> None:
@@ -270,3 +276,13 @@ async def test_a_server_down_is_retried_until_it_is_back(engine: AsyncEngine, ma
         assert len(handler.to(f"patient-{tag}@example.com")) == 1
     finally:
         controller.stop()
+
+
+def test_smtp_password_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "smtp-password"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("MAILER_SMTP_PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("MAILER_SMTP_SECURITY", "starttls")
+    settings = MailerSettings()
+    assert settings.smtp_password is not None and settings.smtp_password.get_secret_value() == "s3cret"
+    assert settings.smtp_security == "starttls" and settings.consumer_name == "auth-mailer"

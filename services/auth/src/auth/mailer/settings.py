@@ -22,7 +22,6 @@ class MailerSettings(DatabaseUrlSettings):
     database_url: str = Field(default_factory=lambda: local_database_url("auth"))
     # The consumer group; its dead letters go to `<consumer_name>.dlq`.
     consumer_name: str = "auth-mailer"
-    log_level: str = "INFO"
 
     # Defaults: the local sink `make run` starts (scripts/mail_sink.py).
     smtp_host: str = "127.0.0.1"
