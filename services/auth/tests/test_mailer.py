@@ -5,6 +5,7 @@ refusal is dead-lettered and a server that is down or answers 4xx is retried unt
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -88,6 +89,8 @@ class Mailer:
             "MAILER_MAX_ATTEMPTS": "40",
             "MAILER_RETRY_MAX_SECONDS": "0.3",
             "OUTBOX_METRICS_PORT": "",
+            # A restarted member rejoins once the broker has given up on the one before (this broker).
+            "OUTBOX_CONSUMER_SESSION_TIMEOUT_MS": "6000",
         }
         self.log_dir = log_dir
         self.process: ServiceProcess | None = None
@@ -97,13 +100,21 @@ class Mailer:
         self.process = ServiceProcess("auth-mailer", argv, env=self.env, log_dir=self.log_dir).start()
         return self
 
+    def log(self) -> str:
+        assert self.process is not None
+        return self.process.log_path.read_text(errors="replace")
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
 
 
 @pytest.fixture
-def mailer_for(database: ServiceDatabase, tmp_path: Path) -> Iterator[Any]:
+def mailer_for(database: ServiceDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    # Topics of this test's own (the processes inherit it): a new group reads its topic from the start, and
+    # the events of other tests would otherwise queue ahead of this one's.
+    prefix = f"{os.environ.get('OUTBOX_TOPIC_PREFIX', '')}mailer-{uuid.uuid4().hex[:8]}."
+    monkeypatch.setenv("OUTBOX_TOPIC_PREFIX", prefix)
     started: list[Mailer] = []
 
     def start(smtp_port: int) -> Mailer:
@@ -265,7 +276,11 @@ async def test_a_server_down_is_retried_until_it_is_back(engine: AsyncEngine, ma
     mailer = mailer_for(port)  # nothing listens there yet: connections are refused
     tag = uuid.uuid4().hex[:8]
     event_id, _ = await send_event(login_code(f"patient-{tag}@example.com", expires_in=timedelta(1)))
-    await asyncio.sleep(3)
+
+    async def refused() -> bool:
+        return f"could not send {event_id}" in mailer.log()
+
+    await wait_until(refused, timeout=30, what="the mailer's first refused connection")
     assert await inbox(engine, mailer.group, event_id) == []
     handler = Sink()
     controller = smtp_server(handler, port)

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 
 from auth.mailer.message import render
 from auth.mailer.settings import MailerSettings
-from auth.mailer.smtp import SmtpSender
+from auth.mailer.smtp import MailNotSent, SmtpSender
 from contracts.auth import MAIL_TOPIC, parse_mail
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer
 from servicekit.db import Database
@@ -56,7 +56,11 @@ def build_consumer(
         if isinstance(expires_at, datetime) and expires_at <= now:
             log.info("skipping %s (%s): its code expired at %s", event.id, event.type, expires_at.isoformat())
             return
-        await deliver(render(mail, event.id, settings, now))
+        try:
+            await deliver(render(mail, event.id, settings, now))
+        except MailNotSent as exc:
+            log.warning("could not send %s (%s), attempt %d: %s", event.id, event.type, ctx.attempt, exc)
+            raise
         log.info("sent %s (%s) to account %s", event.id, event.type, mail.account_id)
 
     return consumer
