@@ -23,8 +23,9 @@ stack: setup
 migrate: stack
 	$(RUN) python scripts/migrate.py
 
-run: migrate  ## the stack, the gateway on :8000, every service, relay and consumer in the foreground (Ctrl-C stops them)
+run: migrate  ## the stack, the gateway on :8000, Prometheus on :9090, every service, relay and consumer (Ctrl-C stops them)
 	$(RUN) python scripts/gateway.py ensure
+	$(RUN) python scripts/prometheus.py ensure
 	$(RUN) python scripts/run.py Procfile
 
 test: stack  ## the whole suite: unit, integration, e2e and chaos, against real PostgreSQL, broker, Redis

@@ -266,6 +266,7 @@ def status() -> None:
         ("auth", f"http://127.0.0.1:{env('AUTH_PORT', '8001')}/healthz"),
         ("console", f"http://127.0.0.1:{env('CONSOLE_PORT', '8002')}/healthz"),
         ("indexer", f"http://127.0.0.1:{env('INDEXER_PORT', '8003')}/healthz"),
+        ("prometheus", f"http://127.0.0.1:{env('PROMETHEUS_PORT', '9090')}/-/ready"),
     ):
         log(f"{name:<25} {url:<55} {_http(url)}")
 

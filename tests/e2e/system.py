@@ -53,6 +53,9 @@ class System:
     groups: dict[str, str]  # consumer process -> consumer group (= inbox `consumer` value)
     redis_prefix: str
     topic_prefix: str = ""  # what every process prepends to topic names on the wire
+    # process -> "127.0.0.1:port" of its Prometheus text: an API's own port (/metrics), a relay's or a
+    # consumer's OUTBOX_METRICS_PORT (the port `make run` gives it in the Procfile)
+    metrics: dict[str, str] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     _connections: dict[str, psycopg.Connection[Any]] = field(default_factory=dict, repr=False)
 
@@ -194,14 +197,23 @@ def start_system(
     try:
         for service, app in APIS.items():
             port = auth_port if service == "auth" else None
-            procs[service] = HttpService(service, app, env=envs[service], log_dir=log_dir, port=port)
+            api = procs[service] = HttpService(service, app, env=envs[service], log_dir=log_dir, port=port)
+            system.metrics[service] = f"127.0.0.1:{api.port}"
         for service in APIS:
             argv = [sys.executable, "-m", "outbox.cli", "relay", "--database-url", urls[service]]
-            procs[f"{service}-relay"] = ServiceProcess(
-                f"{service}-relay", [*argv, "--name", service], env=envs[service], log_dir=log_dir
+            name = f"{service}-relay"
+            port = free_port()
+            system.metrics[name] = f"127.0.0.1:{port}"
+            procs[name] = ServiceProcess(
+                name,
+                [*argv, "--name", service],
+                env={**envs[service], "OUTBOX_METRICS_PORT": str(port)},
+                log_dir=log_dir,
             )
         for name, module in CONSUMERS.items():
-            env = envs[name.removesuffix("-consumer")]
+            port = free_port()
+            system.metrics[name] = f"127.0.0.1:{port}"
+            env = {**envs[name.removesuffix("-consumer")], "OUTBOX_METRICS_PORT": str(port)}
             procs[name] = ServiceProcess(name, [sys.executable, "-m", module], env=env, log_dir=log_dir)
         for process in procs.values():  # all at once (imports dominate start-up), then wait for health
             ServiceProcess.start(process)

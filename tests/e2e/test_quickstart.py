@@ -9,6 +9,7 @@ what you want it to see.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -163,6 +164,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
         "AUTH_PORT": str(ports["auth"]),
         "CONSOLE_PORT": str(ports["console"]),
         "INDEXER_PORT": str(ports["indexer"]),
+        "PROMETHEUS_PORT": str(free_port()),
         # `make stack` provisions these (owner and app roles), `make run` connects as the app roles.
         **{f"{name.upper()}_PGDATABASE": db for name, db in databases.items()},
         "AUTH_JWKS_URL": f"http://127.0.0.1:{ports['auth']}/auth/.well-known/jwks.json",
@@ -262,6 +264,23 @@ def test_make_run_then_the_readme_quick_start_through_the_gateway(clone: Clone) 
     assert blocked.status_code == 429 and GATEWAY_ERROR not in blocked.text, blocked.text  # auth's own 429
     direct = failed_login(clone.url("auth"), 4)
     assert direct.status_code == 429, direct.text
+
+    # `make run`'s Prometheus (127.0.0.1 only) scrapes every API, relay and consumer, with the alert rules.
+    prometheus = f"http://127.0.0.1:{clone.env['PROMETHEUS_PORT']}"
+
+    def every_target_up() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            r = httpx.get(f"{prometheus}/api/v1/query", params={"query": "up"}, timeout=5)
+            up = {
+                (s["metric"]["job"], s["metric"]["service"]): s["value"][1]
+                for s in r.json()["data"]["result"]
+            }
+            return len(up) == 8 and set(up.values()) == {"1"}
+        return False
+
+    poll_until(every_target_up, timeout=90, what="Prometheus scraping 3 APIs, 3 relays, 2 consumers")
+    rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
+    assert "ConsumerGroupLagGrowing" in {r["name"] for r in rules}
 
     os.kill(clone.runner_pid(), signal.SIGTERM)
     assert proc.wait(timeout=60) is not None

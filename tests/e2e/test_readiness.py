@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.infra.postgres import PrivatePostgres
 from testsupport import HttpService
@@ -33,6 +34,22 @@ def cluster() -> Iterator[PrivatePostgres]:
 
 def readyz(service: HttpService) -> httpx.Response:
     return httpx.get(f"{service.base_url}/readyz", timeout=10)
+
+
+def metrics(service: HttpService) -> dict[tuple[str, str], float]:
+    """service_ready per check, and 5xx answers per status, from the service's /metrics (what the
+    ServiceNotReady and ApiErrorRatioHigh alerts read)."""
+    text = httpx.get(f"{service.base_url}/metrics", timeout=30).text
+    found: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "service_ready":
+                found[("ready", s.labels["check"])] = s.value
+            elif s.name == "http_server_request_duration_seconds_count":
+                status = s.labels.get("http_response_status_code", "")
+                if status.startswith("5"):
+                    found[("5xx", status)] = found.get(("5xx", status), 0) + s.value
+    return found
 
 
 def test_pgport_reaches_every_part_and_readyz_follows_the_database(
@@ -68,6 +85,7 @@ def test_pgport_reaches_every_part_and_readyz_follows_the_database(
             "checks": {"database": "ok", "revocation_list": "ok", "signing_keys": "ok"},
         }
         assert readyz(auth).json()["checks"] == {"database": "ok", "redis": "ok", "signing_keys": "ok"}
+        assert metrics(console)[("ready", "database")] == 1
 
         email, password = f"readyz-{run}@example.com", "correct horse 42 readyz"
         httpx.post(
@@ -94,9 +112,13 @@ def test_pgport_reaches_every_part_and_readyz_follows_the_database(
             f"{console.base_url}/console/api/datasets", json={"name": "x"}, headers=headers, timeout=15
         )
         assert write.status_code == 503 and write.json()["error"]["code"] == "unavailable", write.text
+        seen = metrics(console)
+        assert seen[("ready", "database")] == 0 and seen[("ready", "signing_keys")] == 1
+        assert seen[("5xx", "503")] >= 1
 
         cluster.start()
         poll_until(lambda: readyz(console).status_code == 200, timeout=30, what="console ready again")
+        assert metrics(console)[("ready", "database")] == 1
         again = httpx.post(f"{console.base_url}/console/api/datasets", json={"name": "back"}, headers=headers)
         assert again.status_code == 201, again.text
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import OutOfOrderSequenceNumber
 from aiokafka.producer.message_accumulator import BatchBuilder
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -26,6 +27,7 @@ from outbox import (
     RelaySettings,
 )
 from outbox.admin import RedriveOrder, redrive, replay, status
+from outbox.metrics import prometheus_text, setup_metrics
 from outbox.outbox_admin_store import Selection
 from outbox.outbox_store import OutboxStore
 from outbox.publisher import BatchPublisher, Outbound
@@ -319,6 +321,7 @@ async def test_a_gap_aware_consumer_parks_what_arrives_before_its_predecessor_an
 ) -> None:
     # v2 is dead-lettered by the relay, v3 and v4 go out. A plain guarded consumer applies v3 on top of v1
     # and later drops v2 as stale; this one parks v3 and v4, then applies v2, v3, v4 once v2 is redriven.
+    setup_metrics("outbox-tests")  # the parked gauges the ParkedEventsTooOld alert reads
     await write(sessions, writer, *(ev(topic, "x", v) for v in (1, 2, 3, 4)))
     await dead_row(engine, "x", 2)
     await drain_outbox(engine, bootstrap)
@@ -340,6 +343,13 @@ async def test_a_gap_aware_consumer_parks_what_arrives_before_its_predecessor_an
         return consumer.stats.parked >= n
 
     await wait_until(lambda: parked(2), timeout=30, what="v3 and v4 parked")
+
+    async def parked_gauges(events: float) -> bool:
+        return gauge("outbox_consumer_parked_messages", group) == events
+
+    await wait_until(lambda: parked_gauges(2), timeout=30, what="2 parked in the gauge")
+    assert gauge("outbox_consumer_parked_oldest_age_seconds", group) > 0
+    assert gauge("outbox_consumer_parked_alert_after_seconds", group) == 60
     assert await rows(
         engine, "SELECT version FROM effects WHERE consumer = :c ORDER BY applied_at", c=group
     ) == [(1,)]
@@ -362,6 +372,17 @@ async def test_a_gap_aware_consumer_parks_what_arrives_before_its_predecessor_an
     assert effects == [(1,), (2,), (3,), (4,)]
     assert await rows(engine, "SELECT count(*) FROM inbox_parked WHERE consumer = :c", c=group) == [(0,)]
     assert consumer.stats.released == 2
+    await wait_until(lambda: parked_gauges(0), timeout=30, what="none parked in the gauge")
+    assert gauge("outbox_consumer_parked_oldest_age_seconds", group) == 0
+
+
+def gauge(name: str, group: str) -> float:
+    """The Prometheus sample `name` of consumer group `group` (what OUTBOX_METRICS_PORT serves); -1: none."""
+    for family in text_string_to_metric_families(prometheus_text()[0].decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("messaging_consumer_group_name") == group:
+                return float(sample.value)
+    return -1.0
 
 
 async def test_the_ack_deadline_releases_the_claim_when_the_broker_link_is_black_holed(

@@ -249,6 +249,10 @@ class IdempotentConsumer:
         async with self.sessions() as session:
             waiting = await self.inbox.parked(session)
         now = time.time()
+        oldest = max((now - row.since.timestamp() for row in waiting), default=0.0)
+        consumer_metrics().set_parked(
+            self.name, sum(row.events for row in waiting), oldest, self.settings.park_alert_after_s
+        )
         for row in waiting:
             if now - row.since.timestamp() > self.settings.park_alert_after_s:
                 log.error(

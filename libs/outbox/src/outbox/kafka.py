@@ -13,7 +13,13 @@ import os
 
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    BrokerResponseError,
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+)
 
 from outbox.kafka_clients import KafkaAdmin as AIOKafkaAdminClient
 from outbox.kafka_clients import KafkaProducer as AIOKafkaProducer
@@ -83,20 +89,59 @@ async def ensure_topics(bootstrap: str, topics: list[str], *, partitions: int | 
         await admin.close()
 
 
+class Producers:
+    """Starts acks=all producers for one process: idempotent until the broker refuses one, then never again.
+
+    The refusal is remembered so that a replacement producer (after a producer fault) does not repeat the
+    refused start. A producer whose start fails is closed (aiokafka warns about every unclosed one)."""
+
+    def __init__(self, bootstrap: str, *, idempotent: bool = True, **options: object) -> None:
+        self.bootstrap = bootstrap
+        self.idempotent = idempotent
+        self.options = options
+
+    async def start(self) -> AIOKafkaProducer:
+        if self.idempotent:
+            try:
+                return await _started(
+                    AIOKafkaProducer(
+                        bootstrap_servers=self.bootstrap, enable_idempotence=True, **self.options
+                    )
+                )
+            except KafkaError as exc:
+                if not refuses_idempotence(exc):
+                    raise  # falling back would only wait out a second start against the same silence
+                self.idempotent = False
+                log.warning(
+                    "broker %s refused the idempotent producer (%s: %s): falling back to acks=all without "
+                    "idempotence for this process; duplicates on retry are absorbed by the consumers' inbox",
+                    self.bootstrap,
+                    type(exc).__name__,
+                    exc,
+                )
+        return await _started(AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", **self.options))
+
+
+def refuses_idempotence(exc: BaseException) -> bool:
+    """The broker answered the idempotent producer's start with an error: Tansu answers InitProducerId with
+    UnknownError, a cluster may deny IDEMPOTENT_WRITE (ClusterAuthorizationFailed, which a client wrapping
+    its start errors keeps as the cause). An unreachable or silent broker raises a connection or timeout
+    error instead, and a failed authentication is the client's credentials: neither is a refusal."""
+    if isinstance(exc, SaslAuthenticationFailed):
+        return False
+    return isinstance(exc, BrokerResponseError) or isinstance(exc.__cause__, ClusterAuthorizationFailedError)
+
+
+async def _started(producer: AIOKafkaProducer) -> AIOKafkaProducer:
+    try:
+        await producer.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        raise
+    return producer
+
+
 async def start_producer(bootstrap: str, *, idempotent: bool = True, **options: object) -> AIOKafkaProducer:
     """Start an acks=all producer; idempotent when the broker supports it, with a warning when it does not."""
-    if idempotent:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, **options)
-        try:
-            await producer.start()
-            return producer
-        except KafkaError as exc:
-            await producer.stop()
-            log.warning(
-                "broker refused the idempotent producer (%s): falling back to acks=all without idempotence; "
-                "duplicates on retry are absorbed by the consumers' inbox",
-                exc,
-            )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **options)
-    await producer.start()
-    return producer
+    return await Producers(bootstrap, idempotent=idempotent, **options).start()

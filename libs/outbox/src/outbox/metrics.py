@@ -229,6 +229,29 @@ class ConsumerMetrics:
             unit="{message}",
             description="Fetch highwater minus the consumer's position, per topic-partition",
         )
+        # Parked events (gap-aware handlers), refreshed by each park sweep, and the age past which the
+        # consumer logs an error about them (OUTBOX_CONSUMER_PARK_ALERT_S): the alert rule compares the two.
+        self._parked: dict[str, tuple[int, float, float]] = {}
+        for name, unit, pick, description in (
+            ("outbox.consumer.parked.messages", "{message}", 0, "Events parked waiting for a version"),
+            ("outbox.consumer.parked.oldest_age", "s", 1, "Age of the oldest parked event (0 when none)"),
+            ("outbox.consumer.parked.alert_after", "s", 2, "OUTBOX_CONSUMER_PARK_ALERT_S of this consumer"),
+        ):
+            meter.create_observable_gauge(
+                name, callbacks=[self._observe_parked(pick)], unit=unit, description=description
+            )
+
+    def set_parked(self, group: str, events: int, oldest_age_s: float, alert_after_s: float) -> None:
+        with self._lock:
+            self._parked[group] = (events, oldest_age_s, alert_after_s)
+
+    def _observe_parked(self, pick: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                items = list(self._parked.items())
+            return [Observation(v[pick], {"messaging.consumer.group.name": g}) for g, v in items]
+
+        return callback
 
     def batch_done(
         self, group: str, records: Mapping[tuple[str, int], int], stats: object, started: float

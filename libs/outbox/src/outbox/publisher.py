@@ -8,8 +8,9 @@ v2 in the log before v1 is ever written, and the consumers apply them out of ord
 
 When a batch of several records fails with a record-level error, the lane resends its records one by one
 (they were not written: a batch is atomic) until the offending one fails alone, so only that row is
-charged. Every lane shares one deadline: the idempotent producer never expires a batch, and a hung broker
-must not keep the relay's transaction (and the claimed rows' locks) open.
+charged. Every lane shares one deadline, which also covers the wait for the topics' partitions: the
+idempotent producer never expires a batch, and a hung broker must not keep the relay's transaction (and
+the claimed rows' locks) open.
 """
 
 from __future__ import annotations
@@ -64,6 +65,27 @@ class BatchPublisher:
 
     async def publish(self, items: Sequence[Outbound]) -> None:
         """Send `items` (in the order they must be written) and record each one's outcome on it."""
+        loop = asyncio.get_running_loop()
+        # The deadline starts now, not once the lanes run: a topic's partitions may take a metadata request,
+        # and a silent broker answers none before the producer's request timeout (15 s).
+        deadline = loop.time() + self.ack_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                lanes = await self._lanes(items)
+        except TimeoutError:
+            for item in items:
+                item.error = PublishTimeout(f"no partitions for the topics within {self.ack_timeout_s}s")
+            return
+        tasks = [asyncio.create_task(self._run_lane(lane)) for lane in lanes]
+        if not tasks:
+            return
+        _done, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _lanes(self, items: Sequence[Outbound]) -> list[_Lane]:
+        """`items` by (topic, partition), each lane in the order given."""
         lanes: dict[tuple[str, int], _Lane] = {}
         partitions: dict[str, list[int]] = {}
         for item in items:
@@ -74,13 +96,7 @@ class BatchPublisher:
             if lane is None:
                 lane = lanes[(item.topic, partition)] = _Lane(item.topic, partition)
             lane.items.append(item)
-        tasks = [asyncio.create_task(self._run_lane(lane)) for lane in lanes.values()]
-        if not tasks:
-            return
-        _done, late = await asyncio.wait(tasks, timeout=self.ack_timeout_s)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        return list(lanes.values())
 
     def _partition(self, topic: str, key: bytes, every: list[int]) -> int:
         """The Java client's default partitioner (murmur2 of the key): the partition any other producer of

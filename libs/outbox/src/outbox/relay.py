@@ -1,6 +1,7 @@
 """The relay: publishes committed outbox rows to Kafka, in order per aggregate, at least once.
 
-One batch = one database transaction:
+Before a claim, whatever may wait on the broker for long: the topics earlier claims met are created and a
+producer is started (`prepare`). Then one batch = one database transaction:
   1. claim up to `batch_size` pending rows, oldest first, `FOR UPDATE SKIP LOCKED` (several relays share
      the work without blocking each other);
   2. keep, per aggregate, only the rows that continue the aggregate's pending sequence from its head:
@@ -43,7 +44,7 @@ from outbox.failures import (
     outages_classified,
 )
 from outbox.health import Heartbeat
-from outbox.kafka import ensure_topics, start_producer
+from outbox.kafka import Producers, ensure_topics
 from outbox.metrics import relay_metrics
 from outbox.outbox_store import ClaimedRow, OutboxStore, Retention
 from outbox.publisher import BatchPublisher
@@ -73,23 +74,24 @@ class Relay:
         self._wake = asyncio.Event()
         self._starting = asyncio.Lock()
         self._known_topics: set[str] = set()
-        self._analyzed_at = -float("inf")
-        self._analyze_refusal_logged = False
-        self._heartbeat = Heartbeat(None)
-
-    # -- lifecycle ----------------------------------------------------------------------------------------
-    async def start(self) -> None:
+        self._wanted_topics: set[str] = set()  # met in a claim, created before the next one
         s = self.settings
-        producer = await start_producer(
+        # One for the relay's lifetime: a broker that refused the idempotent producer is not asked again.
+        self._producers = Producers(
             s.bootstrap,
-            idempotent=True,
             linger_ms=s.linger_ms,
             max_request_size=s.max_message_bytes,
             max_batch_size=s.batch_bytes,
             compression_type=s.compression,
             request_timeout_ms=15_000,
         )
-        self.publisher = self.make_publisher(producer)
+        self._analyzed_at = -float("inf")
+        self._analyze_refusal_logged = False
+        self._heartbeat = Heartbeat(None)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.publisher = self.make_publisher(await self._producers.start())
 
     def make_publisher(self, producer: AIOKafkaProducer) -> BatchPublisher:
         return BatchPublisher(
@@ -195,9 +197,16 @@ class Relay:
             with attempt:
                 if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
                     return 0
-                if self.settings.claim_ahead:
-                    return await Pipeline(self, self._heartbeat.beat).run()
-                return await self.publish_batch()
+                while True:
+                    publisher = await self.prepare()
+                    if self.settings.claim_ahead:
+                        claimed = await Pipeline(self, publisher, self._heartbeat.beat).run()
+                    else:
+                        claimed = await self.publish_batch(publisher)
+                    # A claim that met a topic not created yet left its rows pending (`send`): create it
+                    # and claim them again now, not a poll later.
+                    if not self._wanted_topics or self._stopping.is_set():
+                        return claimed
         return 0  # pragma: no cover - AsyncRetrying either returns or raises
 
     def _log_outage(self, retry_state: Any) -> None:
@@ -212,12 +221,22 @@ class Relay:
             retry_state.next_action.sleep,
         )
 
-    async def publish_batch(self) -> int:
+    async def prepare(self) -> BatchPublisher:
+        """Everything a claim needs that may wait on the broker, done before claiming: a claim is a
+        transaction holding its rows' locks, and a silent broker makes each of these wait 10-15 s (the
+        clients' request timeouts), where the claim itself may only wait the ack deadline. Creates the
+        topics earlier claims met, starts a producer if none runs; raises TransientPublishError."""
+        async with outages_classified():
+            await self._ensure_topics()
+            return await self.ready_publisher()
+
+    async def publish_batch(self, publisher: BatchPublisher | None = None) -> int:
         """Claim, publish and mark one batch; returns how many rows were claimed.
 
         Raises TransientPublishError after committing what was acknowledged when an outage kept some rows
         from going out (the caller backs off), DatabaseUnavailable when the database failed."""
-        publisher = await self.ready_publisher()
+        if publisher is None:
+            publisher = await self.prepare()
         async with outages_classified(), self.engine.begin() as conn:
             rows = await self.claim(conn)
             if not rows:
@@ -237,12 +256,19 @@ class Relay:
 
     async def send(self, publishable: Sequence[ClaimedRow], publisher: BatchPublisher) -> Settlement:
         """Publish a claim's rows that may go now (`in_aggregate_order`) and sort every sent row by the
-        broker's answer. No database work: the caller applies the settlement."""
+        broker's answer. No database work: the caller applies the settlement.
+
+        Rows of a topic this relay has not created yet are not sent: creating it waits on the broker, so it
+        happens before the next claim (`prepare`). They stay pending, their aggregates held like any row
+        that was not acknowledged, and go in that claim."""
         self.stats.batches += 1
         if not publishable:
             return Settlement()
         prefix = self.settings.topic_prefix
-        await self._ensure_topics({prefix + r.topic for r in publishable})
+        new = self.new_topics(publishable)
+        if new:
+            self._wanted_topics |= new
+            publishable = [r for r in publishable if prefix + r.topic not in new]
         items, spans, recording = outbound(publishable, prefix)
         await publisher.publish(items)
         return settle(publishable, items, spans, recording)
@@ -316,14 +342,20 @@ class Relay:
                 await asyncio.wait_for(old.producer.stop(), self.settings.ack_timeout_s)
         self.stats.producer_resets += 1  # the next batch starts a new one
 
-    async def _ensure_topics(self, topics: set[str]) -> None:
-        missing = topics - self._known_topics
+    def new_topics(self, rows: Sequence[ClaimedRow]) -> set[str]:
+        """The topics (wire names) of `rows` this relay has not created yet."""
+        prefix = self.settings.topic_prefix
+        return {prefix + r.topic for r in rows} - self._known_topics
+
+    async def _ensure_topics(self) -> None:
+        missing = self._wanted_topics - self._known_topics
         if missing:
             try:
                 await ensure_topics(self.settings.bootstrap, sorted(missing))
             except KafkaError as exc:
                 raise TransientPublishError(f"cannot create topics {sorted(missing)}: {exc}") from exc
             self._known_topics |= missing
+            self._wanted_topics -= missing
 
     # -- wake-ups and housekeeping ------------------------------------------------------------------------
     async def _listen_loop(self) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from outbox.failures import outages_classified
 from outbox.outbox_store import ClaimedRow
+from outbox.publisher import BatchPublisher
 from outbox.relay_batch import Aggregate, Settlement, in_aggregate_order
 
 if TYPE_CHECKING:
@@ -48,8 +49,9 @@ class _Batch:
 class Pipeline:
     """Publishes batches, claiming ahead, until a claim comes back short of a full batch."""
 
-    def __init__(self, relay: Relay, beat: Callable[[], None]) -> None:
+    def __init__(self, relay: Relay, publisher: BatchPublisher, beat: Callable[[], None]) -> None:
         self.relay = relay
+        self.publisher = publisher  # readied before the first claim: a producer start never runs in one
         self.beat = beat
         self.in_flight: list[_Batch] = []
         self.ahead: asyncio.Task[_Batch | None] | None = None
@@ -77,11 +79,17 @@ class Pipeline:
             # relays on one backlog of 1,000 aggregates drained ~10 rows/s without this).
             publishable = in_aggregate_order(batch.rows, held)
             contended = 2 * len(publishable) < len(batch.rows)
-            full = len(batch.rows) >= relay.settings.batch_size and not contended
+            # Rows of a topic not created yet wait for the claim after this run (`Relay.send`): claiming
+            # ahead would only lock more of them meanwhile.
+            full = (
+                len(batch.rows) >= relay.settings.batch_size
+                and not contended
+                and not relay.new_topics(publishable)
+            )
             if full and not relay.stopping:
                 await relay.refresh_statistics()  # a long backlog drain keeps the figures current
                 self.ahead = asyncio.create_task(self._claim(list(self.in_flight)), name="outbox-claim-ahead")
-            settlement = await relay.send(publishable, await relay.ready_publisher())
+            settlement = await relay.send(publishable, self.publisher)
             batch.held = settlement.held(batch.rows)
             previous = batch.after[-1].finished if batch.after else None
             batch.finished = asyncio.create_task(self._finish(batch, settlement, previous))

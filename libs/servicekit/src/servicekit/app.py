@@ -73,7 +73,7 @@ def create_service_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        body, content_type = await sources.render(getattr(request.state, "db", None))
+        body, content_type = await sources.render(request.state)
         return Response(body, media_type=content_type)
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

@@ -1,8 +1,9 @@
 """`GET /metrics` of a service: the process's OpenTelemetry metrics as Prometheus text.
 
 Before each scrape the API refreshes the figures it can see from where it stands: its own database's
-outbox (backlog, oldest pending age, dead rows) and its consumer group's lag per topic-partition (broker
-highwater from a fetch minus the group's committed offset, cached a few seconds). The relay and consumer
+outbox (backlog, oldest pending age, dead rows), its consumer group's lag per topic-partition (broker
+highwater from a fetch minus the group's committed offset, cached a few seconds), and its readiness checks
+(`service_ready{check=...}`: 1 or 0, the same checks as `GET /readyz`). The relay and consumer
 processes' own counters are served on their own ports (`OUTBOX_METRICS_PORT`), see ARCHITECTURE.md.
 """
 
@@ -11,14 +12,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from outbox.kafka import bootstrap_from_env, topic_prefix
 from outbox.metrics import outbox_gauges, prometheus_text
 from outbox.observe import CachedGroupLag, read_backlog
+from servicekit.readiness import check_readiness
 
 log = logging.getLogger("servicekit.metrics")
+
+# One gauge per process (an app factory may run more than once in a test process).
+_ready: dict[str, int] = {}
+_ready_lock = threading.Lock()
+_ready_gauge: list[object] = []
+
+
+def _observe_ready(options: CallbackOptions) -> Iterable[Observation]:
+    with _ready_lock:
+        items = list(_ready.items())
+    return [Observation(value, {"check": name}) for name, value in items]
+
+
+def _ensure_ready_gauge() -> None:
+    with _ready_lock:
+        if not _ready_gauge:
+            _ready_gauge.append(
+                metrics.get_meter("servicekit").create_observable_gauge(
+                    "service.ready",
+                    callbacks=[_observe_ready],
+                    description="1 when the readiness check passes, else 0 (the checks of GET /readyz)",
+                )
+            )
 
 
 class MetricsSources:
@@ -31,10 +60,22 @@ class MetricsSources:
             )
             for group, topics in consumer_groups.items()
         }
+        _ensure_ready_gauge()
 
-    async def render(self, db: Any) -> tuple[bytes, str]:
-        await asyncio.gather(self._refresh_backlog(db), *(self._refresh_lag(g) for g in self._lags))
+    async def render(self, state: Any) -> tuple[bytes, str]:
+        db = getattr(state, "db", None)
+        await asyncio.gather(
+            self._refresh_backlog(db),
+            self._refresh_ready(state),
+            *(self._refresh_lag(g) for g in self._lags),
+        )
         return prometheus_text()
+
+    async def _refresh_ready(self, state: Any) -> None:
+        results = await check_readiness(state)
+        with _ready_lock:
+            _ready.clear()
+            _ready.update({name: int(result == "ok") for name, result in results.items()})
 
     async def _refresh_backlog(self, db: Any) -> None:
         gauges = outbox_gauges()

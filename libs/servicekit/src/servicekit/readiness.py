@@ -48,7 +48,8 @@ def _checks(state: Any) -> dict[str, Callable[[], Awaitable[None]]]:
     return checks
 
 
-async def readiness(request: Request) -> JSONResponse:
+async def check_readiness(state: Any) -> dict[str, str]:
+    """Each dependency's check: "ok" or "failed: <error type>" (also what /metrics reports as service_ready)."""
     results: dict[str, str] = {}
 
     async def run(name: str, check: Callable[[], Awaitable[None]]) -> None:
@@ -58,7 +59,12 @@ async def readiness(request: Request) -> JSONResponse:
         except Exception as exc:  # any failure means "not ready"; the detail names it, never a secret
             results[name] = f"failed: {type(exc).__name__}"
 
-    await asyncio.gather(*(run(name, check) for name, check in _checks(request.state).items()))
+    await asyncio.gather(*(run(name, check) for name, check in _checks(state).items()))
+    return results
+
+
+async def readiness(request: Request) -> JSONResponse:
+    results = await check_readiness(request.state)
     if all(result == "ok" for result in results.values()):
         return JSONResponse({"status": "ready", "checks": results})
     failed = sorted(name for name, result in results.items() if result != "ok")
