@@ -275,10 +275,10 @@ def test_make_run_then_the_readme_quick_start_through_the_gateway(clone: Clone) 
                 (s["metric"]["job"], s["metric"]["service"]): s["value"][1]
                 for s in r.json()["data"]["result"]
             }
-            return len(up) == 8 and set(up.values()) == {"1"}
+            return len(up) == 9 and set(up.values()) == {"1"}
         return False
 
-    poll_until(every_target_up, timeout=90, what="Prometheus scraping 3 APIs, 3 relays, 2 consumers")
+    poll_until(every_target_up, timeout=90, what="Prometheus scraping 3 APIs, 3 relays, 3 consumers")
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
     assert "ConsumerGroupLagGrowing" in {r["name"] for r in rules}
 
