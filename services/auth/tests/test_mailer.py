@@ -261,14 +261,20 @@ async def test_refused_recipient_is_dead_lettered_and_deferral_retried(
     mailer = mailer_for(port)
     refused_id, refused = await send_event(login_code(f"nobody-{tag}@example.com", expires_in=timedelta(1)))
     deferred_id, deferred = await send_event(login_code(f"later-{tag}@example.com", expires_in=timedelta(1)))
-    await consumed(mailer.group, [refused, deferred])
+    malformed_id, malformed = await send_event(
+        {**login_code(f"odd-{tag}@example.com", expires_in=timedelta(1)), "expires_at": "soon"}
+    )
+    await consumed(mailer.group, [refused, deferred, malformed])
     assert await inbox(engine, mailer.group, refused_id) == ["dead"]
+    assert await inbox(engine, mailer.group, malformed_id) == ["dead"]
     assert await inbox(engine, mailer.group, deferred_id) == ["applied"]
     assert len(handler.to(f"later-{tag}@example.com")) == 1 and handler.deferred == 2
     assert not handler.to(f"nobody-{tag}@")
     letters = await read_dead_letters(bootstrap_from_env(), dead_letter_topic(mailer.group))
     [letter] = [d for d in letters if d.header("ce_id") == str(refused_id)]
     assert "550" in (letter.header("dlq_reason") or "") and letter.header("dlq_attempts") == "1"
+    [odd] = [d for d in letters if d.header("ce_id") == str(malformed_id)]
+    assert "malformed" in (odd.header("dlq_reason") or "") and odd.header("dlq_attempts") == "1"
 
 
 async def test_a_server_down_is_retried_until_it_is_back(engine: AsyncEngine, mailer_for: Any) -> None:

@@ -10,11 +10,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
+from pydantic import ValidationError
+
 from auth.mailer.message import render
 from auth.mailer.settings import MailerSettings
 from auth.mailer.smtp import MailNotSent, SmtpSender
 from contracts.auth import MAIL_TOPIC, parse_mail
-from outbox import ConsumerSettings, EventContext, IdempotentConsumer
+from outbox import ConsumerSettings, EventContext, IdempotentConsumer, Reject
 from servicekit.db import Database
 
 log = logging.getLogger("auth.mailer")
@@ -47,7 +49,10 @@ def build_consumer(
     @consumer.handler(f"{MAIL_TOPIC}.*", version_guard=False)
     async def send_mail(ctx: EventContext) -> None:
         event = ctx.event
-        mail = parse_mail(event.type, event.data)  # ValidationError (dead-lettered) if malformed
+        try:
+            mail = parse_mail(event.type, event.data)
+        except ValidationError as exc:  # malformed: no retry can help
+            raise Reject(f"malformed {event.type}: {exc.error_count()} error(s)") from exc
         if mail is None:
             log.info("skipping %s (%s): no code (scrubbed) or an unknown mail type", event.id, event.type)
             return
