@@ -36,6 +36,7 @@ class MailerSettings(DatabaseUrlSettings):
     from_name: str = "Outbox reference"
 
     # Retries of a mail that could not be sent (SMTP down, 4xx): the consumer's retry policy with a longer
-    # reach than its defaults; past it the event is dead-lettered (`outbox redrive` brings it back).
-    max_attempts: int = Field(default=8, ge=1)
-    retry_max_seconds: float = Field(default=5.0, gt=0)
+    # reach than its defaults (about 45 s, inside the consumer's 60 s budget per batch); past it the event
+    # is dead-lettered (`outbox dlq redrive --group auth-mailer` brings it back).
+    max_attempts: int = Field(default=12, ge=1)
+    retry_max_seconds: float = Field(default=10.0, gt=0)
