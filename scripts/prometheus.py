@@ -6,9 +6,10 @@
                                           # Prometheus in the foreground on 127.0.0.1:$PROMETHEUS_PORT (9090)
     python scripts/prometheus.py config   # print the configuration for the current environment
 
-Targets come from the same variables as the Procfile: AUTH_PORT / CONSOLE_PORT / INDEXER_PORT (8001-8003) and
-<SERVICE>_RELAY_METRICS_PORT (9101-9103), <SERVICE>_CONSUMER_METRICS_PORT (9112-9113). With the defaults the
-configuration is deploy/prometheus/prometheus.yml (tests/test_alert_rules.py keeps the two equal).
+Targets come from the same variables as the Procfile: AUTH_PORT / CONSOLE_PORT / INDEXER_PORT (8001-8003),
+<SERVICE>_RELAY_METRICS_PORT (9101-9103), <SERVICE>_CONSUMER_METRICS_PORT (9112-9113) and the mail sender's
+AUTH_MAILER_METRICS_PORT (9114). With the defaults the configuration is deploy/prometheus/prometheus.yml
+(tests/test_alert_rules.py keeps the two equal).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ RELAYS = {
 CONSUMERS = {
     "console": ("CONSOLE_CONSUMER_METRICS_PORT", 9112),
     "indexer": ("INDEXER_CONSUMER_METRICS_PORT", 9113),
+    "auth-mailer": ("AUTH_MAILER_METRICS_PORT", 9114),
 }
 # Job names the alert rules rely on: `api`, `relay`, `consumer`; each target carries its `service`.
 JOBS = {"api": APIS, "relay": RELAYS, "consumer": CONSUMERS}

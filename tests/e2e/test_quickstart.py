@@ -176,8 +176,11 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
                 "INDEXER_RELAY",
                 "CONSOLE_CONSUMER",
                 "INDEXER_CONSUMER",
+                "AUTH_MAILER",
             )
         },
+        "MAIL_SINK_PORT": str(free_port()),
+        "MAILER_CONSUMER_NAME": f"quickstart-{run}-mailer",
         "AUTH_REDIS_PREFIX": f"quickstart-{run}:",
         "CONSOLE_CONSUMER_NAME": f"quickstart-{run}-console",
         "INDEXER_CONSUMER_NAME": f"quickstart-{run}-indexer",
@@ -204,6 +207,23 @@ def test_make_run_then_the_readme_quick_start_through_the_gateway(clone: Clone) 
     )
     assert done.returncode == 0, done.stdout + done.stderr + clone.log_tail()
     assert "search finds" in done.stdout and "search no longer finds" in done.stdout, done.stdout
+
+    # README's "Mail": a reset code lands in .stack/mail/ (the mail sender and the local sink), and works.
+    reset = httpx.post(f"{clone.url('gateway')}/auth/api/reset-password", json={"email": "ada@example.com"})
+    assert reset.status_code == 202, reset.text
+
+    def mailed_code() -> str | None:
+        for path in sorted((clone.directory / ".stack" / "mail").glob("*ada@example.com.eml")):
+            if found := re.search(r"Your password reset code is: (\S+)", path.read_text()):
+                return found.group(1)
+        return None
+
+    poll_until(lambda: mailed_code() is not None, timeout=60, what="the reset mail in .stack/mail")
+    confirmed = httpx.post(
+        f"{clone.url('gateway')}/auth/api/reset-password/confirm",
+        json={"email": "ada@example.com", "code": mailed_code(), "new_password": "another horse 43"},
+    )
+    assert confirmed.status_code == 204, confirmed.text
 
     # The gateway's own errors are JSON in the services' shape, and it sets a request id.
     unknown = httpx.get(f"{clone.url('gateway')}/nowhere")
@@ -255,10 +275,10 @@ def test_make_run_then_the_readme_quick_start_through_the_gateway(clone: Clone) 
                 (s["metric"]["job"], s["metric"]["service"]): s["value"][1]
                 for s in r.json()["data"]["result"]
             }
-            return len(up) == 8 and set(up.values()) == {"1"}
+            return len(up) == 9 and set(up.values()) == {"1"}
         return False
 
-    poll_until(every_target_up, timeout=90, what="Prometheus scraping 3 APIs, 3 relays, 2 consumers")
+    poll_until(every_target_up, timeout=90, what="Prometheus scraping 3 APIs, 3 relays, 3 consumers")
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
     assert "ConsumerGroupLagGrowing" in {r["name"] for r in rules}
 

@@ -1,0 +1,64 @@
+"""A local SMTP sink for `make run`: accepts every mail (no TLS, no login) and writes each to
+`$STACK_DIR/mail/<time>-<recipient>.eml` (`.stack/mail/` by default), logging a line per mail, so a person
+can read the code auth sent. Never for anything but a local run.
+
+    python scripts/mail_sink.py [--host 127.0.0.1] [--port 1025] [--dir .stack/mail]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import time
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
+
+
+class FileSink:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content: Any = envelope.original_content or envelope.content
+        data = content if isinstance(content, bytes) else str(content).encode()
+        rcpt = re.sub(r"[^A-Za-z0-9@._-]", "_", ",".join(envelope.rcpt_tos))[:100]
+        path = self.directory / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}-{rcpt}.eml"
+        path.write_bytes(data)
+        subject = message_from_bytes(data, policy=default).get("Subject", "")
+        print(f"mail to {', '.join(envelope.rcpt_tos)}: {subject!r} -> {path}", flush=True)
+        return "250 OK"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MAIL_SINK_PORT", "1025")))
+    parser.add_argument("--dir", type=Path, default=STATE / "mail")
+    args = parser.parse_args()
+    controller = Controller(FileSink(args.dir), hostname=args.host, port=args.port)
+    controller.start()
+    print(f"mail sink on {args.host}:{args.port}, writing mails to {args.dir}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
