@@ -91,9 +91,9 @@ async def test_a_replay_behind_a_batch_of_pending_successors_publishes_everythin
     await write(sessions, writer, topic, *[(other, 1, False) for other in OTHERS])
     assert (await replay(engine, Selection(topic=topic, aggregate_id=x), dry_run=False))["replayed"] == 5
     await write(sessions, writer, topic, *[(other, 2, False) for other in OTHERS])
-    pending = 5 + SUCCESSORS + 1 + 2 * len(OTHERS)
-    await run_until_published(relay(engine, bootstrap, claim_ahead), engine, pending + 5, 15)
-    found = versions_by_key(await read_topic(bootstrap, wire(topic), expect=pending + 5, timeout=10))
+    rows = 5 + SUCCESSORS + 1 + 2 * len(OTHERS)  # all pending now, x v1..v5 again
+    await run_until_published(relay(engine, bootstrap, claim_ahead), engine, rows, 15)
+    found = versions_by_key(await read_topic(bootstrap, wire(topic), expect=rows + 5, timeout=10))
     assert found[x.encode()] == [1, 2, 3, 4, 5, *range(1, 6 + SUCCESSORS + 1)]
     for other in OTHERS:
         assert found[other.encode()] == [1, 2]
