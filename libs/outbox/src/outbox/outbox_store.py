@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -75,6 +75,40 @@ _GAP_PROBE = """EXISTS (
                  AND p.published_at IS NULL AND p.dead_at IS NULL
                  AND p.id < s.id {lower} AND p.id NOT IN (SELECT unnest(CAST(:in_flight AS bigint[])))
            )"""
+
+
+# Rows held back (gap) behind a pending row of their aggregate that is ready *later* than they are: a
+# redriven or replayed row (`available_at = now()`) behind which its successors were ready before it, or a
+# writer whose transaction began before the previous writer's of the aggregate. Left alone they come first
+# in ready order, fill every claim a batch's worth of them at a time, all held back: the relay livelocked
+# and every other aggregate waited. Each aggregate's rows from its first held row on move to that later
+# ready time (ties go by id: behind the row they wait for), so the next claims pass them and reach it.
+# Only for a claim's held rows, which a relay draining alone never has: nothing on the claim's path.
+# Rows another relay holds are skipped (it moves its own), never waited for.
+_MOVE_BEHIND = text(
+    """
+    WITH held AS (
+        SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:aggregates AS text[]), CAST(:ids AS bigint[]))
+            AS h(topic, aggregate_id, id)
+    ), late AS MATERIALIZED (
+        SELECT h.topic, h.aggregate_id, h.id, ahead.ready_at
+        FROM held h
+        JOIN outbox r ON r.id = h.id
+        CROSS JOIN LATERAL (
+            SELECT max(p.available_at) AS ready_at FROM outbox p
+            WHERE p.topic = h.topic AND p.aggregate_id = h.aggregate_id
+              AND p.published_at IS NULL AND p.dead_at IS NULL AND p.id < h.id
+        ) ahead
+        WHERE ahead.ready_at > r.available_at
+    ), moving AS (
+        SELECT o.id, l.ready_at FROM late l
+        JOIN outbox o ON o.topic = l.topic AND o.aggregate_id = l.aggregate_id AND o.id >= l.id
+        WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.available_at < l.ready_at
+        FOR UPDATE OF o SKIP LOCKED
+    )
+    UPDATE outbox o SET available_at = m.ready_at FROM moving m WHERE o.id = m.id
+    """
+)
 
 
 class ClaimedRow(NamedTuple):
@@ -185,6 +219,23 @@ class OutboxStore:
         make = ClaimedRow._make
         result = await conn.execute(statement, {"limit": limit, "in_flight": list(in_flight)})
         return [make(row) for row in result]
+
+    @staticmethod
+    async def move_behind_later_rows(conn: AsyncConnection, claimed: Sequence[ClaimedRow]) -> int:
+        """Move the held rows of a claim (and their aggregates' later rows) behind the pending row of their
+        aggregate they wait for, when it is ready later than they are; returns how many rows moved."""
+        first: dict[tuple[str, str], int] = {}
+        for row in claimed:  # in id order: each aggregate's first held row
+            if row.gap:
+                first.setdefault((row.topic, row.aggregate_id), row.id)
+        if not first:
+            return 0
+        params = {
+            "topics": [topic for topic, _ in first],
+            "aggregates": [aggregate for _, aggregate in first],
+            "ids": list(first.values()),
+        }
+        return int(cast(Any, await conn.execute(_MOVE_BEHIND, params)).rowcount or 0)
 
     @staticmethod
     async def statistics_stale(conn: AsyncConnection) -> bool:

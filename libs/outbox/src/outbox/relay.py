@@ -222,7 +222,21 @@ class Relay:
         )
         if rows:
             relay_metrics().claimed(self.name, len(rows))
+            await self._move_behind_later_rows(conn, rows)
         return rows
+
+    async def _move_behind_later_rows(self, conn: AsyncConnection, rows: Sequence[ClaimedRow]) -> None:
+        """Held rows waiting for a pending row of their aggregate that is ready later (a redrive or replay
+        behind them) would fill every claim for ever: they move behind it, in the claim's transaction."""
+        moved = await self.store.move_behind_later_rows(conn, rows)
+        if moved:
+            self.stats.moved_behind += moved
+            log.warning(
+                "relay %s: %d row(s) were ready before an earlier pending row of their aggregate "
+                "(redriven or replayed?); moved behind it",
+                self.name,
+                moved,
+            )
 
     async def send(self, publishable: Sequence[ClaimedRow], publisher: BatchPublisher) -> Settlement:
         """Publish a claim's rows that may go now (`in_aggregate_order`) and sort every sent row by the
