@@ -47,7 +47,7 @@ _CLAIM = """
         GROUP BY topic, aggregate_id
     ), claimed AS (
         SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version, prev_version, payload,
-               trace_context, occurred_at, attempts
+               trace_context, occurred_at, attempts, available_at
         FROM outbox o
         WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
           AND NOT EXISTS (
@@ -60,14 +60,24 @@ _CLAIM = """
     ), sequenced AS (
         SELECT c.*, lag(c.id, 1, 0::bigint) OVER (PARTITION BY c.topic, c.aggregate_id ORDER BY c.id) AS prev_id
         FROM claimed c
+    ), flagged AS MATERIALIZED (
+        SELECT s.*, CASE WHEN s.prev_id = 0 THEN {first_row_gap} ELSE {later_row_gap} END AS gap
+        FROM sequenced s
     )
     SELECT s.id, s.event_id::text AS event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
            s.prev_version, s.payload::text AS payload_json, s.trace_context->>'traceparent' AS traceparent,
            s.trace_context->>'tracestate' AS tracestate, to_json(s.occurred_at)#>>'{{}}' AS occurred_at, s.attempts,
-           CASE WHEN s.prev_id = 0 THEN {first_row_gap} ELSE {later_row_gap} END AS gap
-    FROM sequenced s
+           s.gap, CASE WHEN s.gap THEN {behind_later} ELSE false END AS behind_later
+    FROM flagged s
     ORDER BY s.id
     """
+# For a held row only: a pending row of its aggregate before it that is ready later than it is.
+_LATER_PROBE = """EXISTS (
+               SELECT 1 FROM outbox p
+               WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
+                 AND p.published_at IS NULL AND p.dead_at IS NULL
+                 AND p.id < s.id AND p.available_at > s.available_at
+           )"""
 # A pending row of the claimed row's aggregate before it (and after `lower`), not in this relay's flight.
 _GAP_PROBE = """EXISTS (
                SELECT 1 FROM outbox p
@@ -77,14 +87,13 @@ _GAP_PROBE = """EXISTS (
            )"""
 
 
-# Rows held back (gap) behind a pending row of their aggregate that is ready *later* than they are: a
-# redriven or replayed row (`available_at = now()`) behind which its successors were ready before it, or a
-# writer whose transaction began before the previous writer's of the aggregate. Left alone they come first
-# in ready order, fill every claim a batch's worth of them at a time, all held back: the relay livelocked
-# and every other aggregate waited. Each aggregate's rows from its first held row on move to that later
-# ready time (ties go by id: behind the row they wait for), so the next claims pass them and reach it.
-# Only for a claim's held rows, which a relay draining alone never has: nothing on the claim's path.
-# Rows another relay holds are skipped (it moves its own), never waited for.
+# A claim's rows held back (gap) behind a pending row of their aggregate that is ready *later* than they
+# are (`behind_later`): a redriven or replayed row (`available_at = now()`) whose successors were ready
+# before it, or a writer whose transaction began before the previous writer's of the aggregate. Left alone
+# they come first in ready order and fill every claim, all held back: a batch's worth of them livelocked the
+# relay and every other aggregate waited. They move, with their aggregate's later rows, to the latest ready
+# time of the rows before them (ties go by id: behind the row they wait for), so the next claims pass them
+# and reach it. Rows another relay holds are skipped (it moves its own), never waited for.
 _MOVE_BEHIND = text(
     """
     WITH held AS (
@@ -92,14 +101,11 @@ _MOVE_BEHIND = text(
             AS h(topic, aggregate_id, id)
     ), late AS MATERIALIZED (
         SELECT h.topic, h.aggregate_id, h.id, ahead.ready_at
-        FROM held h
-        JOIN outbox r ON r.id = h.id
-        CROSS JOIN LATERAL (
+        FROM held h CROSS JOIN LATERAL (
             SELECT max(p.available_at) AS ready_at FROM outbox p
             WHERE p.topic = h.topic AND p.aggregate_id = h.aggregate_id
               AND p.published_at IS NULL AND p.dead_at IS NULL AND p.id < h.id
         ) ahead
-        WHERE ahead.ready_at > r.available_at
     ), moving AS (
         SELECT o.id, l.ready_at FROM late l
         JOIN outbox o ON o.topic = l.topic AND o.aggregate_id = l.aggregate_id AND o.id >= l.id
@@ -130,6 +136,7 @@ class ClaimedRow(NamedTuple):
     occurred_at: str
     attempts: int
     gap: bool
+    behind_later: bool  # held (gap) behind a pending row of its aggregate ready later than it is
 
 
 def _claim(dead: str) -> TextClause:
@@ -138,6 +145,7 @@ def _claim(dead: str) -> TextClause:
             dead=dead,
             first_row_gap=_GAP_PROBE.format(lower=""),
             later_row_gap=_GAP_PROBE.format(lower="AND p.id > s.prev_id"),
+            behind_later=_LATER_PROBE,
         )
     )
 
@@ -222,11 +230,11 @@ class OutboxStore:
 
     @staticmethod
     async def move_behind_later_rows(conn: AsyncConnection, claimed: Sequence[ClaimedRow]) -> int:
-        """Move the held rows of a claim (and their aggregates' later rows) behind the pending row of their
-        aggregate they wait for, when it is ready later than they are; returns how many rows moved."""
+        """Move a claim's rows held behind a later-ready row of their aggregate (and the aggregate's rows
+        after them) behind it; returns how many rows moved. A claim without such rows costs nothing."""
         first: dict[tuple[str, str], int] = {}
-        for row in claimed:  # in id order: each aggregate's first held row
-            if row.gap:
+        for row in claimed:  # in id order: each aggregate's first such row
+            if row.behind_later:
                 first.setdefault((row.topic, row.aggregate_id), row.id)
         if not first:
             return 0

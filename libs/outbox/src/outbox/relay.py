@@ -222,7 +222,8 @@ class Relay:
         )
         if rows:
             relay_metrics().claimed(self.name, len(rows))
-            await self._move_behind_later_rows(conn, rows)
+            if any(row.behind_later for row in rows):
+                await self._move_behind_later_rows(conn, rows)
         return rows
 
     async def _move_behind_later_rows(self, conn: AsyncConnection, rows: Sequence[ClaimedRow]) -> None:
