@@ -26,6 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 # With `block_on_dead`, a dead-lettered row blocks its aggregate the same way until it is redriven.
 # Rows are taken in ready order (`available_at`, then id: a replayed row queues behind what was ready
 # before it) and published in id order per aggregate (the gap check holds whatever the claim order).
+# A held row whose aggregate has a pending row before it that is ready later (`behind_later`, probed for
+# held rows only, so `flagged` is materialized: its gap is computed once) is moved behind it by the relay
+# (`_MOVE_BEHIND`): otherwise such rows, first in ready order, fill every claim.
 # The header values are rendered by PostgreSQL (another core) rather than per row in Python.
 # `in_flight`: rows this relay claimed in a batch it has not committed yet (claim-ahead, `relay_pipeline`);
 # they are locked, hence skipped, and not a gap: the relay itself holds their successors back unless they
