@@ -6,6 +6,7 @@ the same rows for ever, published nothing, and unrelated aggregates' rows were s
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from libs.outbox.tests.relay_support import run_until_published, scalar, versions_by_key, write
 from outbox import OutboxWriter, Relay, RelaySettings
 from outbox.admin import Selection, redrive, replay, status
+from outbox.outbox_store import OutboxStore
 from outbox.testing import drain_outbox, read_topic, wire
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -109,3 +111,23 @@ async def test_status_counts_the_rows_held_behind_a_pending_row_of_their_aggrega
     assert report["ready"] == 1 + 2 * len(OTHERS)
     assert (report["behind_dead"], report["behind_backoff"], report["pending"]) == (0, 0, 30 + 8)
     assert await scalar(engine, "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 30 + 8
+
+
+async def test_held_rows_behind_a_later_ready_row_move_without_waiting_for_rows_another_relay_holds(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine, writer: OutboxWriter, topic: str
+) -> None:
+    x = await redriven_backlog(sessions, engine, writer, topic)
+    async with engine.connect() as first, engine.connect() as second:
+        await first.begin()
+        by_first = await OutboxStore.claim(first, 10, block_on_dead=True)  # x v2..v11, locked
+        await second.begin()
+        by_second = await OutboxStore.claim(second, 10, block_on_dead=True)  # x v12..v21
+        moved = await asyncio.wait_for(OutboxStore.move_behind_later_rows(second, by_second), 5)
+        await second.commit()
+        await first.rollback()
+    for rows, versions in ((by_first, range(2, 12)), (by_second, range(12, 22))):
+        assert [(r.aggregate_id, r.aggregate_version) for r in rows] == [(x, v) for v in versions]
+        # The first is held (x v1 pending) behind a row ready after it; the rest follow it without a gap.
+        assert [r.wait for r in rows] == [2] + [0] * 9
+    assert moved == SUCCESSORS - 10  # v12..v30; v2..v11 are the first claim's to move
+    assert (await status(engine))["held_behind_pending"] == 10

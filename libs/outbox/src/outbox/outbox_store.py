@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 # With `block_on_dead`, a dead-lettered row blocks its aggregate the same way until it is redriven.
 # Rows are taken in ready order (`available_at`, then id: a replayed row queues behind what was ready
 # before it) and published in id order per aggregate (the gap check holds whatever the claim order).
-# A held row whose aggregate has a pending row before it that is ready later (`behind_later`, probed for
-# held rows only, so `flagged` is materialized: its gap is computed once) is moved behind it by the relay
+# A held row whose aggregate has a pending row before it that is ready later (`wait` 2: probed for held
+# rows only, inside the gap's CASE so that each probe runs once) is moved behind it by the relay
 # (`_MOVE_BEHIND`): otherwise such rows, first in ready order, fill every claim.
 # The header values are rendered by PostgreSQL (another core) rather than per row in Python.
 # `in_flight`: rows this relay claimed in a batch it has not committed yet (claim-ahead, `relay_pipeline`);
@@ -63,15 +63,13 @@ _CLAIM = """
     ), sequenced AS (
         SELECT c.*, lag(c.id, 1, 0::bigint) OVER (PARTITION BY c.topic, c.aggregate_id ORDER BY c.id) AS prev_id
         FROM claimed c
-    ), flagged AS MATERIALIZED (
-        SELECT s.*, CASE WHEN s.prev_id = 0 THEN {first_row_gap} ELSE {later_row_gap} END AS gap
-        FROM sequenced s
     )
     SELECT s.id, s.event_id::text AS event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
            s.prev_version, s.payload::text AS payload_json, s.trace_context->>'traceparent' AS traceparent,
            s.trace_context->>'tracestate' AS tracestate, to_json(s.occurred_at)#>>'{{}}' AS occurred_at, s.attempts,
-           s.gap, CASE WHEN s.gap THEN {behind_later} ELSE false END AS behind_later
-    FROM flagged s
+           CASE WHEN (CASE WHEN s.prev_id = 0 THEN {first_row_gap} ELSE {later_row_gap} END)
+                THEN CASE WHEN {behind_later} THEN 2 ELSE 1 END ELSE 0 END AS wait
+    FROM sequenced s
     ORDER BY s.id
     """
 # For a held row only: a pending row of its aggregate before it that is ready later than it is.
@@ -138,8 +136,18 @@ class ClaimedRow(NamedTuple):
     tracestate: str | None
     occurred_at: str
     attempts: int
-    gap: bool
-    behind_later: bool  # held (gap) behind a pending row of its aggregate ready later than it is
+    # 0: may go as far as its aggregate's order goes; 1: a pending row of its aggregate before it is
+    # outside the claim and this relay's flight (a gap: it waits); 2: that row is also ready later than it.
+    wait: int
+
+    @property
+    def gap(self) -> bool:
+        return self.wait > 0
+
+    @property
+    def behind_later(self) -> bool:
+        """Held behind a pending row of its aggregate that is ready later than it is (`_MOVE_BEHIND`)."""
+        return self.wait == 2
 
 
 def _claim(dead: str) -> TextClause:
