@@ -1,11 +1,13 @@
 """The relay: publishes committed outbox rows to Kafka, in order per aggregate, at least once.
 
 One batch = one database transaction:
-  1. claim up to `batch_size` pending rows, oldest first, `FOR UPDATE SKIP LOCKED` (several relays share
-     the work without blocking each other);
+  1. claim up to `batch_size` pending rows in ready order (`available_at`, then id), `FOR UPDATE SKIP
+     LOCKED` (several relays share the work without blocking each other);
   2. keep, per aggregate, only the rows that continue the aggregate's pending sequence from its head:
      a row whose predecessor is pending and not in this batch (held by another relay, or waiting on a
      retry) must wait, so two relays can never reorder one aggregate;
+     held rows whose aggregate has a pending row before them that is ready later (a redrive or a
+     replay behind them) move behind it, so they cannot fill every claim (`OutboxStore`);
   3. send them as record batches, one lane per partition (key = aggregate id, so one aggregate = one
      partition), each lane never past a failed batch (`publisher.py`), all under one ack deadline;
   4. mark the acked rows published; charge record-level failures to their row (attempts, error, backoff)
