@@ -143,8 +143,9 @@ async def run_until(relay: Relay, done: Callable[[], Any], timeout: float = 30.0
         await stopped(relay, task)
 
 
-async def run_until_published(relay: Relay, engine: AsyncEngine, rows: int) -> None:
+async def run_until_published(relay: Relay, engine: AsyncEngine, rows: int, timeout: float = 30.0) -> None:
     await run_until(
         relay,
         lambda: scalar(engine, "SELECT count(*) = :n FROM outbox WHERE published_at IS NOT NULL", n=rows),
+        timeout,
     )

@@ -162,6 +162,7 @@ async def test_rows_in_flight_are_not_gaps_for_the_claim_but_other_pending_rows_
         await holder.rollback()
     assert [r.aggregate_version for r in as_another_relay] == [2, 3]
     assert [r.gap for r in as_another_relay] == [True, False]  # x v1 pending, not ours: v2 waits
+    assert not any(r.behind_later for r in as_another_relay)  # ready after x v1: nothing to move
     assert [r.gap for r in as_this_relay] == [False, False]  # x v1 in our flight: the relay decides
 
 

@@ -37,12 +37,13 @@ def _wake_channel() -> str | None:
 
 async def status(engine: AsyncEngine) -> dict[str, Any]:
     store = OutboxAdmin(engine)
-    backlog = await store.backlog()
+    backlog = await store.backlog(held=True)
     return {
         "pending": backlog.pending,
         "ready": backlog.ready,
         "behind_backoff": backlog.behind_backoff,
         "behind_dead": backlog.behind_dead,
+        "held_behind_pending": backlog.held_behind_pending,
         "backoff": backlog.backoff,
         "oldest_pending_age_s": round(backlog.oldest_due_age_s, 3),
         "dead_lettered": backlog.dead,

@@ -166,7 +166,8 @@ def render_status(status: dict[str, Any]) -> str:
         f"outbox  pending {status.get('pending')}  oldest pending {status.get('oldest_pending_age_s')} s  "
         f"dead {status.get('dead_lettered')}  retained ~{status.get('published_retained')}",
         f"  pending: ready {status.get('ready')}  behind a failed row {status.get('behind_backoff')}  "
-        f"behind a dead row {status.get('behind_dead')}  in backoff {status.get('backoff')}",
+        f"behind a dead row {status.get('behind_dead')}  "
+        f"behind a later-ready row {status.get('held_behind_pending')}  in backoff {status.get('backoff')}",
     ]
     for row in status.get("dead_letter_sample") or []:
         lines.append(f"  dead #{row['id']} {row['event_type']} {row['aggregate_id']}: {row['last_error']}")

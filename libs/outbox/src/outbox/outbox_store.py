@@ -9,7 +9,7 @@ pending, oldest id first, and orders per aggregate, which holds whatever order c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -28,6 +28,9 @@ __all__ = ["ClaimedRow", "OutboxStore", "Retention"]
 # With `block_on_dead`, a dead-lettered row blocks its aggregate the same way until it is redriven.
 # Rows are taken in ready order (`available_at`, then id: a replayed row queues behind what was ready
 # before it) and published in id order per aggregate (the gap check holds whatever the claim order).
+# A held row whose aggregate has a pending row before it that is ready later (`wait` 2: probed for held
+# rows only, inside the gap's CASE so that each probe runs once) is moved behind it by the relay
+# (`_MOVE_BEHIND`): otherwise such rows, first in ready order, fill every claim.
 # The header values are rendered by PostgreSQL (another core) rather than per row in Python.
 # `in_flight`: rows this relay claimed in a batch it has not committed yet (claim-ahead, `relay_pipeline`);
 # they are locked, hence skipped, and not a gap: the relay itself holds their successors back unless they
@@ -49,7 +52,7 @@ _CLAIM = """
         GROUP BY topic, aggregate_id
     ), claimed AS (
         SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version, prev_version, payload,
-               trace_context, occurred_at, attempts
+               trace_context, occurred_at, attempts, available_at
         FROM outbox o
         WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
           AND NOT EXISTS (
@@ -66,10 +69,18 @@ _CLAIM = """
     SELECT s.id, s.event_id::text AS event_id, s.topic, s.event_type, s.source, s.aggregate_id, s.aggregate_version,
            s.prev_version, s.payload::text AS payload_json, s.trace_context->>'traceparent' AS traceparent,
            s.trace_context->>'tracestate' AS tracestate, to_json(s.occurred_at)#>>'{{}}' AS occurred_at, s.attempts,
-           CASE WHEN s.prev_id = 0 THEN {first_row_gap} ELSE {later_row_gap} END AS gap
+           CASE WHEN (CASE WHEN s.prev_id = 0 THEN {first_row_gap} ELSE {later_row_gap} END)
+                THEN CASE WHEN {behind_later} THEN 2 ELSE 1 END ELSE 0 END AS wait
     FROM sequenced s
     ORDER BY s.id
     """
+# For a held row only: a pending row of its aggregate before it that is ready later than it is.
+_LATER_PROBE = """EXISTS (
+               SELECT 1 FROM outbox p
+               WHERE p.aggregate_id = s.aggregate_id AND p.topic = s.topic
+                 AND p.published_at IS NULL AND p.dead_at IS NULL
+                 AND p.id < s.id AND p.available_at > s.available_at
+           )"""
 # A pending row of the claimed row's aggregate before it (and after `lower`), not in this relay's flight.
 _GAP_PROBE = """EXISTS (
                SELECT 1 FROM outbox p
@@ -77,6 +88,36 @@ _GAP_PROBE = """EXISTS (
                  AND p.published_at IS NULL AND p.dead_at IS NULL
                  AND p.id < s.id {lower} AND p.id NOT IN (SELECT unnest(CAST(:in_flight AS bigint[])))
            )"""
+
+
+# A claim's rows held back (gap) behind a pending row of their aggregate that is ready *later* than they
+# are (`behind_later`): a redriven or replayed row (`available_at = now()`) whose successors were ready
+# before it, or a writer whose transaction began before the previous writer's of the aggregate. Left alone
+# they come first in ready order and fill every claim, all held back: a batch's worth of them livelocked the
+# relay and every other aggregate waited. They move, with their aggregate's later rows, to the latest ready
+# time of the rows before them (ties go by id: behind the row they wait for), so the next claims pass them
+# and reach it. Rows another relay holds are skipped (it moves its own), never waited for.
+_MOVE_BEHIND = text(
+    """
+    WITH held AS (
+        SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:aggregates AS text[]), CAST(:ids AS bigint[]))
+            AS h(topic, aggregate_id, id)
+    ), late AS MATERIALIZED (
+        SELECT h.topic, h.aggregate_id, h.id, ahead.ready_at
+        FROM held h CROSS JOIN LATERAL (
+            SELECT max(p.available_at) AS ready_at FROM outbox p
+            WHERE p.topic = h.topic AND p.aggregate_id = h.aggregate_id
+              AND p.published_at IS NULL AND p.dead_at IS NULL AND p.id < h.id
+        ) ahead
+    ), moving AS (
+        SELECT o.id, l.ready_at FROM late l
+        JOIN outbox o ON o.topic = l.topic AND o.aggregate_id = l.aggregate_id AND o.id >= l.id
+        WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.available_at < l.ready_at
+        FOR UPDATE OF o SKIP LOCKED
+    )
+    UPDATE outbox o SET available_at = m.ready_at FROM moving m WHERE o.id = m.id
+    """
+)
 
 
 class ClaimedRow(NamedTuple):
@@ -97,7 +138,18 @@ class ClaimedRow(NamedTuple):
     tracestate: str | None
     occurred_at: str
     attempts: int
-    gap: bool
+    # 0: may go as far as its aggregate's order goes; 1: a pending row of its aggregate before it is
+    # outside the claim and this relay's flight (a gap: it waits); 2: that row is also ready later than it.
+    wait: int
+
+    @property
+    def gap(self) -> bool:
+        return self.wait > 0
+
+    @property
+    def behind_later(self) -> bool:
+        """Held behind a pending row of its aggregate that is ready later than it is (`_MOVE_BEHIND`)."""
+        return self.wait == 2
 
 
 def _claim(dead: str) -> TextClause:
@@ -106,6 +158,7 @@ def _claim(dead: str) -> TextClause:
             dead=dead,
             first_row_gap=_GAP_PROBE.format(lower=""),
             later_row_gap=_GAP_PROBE.format(lower="AND p.id > s.prev_id"),
+            behind_later=_LATER_PROBE,
         )
     )
 
@@ -164,6 +217,23 @@ class OutboxStore:
         make = ClaimedRow._make
         result = await conn.execute(statement, {"limit": limit, "in_flight": list(in_flight)})
         return [make(row) for row in result]
+
+    @staticmethod
+    async def move_behind_later_rows(conn: AsyncConnection, claimed: Sequence[ClaimedRow]) -> int:
+        """Move a claim's rows held behind a later-ready row of their aggregate (and the aggregate's rows
+        after them) behind it; returns how many rows moved. A claim without such rows costs nothing."""
+        first: dict[tuple[str, str], int] = {}
+        for row in claimed:  # in id order: each aggregate's first such row
+            if row.behind_later:
+                first.setdefault((row.topic, row.aggregate_id), row.id)
+        if not first:
+            return 0
+        params = {
+            "topics": [topic for topic, _ in first],
+            "aggregates": [aggregate for _, aggregate in first],
+            "ids": list(first.values()),
+        }
+        return int(cast(Any, await conn.execute(_MOVE_BEHIND, params)).rowcount or 0)
 
     @staticmethod
     async def statistics_stale(conn: AsyncConnection) -> bool:

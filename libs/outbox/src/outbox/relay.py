@@ -2,11 +2,13 @@
 
 Before a claim, whatever may wait on the broker for long: the topics earlier claims met are created and a
 producer is started (`prepare`). Then one batch = one database transaction:
-  1. claim up to `batch_size` pending rows, oldest first, `FOR UPDATE SKIP LOCKED` (several relays share
-     the work without blocking each other);
+  1. claim up to `batch_size` pending rows in ready order (`available_at`, then id), `FOR UPDATE SKIP
+     LOCKED` (several relays share the work without blocking each other);
   2. keep, per aggregate, only the rows that continue the aggregate's pending sequence from its head:
      a row whose predecessor is pending and not in this batch (held by another relay, or waiting on a
      retry) must wait, so two relays can never reorder one aggregate;
+     held rows whose aggregate has a pending row before them that is ready later (a redrive or a
+     replay behind them) move behind it, so they cannot fill every claim (`OutboxStore`);
   3. send them as record batches, one lane per partition (key = aggregate id, so one aggregate = one
      partition), each lane never past a failed batch (`publisher.py`), all under one ack deadline;
   4. mark the acked rows published; charge record-level failures to their row (attempts, error, backoff)
@@ -252,7 +254,22 @@ class Relay:
         )
         if rows:
             relay_metrics().claimed(self.name, len(rows))
+            if any(row.behind_later for row in rows):
+                await self._move_behind_later_rows(conn, rows)
         return rows
+
+    async def _move_behind_later_rows(self, conn: AsyncConnection, rows: Sequence[ClaimedRow]) -> None:
+        """Held rows waiting for a pending row of their aggregate that is ready later (a redrive or replay
+        behind them) would fill every claim for ever: they move behind it, in the claim's transaction."""
+        moved = await self.store.move_behind_later_rows(conn, rows)
+        if moved:
+            self.stats.moved_behind += moved
+            log.warning(
+                "relay %s: %d row(s) were ready before an earlier pending row of their aggregate "
+                "(redriven or replayed?); moved behind it",
+                self.name,
+                moved,
+            )
 
     async def send(self, publishable: Sequence[ClaimedRow], publisher: BatchPublisher) -> Settlement:
         """Publish a claim's rows that may go now (`in_aggregate_order`) and sort every sent row by the

@@ -43,6 +43,7 @@ class _Batch:
     rows: list[ClaimedRow]
     after: list[_Batch]  # this relay's uncommitted batches when this one was claimed (rule 1)
     held: set[Aggregate] = field(default_factory=set)  # known once sent (rule 2)
+    moved: bool = False  # its claim moved held rows behind the later-ready row they wait for
     finished: asyncio.Task[None] | None = None  # marks and commit (rule 3)
 
 
@@ -96,7 +97,8 @@ class Pipeline:
             if settlement.outage is not None or self.ahead is None:
                 await batch.finished
                 await relay.after_outage(settlement.outage)
-                return len(publishable) if contended else len(batch.rows)
+                # Rows just moved out of the way: claim again at once, the next claim passes them.
+                return len(publishable) if contended and not batch.moved else len(batch.rows)
             if previous is not None:
                 await previous  # at most one batch commits behind the one being sent; a failure stops here
             self.beat()
@@ -107,6 +109,7 @@ class Pipeline:
 
     async def _claim(self, after: list[_Batch]) -> _Batch | None:
         conn = await self.relay.engine.connect()
+        moved = self.relay.stats.moved_behind  # one claim at a time: the difference is this claim's
         try:
             await conn.begin()
             rows = await self.relay.claim(conn, [row.id for earlier in after for row in earlier.rows])
@@ -116,7 +119,7 @@ class Pipeline:
         if not rows:
             await _close(conn)
             return None
-        return _Batch(conn, rows, after)
+        return _Batch(conn, rows, after, moved=self.relay.stats.moved_behind > moved)
 
     async def _finish(
         self, batch: _Batch, settlement: Settlement, previous: asyncio.Task[None] | None

@@ -80,3 +80,4 @@ class RelayStats:
     cleaned: int = 0
     producer_resets: int = 0
     claimed_ahead: int = 0  # batches claimed while the previous one was still on its way
+    moved_behind: int = 0  # rows moved behind a later-ready pending row of their aggregate (`OutboxStore`)
