@@ -22,7 +22,11 @@ import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.auth import MAIL_TOPIC
+from outbox import outbox_table
 from servicekit.auth import AuthSettings, CurrentAccount, JwksKeySource, TokenVerifier
 from servicekit.errors import install_error_handlers
 from testsupport import free_port, wait_until
@@ -217,3 +221,22 @@ class VerifierApp:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
+
+
+async def request_reset_code(
+    http: httpx.AsyncClient, engine: AsyncEngine, email: str, account_id: str
+) -> str:
+    r = await http.post(
+        "/auth/api/reset-password", json={"email": email}, headers={"X-Forwarded-For": fake_address()}
+    )
+    assert r.status_code == 202
+    async with engine.connect() as conn:
+        payload = (
+            await conn.execute(
+                select(outbox_table.c.payload)
+                .where(outbox_table.c.aggregate_id == account_id, outbox_table.c.topic == MAIL_TOPIC)
+                .order_by(outbox_table.c.id.desc())
+                .limit(1)
+            )
+        ).scalar_one()
+    return str(payload["code"])

@@ -11,7 +11,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from auth_testkit import REDIS_URL, Secrets, fake_address, new_login, strong_password, unique_email
+from auth_testkit import (
+    REDIS_URL,
+    Secrets,
+    fake_address,
+    new_login,
+    request_reset_code,
+    strong_password,
+    unique_email,
+)
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -208,15 +216,7 @@ async def test_a_password_reset_cancels_open_login_codes_and_the_other_reset_cod
     user = await new_login(http, seen)
     token = await request_code(http, user.email)
     [code] = await mailed_codes(engine, user.account_id)
-    resets = []
-    for _ in range(2):
-        r = await http.post(
-            "/auth/api/reset-password",
-            json={"email": user.email},
-            headers={"X-Forwarded-For": fake_address()},
-        )
-        assert r.status_code == 202
-        resets.append(await latest_mailed(engine, user.account_id, "auth.mail.password_reset_code"))
+    resets = [await request_reset_code(http, engine, user.email, user.account_id) for _ in range(2)]
     seen.add(code, token, *resets)
     confirm = {"email": user.email, "code": resets[1], "new_password": strong_password()}
     seen.add(confirm["new_password"])
@@ -251,19 +251,6 @@ def test_the_default_policy_keeps_a_days_guessing_under_one_in_a_thousand() -> N
     requests_per_day = s.email_code_max_requests * 86_400 / s.email_code_request_window_seconds
     assert requests_per_day * s.email_code_max_guesses / 10**6 <= 0.001
     assert s.email_code_max_requests * 3600 / s.email_code_request_window_seconds <= 5  # mails an hour
-
-
-async def latest_mailed(engine: AsyncEngine, account_id: str, event_type: str) -> str:
-    async with engine.connect() as conn:
-        payload = (
-            await conn.execute(
-                select(outbox_table.c.payload)
-                .where(outbox_table.c.aggregate_id == account_id, outbox_table.c.event_type == event_type)
-                .order_by(outbox_table.c.id.desc())
-                .limit(1)
-            )
-        ).scalar_one()
-    return str(payload["code"])
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from auth_testkit import (
     VerifierApp,
     fake_address,
     new_login,
+    request_reset_code,
     strong_password,
 )
 from redis.asyncio import Redis
@@ -128,25 +129,6 @@ async def test_a_login_racing_a_password_reset_does_not_survive_it(
             )
         ).all()
     assert live == []
-
-
-async def request_reset_code(
-    http: httpx.AsyncClient, engine: AsyncEngine, email: str, account_id: str
-) -> str:
-    r = await http.post(
-        "/auth/api/reset-password", json={"email": email}, headers={"X-Forwarded-For": fake_address()}
-    )
-    assert r.status_code == 202
-    async with engine.connect() as conn:
-        payload = (
-            await conn.execute(
-                select(outbox_table.c.payload)
-                .where(outbox_table.c.aggregate_id == account_id, outbox_table.c.topic == MAIL_TOPIC)
-                .order_by(outbox_table.c.id.desc())
-                .limit(1)
-            )
-        ).scalar_one()
-    return str(payload["code"])
 
 
 async def test_the_reset_code_travels_only_on_the_mail_topic_and_is_scrubbed_once_published(
