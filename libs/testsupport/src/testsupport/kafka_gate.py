@@ -28,12 +28,11 @@ import hmac
 import os
 import ssl
 import struct
-import threading
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from testsupport.broker import TansuBroker
+from testsupport.loop_thread import LoopThread
 from testsupport.ports import free_port
 from testsupport.tls import TestPki
 
@@ -117,7 +116,7 @@ class _Scram:
         return "v=" + base64.b64encode(hmac.digest(server_key, auth_message, self.hash)).decode()
 
 
-class SecureGate:
+class SecureGate(LoopThread):
     def __init__(
         self,
         upstream_port: int,
@@ -128,6 +127,7 @@ class SecureGate:
         tls: tuple[Path, Path] | None = None,
         client_ca: Path | None = None,
     ) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
         self.listen_port = listen_port or free_port()
         self.users = dict(users)
@@ -141,8 +141,6 @@ class SecureGate:
             if client_ca is not None:
                 self._tls.verify_mode = ssl.CERT_REQUIRED
                 self._tls.load_verify_locations(cafile=client_ca)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -155,24 +153,8 @@ class SecureGate:
         self.users[user] = password
 
     def start(self) -> SecureGate:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"kafka-gate-{self.listen_port}", daemon=True
-        )
-        self._thread.start()
-        self._call(self._listen())
+        self._start_loop("kafka-gate")
         return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        with contextlib.suppress(Exception):
-            self._call(self._shutdown())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
-        self._loop.close()
-        self._loop = None
 
     def __enter__(self) -> SecureGate:
         return self.start()
@@ -181,10 +163,6 @@ class SecureGate:
         self.stop()
 
     # -- inside the gate's loop -----------------------------------------------------------------------------
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        assert self._loop is not None, "gate not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(
             self._handle, "127.0.0.1", self.listen_port, ssl=self._tls, reuse_address=True

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
+
+from testsupport.loop_thread import LoopThread
 
 T = TypeVar("T")
 CutMode = Literal["refuse", "blackhole"]
@@ -58,7 +58,7 @@ class _Link:
             task.cancel()
 
 
-class TcpProxy:
+class TcpProxy(LoopThread):
     def __init__(
         self,
         upstream_host: str,
@@ -68,6 +68,7 @@ class TcpProxy:
         listen_port: int = 0,
         latency: float = 0.0,
     ) -> None:
+        super().__init__()
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.listen_host = listen_host
@@ -77,8 +78,6 @@ class TcpProxy:
         self._mode: CutMode | None = None
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     # -- public, thread-safe --------------------------------------------------------------------------------
     @property
@@ -90,20 +89,7 @@ class TcpProxy:
         return self._mode is not None
 
     def start(self) -> TcpProxy:
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            assert self._loop is not None
-            asyncio.set_event_loop(self._loop)
-            self._loop.call_soon(ready.set)
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name=f"tcp-proxy-{self.listen_port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(5):
-            raise RuntimeError("proxy loop did not start")
-        self._call(self._listen())
+        self._start_loop("tcp-proxy")
         return self
 
     def cut(self, mode: CutMode = "refuse") -> None:
@@ -116,17 +102,6 @@ class TcpProxy:
     def set_latency(self, seconds: float) -> None:
         self.latency = seconds
 
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        with contextlib.suppress(Exception):
-            self._call(self._shutdown())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
-        self._loop.close()
-        self._loop = None
-
     def __enter__(self) -> TcpProxy:
         return self.start()
 
@@ -134,10 +109,6 @@ class TcpProxy:
         self.stop()
 
     # -- inside the proxy's loop ----------------------------------------------------------------------------
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        assert self._loop is not None, "proxy not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
     async def _listen(self) -> None:
         # The port may be in TIME_WAIT after a restore; retry briefly (SO_REUSEADDR is set by asyncio).
         deadline = time.monotonic() + 5
