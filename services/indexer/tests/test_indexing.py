@@ -6,6 +6,8 @@ import uuid
 
 import httpx
 
+from outbox.kafka import bootstrap_from_env
+from outbox.testing import headers_of, read_topic, wire
 from testsupport import wait_until
 from testsupport.tokens import TestTokenIssuer
 
@@ -187,12 +189,19 @@ async def test_an_event_naming_another_tenant_never_moves_a_document(indexer: In
         await doc.send("created")
         await wait_until(lambda: indexed_at(owner, doc), what="created indexed")
         forged = {**doc.state(), "owner_account_id": str(thief.account), "version": doc.version + 1}
-        await doc.publish_state("updated", doc.version + 1, forged)
+        sent = await doc.publish_state("updated", doc.version + 1, forged)
         doc.version += 1
         await doc.send("updated", text="Quokkas smile for photographs on Rottnest Island.")
         got = await wait_until(lambda: indexed_at(owner, doc), what="the owner's next change applied")
         assert got["version"] == 3
         assert [v for _, v, _ in indexer.reports(str(doc.id))].count(2) == 0  # the forged v2: never applied
+        # ...and dead-lettered at once (it can never become right), not retried first.
+        assert indexer.rows(
+            "SELECT outcome FROM inbox WHERE consumer = %s AND event_id = %s", indexer.group, sent.event_id
+        ) == [("dead",)]
+        dead = await read_topic(bootstrap_from_env(), wire(f"{indexer.group}.dlq"), expect=1, timeout=10)
+        [letter] = [headers_of(r) for r in dead if headers_of(r)["ce_id"] == str(sent.event_id)]
+        assert letter["dlq_attempts"] == "1", letter
         assert await thief.search(doc.dataset_id, "quokka") == []
         assert len(await owner.search(doc.dataset_id, "rottnest")) == 1
     finally:

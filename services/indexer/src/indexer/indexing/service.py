@@ -24,14 +24,15 @@ from indexer.indexing import reports as report
 from indexer.indexing import repository
 from indexer.indexing.segmentation import split, text_sha256
 from indexer.models import IndexedDocument, utcnow
-from outbox import Event
+from outbox import Event, Reject
 from servicekit.db import UnitOfWork
 
 NO_TEXT_REASON = "the document has no indexable text"
 
 
-class TenancyMismatch(ValueError):
-    """An event names another dataset, workspace or owner than the document was first indexed under."""
+class TenancyMismatch(Reject):
+    """An event names another dataset, workspace or owner than the document was first indexed under: never
+    applied, dead-lettered at once (no retries: it cannot become right), like console's reports."""
 
 
 class Outcome(StrEnum):
