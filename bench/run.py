@@ -98,7 +98,7 @@ def process(name: str, argv: list[str], **env: str) -> ServiceProcess:
 
 def relay(url: str, name: str, **env: str) -> ServiceProcess:
     return process(
-        name, [sys.executable, "-m", "outbox.cli", "relay", "--database-url", url, "--name", name], **env
+        name, [sys.executable, "-m", "outbox.ops.cli", "relay", "--database-url", url, "--name", name], **env
     )
 
 

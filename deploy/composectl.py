@@ -298,7 +298,7 @@ set -e
 test "$(id -u)" != 0
 for tool in uv pip gcc cc; do if command -v "$tool" >/dev/null; then echo "found $tool"; exit 1; fi; done
 for cmd in {" ".join(commands)}; do command -v "$cmd" >/dev/null; done
-python -c "import auth.main, console.main, indexer.main, console.consumer, indexer.consumer, outbox.cli"
+python -c "import auth.main, console.main, indexer.main, console.consumer, indexer.consumer, outbox.ops.cli"
 outbox --help >/dev/null
 for s in auth console indexer; do test -f services/$s/alembic.ini; done
 alembic --version

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from deploy import kafka_acls
 from deploy.credentials import generate
-from outbox.kafka_connection import KafkaConnection
+from outbox.kafka.connection import KafkaConnection
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 INIT = DEPLOY / "kafka" / "init.sh"

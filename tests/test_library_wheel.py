@@ -16,10 +16,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 CHECK_PLAIN = """
-import sys, outbox, outbox.cli, outbox.relay, outbox.consumer, outbox.metrics
+import sys, outbox, outbox.ops.cli, outbox.relay.runner, outbox.consumer.runner, outbox.telemetry.metrics
 from outbox import Event, EventTooLarge, IdempotentConsumer, OutboxWriter, Relay, setup_tracing
 setup_tracing("wheel-test")  # nothing configured: a no-op, no SDK needed
-from outbox.metrics import setup_metrics
+from outbox.telemetry.metrics import setup_metrics
 setup_metrics("wheel-test")  # the SDK is missing: instruments stay no-ops, nothing raises
 assert not any(name.startswith("opentelemetry.sdk") for name in sys.modules), "the SDK was imported"
 try:
@@ -34,7 +34,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 outbox.setup_tracing("wheel-test")
-from outbox.metrics import setup_metrics, prometheus_text
+from outbox.telemetry.metrics import setup_metrics, prometheus_text
 setup_metrics("wheel-test")
 assert isinstance(trace.get_tracer_provider(), TracerProvider)
 assert isinstance(metrics.get_meter_provider(), MeterProvider)

@@ -282,7 +282,7 @@ async def run_approach(
         }
         relay = Supervised(
             "outbox-relay",
-            [py, "-m", "outbox.cli", "relay", "--database-url", source_url, "--name", f"bench-{run_id}"],
+            [py, "-m", "outbox.ops.cli", "relay", "--database-url", source_url, "--name", f"bench-{run_id}"],
             relay_env,
             work,
         )

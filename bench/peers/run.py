@@ -106,7 +106,7 @@ class Peer:
             argv = [
                 sys.executable,
                 "-m",
-                "outbox.cli",
+                "outbox.ops.cli",
                 "relay",
                 "--database-url",
                 psycopg_url,

@@ -20,7 +20,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from outbox.observe import LagUnknown, group_lag
+from outbox.ops.observe import LagUnknown, group_lag
 from tests.e2e.chaos_audit import backlog
 from tests.e2e.system import System
 

@@ -6,7 +6,7 @@ service, console's and indexer's consumers, each on a fresh database, talking to
 
 Each service's database is provisioned as in compose: migrations run as `<service>_owner`, every process of
 the service connects as `<service>_app` (no DDL, no TRUNCATE); the tests' own queries use the superuser.
-Every process writes its spans to `system.spans_file` (JSON lines, outbox.tracing). Consumer groups,
+Every process writes its spans to `system.spans_file` (JSON lines, outbox.telemetry.tracing). Consumer groups,
 databases and the Redis prefix are unique per system, so systems never share state through the broker
 or Redis. On failure, `system.tails()` shows the end of every process's log.
 """
@@ -200,7 +200,7 @@ def start_system(
             api = procs[service] = HttpService(service, app, env=envs[service], log_dir=log_dir, port=port)
             system.metrics[service] = f"127.0.0.1:{api.port}"
         for service in APIS:
-            argv = [sys.executable, "-m", "outbox.cli", "relay", "--database-url", urls[service]]
+            argv = [sys.executable, "-m", "outbox.ops.cli", "relay", "--database-url", urls[service]]
             name = f"{service}-relay"
             port = free_port()
             system.metrics[name] = f"127.0.0.1:{port}"

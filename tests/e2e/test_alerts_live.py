@@ -257,7 +257,15 @@ async def test_dead_outbox_row_fires_and_redrive_resolves(
     assert {"pending", "firing"} <= seen
     redrive = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "outbox.cli", "redrive", "--database-url", s.admin_urls["console"], "--yes"],
+        [
+            sys.executable,
+            "-m",
+            "outbox.ops.cli",
+            "redrive",
+            "--database-url",
+            s.admin_urls["console"],
+            "--yes",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

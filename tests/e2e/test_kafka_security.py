@@ -80,7 +80,7 @@ def lines_with(system: System, name: str, message: str) -> list[str]:
 
 
 def logged_at(line: str) -> float:
-    """Seconds of the line's timestamp (outbox.logs text format: `2026-01-31 12:00:00,123 LEVEL …`)."""
+    """Seconds of the line's timestamp (outbox.telemetry.logs text format: `2026-01-31 12:00:00,123 LEVEL …`)."""
     stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
     return stamp.timestamp()
 

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import Event, OutboxWriter, Relay
-from outbox.publisher import BatchPublisher, Outbound
+from outbox.relay.publisher import BatchPublisher, Outbound
 from outbox.testing import headers_of
 
 POISON = b'"poison"'

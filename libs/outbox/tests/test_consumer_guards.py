@@ -18,8 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from outbox import ConsumerSettings, Event, EventContext, IdempotentConsumer, OutboxWriter
-from outbox.consumer import Reject
-from outbox.handlers import Outcome
+from outbox.consumer.handlers import Outcome
+from outbox.consumer.runner import Reject
 from outbox.kafka import ensure_topics
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
 from testsupport import wait_until
@@ -194,8 +194,8 @@ async def test_the_careful_path_commits_in_small_chunks_and_stops_retrying_at_it
 async def test_events_without_a_subject_are_not_stale_against_each_other(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
+    from outbox.consumer.inbox import InboxStore
     from outbox.envelope import ReceivedEvent
-    from outbox.inbox_store import InboxStore
 
     store = InboxStore(f"g-{uuid.uuid4().hex[:8]}")
 
@@ -213,7 +213,7 @@ async def test_events_without_a_subject_are_not_stale_against_each_other(
 async def test_the_inbox_is_pruned_past_its_retention(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    from outbox.inbox_store import InboxStore
+    from outbox.consumer.inbox import InboxStore
 
     async with engine.begin() as conn:
         await conn.execute(

@@ -27,7 +27,7 @@ FAST = ConsumerSettings(
 
 async def outbox_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "outbox.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        sys.executable, "-m", "outbox.ops.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None

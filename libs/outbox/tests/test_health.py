@@ -13,11 +13,11 @@ import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.cli import main
+from outbox.ops.cli import main
 from testsupport import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")
-OUTBOX = [sys.executable, "-m", "outbox.cli"]
+OUTBOX = [sys.executable, "-m", "outbox.ops.cli"]
 
 
 def health(heartbeat: Path, max_age: float) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from outbox.kafka_connection import KafkaConnection, KafkaSettingError
+from outbox.kafka.connection import KafkaConnection, KafkaSettingError
 from testsupport.tls import TestPki
 
 

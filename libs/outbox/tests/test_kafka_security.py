@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from outbox.kafka import ensure_topics, start_producer
-from outbox.kafka_clients import KafkaAccessRefused, KafkaAdmin, KafkaConsumer, start_with_backoff
-from outbox.kafka_connection import KafkaConnection
+from outbox.kafka.clients import KafkaAccessRefused, KafkaAdmin, KafkaConsumer, start_with_backoff
+from outbox.kafka.connection import KafkaConnection
 from testsupport.kafka_gate import SecureBroker
 from testsupport.tls import TestPki
 
@@ -189,7 +189,7 @@ async def test_refused_starts_back_off_and_stop_promptly(
 def test_aiokafka_connection_lines_are_explained_or_thinned() -> None:
     """Bootstrap failures are dropped (the library raises the explained error); a running client's
     reconnect error, logged by aiokafka every 100 ms, passes once a minute per distinct line."""
-    from outbox.logs import ExplainedBootstrapFilter
+    from outbox.telemetry.logs import ExplainedBootstrapFilter
 
     keep = ExplainedBootstrapFilter()
 

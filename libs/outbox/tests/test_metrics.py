@@ -25,8 +25,8 @@ from outbox import (
     RelaySettings,
 )
 from outbox.kafka import ensure_topics
-from outbox.metrics import prometheus_text, setup_metrics
-from outbox.observe import group_lag, read_backlog
+from outbox.ops.observe import group_lag, read_backlog
+from outbox.telemetry.metrics import prometheus_text, setup_metrics
 from outbox.testing import drain_outbox, record_effect, wire
 from testsupport import ServiceProcess, free_port, wait_until
 
@@ -135,7 +135,7 @@ async def test_relay_process_serves_its_metrics_port(
         [
             sys.executable,
             "-m",
-            "outbox.cli",
+            "outbox.ops.cli",
             "relay",
             "--database-url",
             database_url,

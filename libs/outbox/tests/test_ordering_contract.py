@@ -26,11 +26,11 @@ from outbox import (
     Relay,
     RelaySettings,
 )
-from outbox.admin import RedriveOrder, redrive, replay, status
-from outbox.metrics import prometheus_text, setup_metrics
-from outbox.outbox_admin_store import Selection
-from outbox.outbox_store import OutboxStore
-from outbox.publisher import BatchPublisher, Outbound
+from outbox.ops.admin import RedriveOrder, redrive, replay, status
+from outbox.ops.admin_store import Selection
+from outbox.relay.publisher import BatchPublisher, Outbound
+from outbox.relay.store import OutboxStore
+from outbox.telemetry.metrics import prometheus_text, setup_metrics
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
 from testsupport import wait_until
 
@@ -443,7 +443,7 @@ async def outbox_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "outbox.cli",
+        "outbox.ops.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

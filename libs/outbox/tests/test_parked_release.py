@@ -15,11 +15,11 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.outbox.tests.test_pipeline_unit import MemoryDeadLetters, record
-from outbox.apply_types import Parsed
+from outbox.consumer.apply import ApplyPipeline, RetryPolicy
+from outbox.consumer.apply_types import Parsed
+from outbox.consumer.handlers import EventContext, Route
+from outbox.consumer.inbox import InboxStore
 from outbox.envelope import decode_record
-from outbox.handlers import EventContext, Route
-from outbox.inbox_store import InboxStore
-from outbox.pipeline import ApplyPipeline, RetryPolicy
 
 pytestmark = pytest.mark.usefixtures("clean")
 

@@ -12,12 +12,12 @@ from typing import Any, cast
 from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from outbox.apply_types import Parsed
-from outbox.dead_letters import DeadLetterSender
+from outbox.consumer.apply import ApplyPipeline, RetryPolicy
+from outbox.consumer.apply_types import Parsed
+from outbox.consumer.dead_letters import DeadLetterSender
+from outbox.consumer.handlers import BatchContext, EventContext, Outcome, Reject, Route
+from outbox.consumer.inbox import InboxStore, decide
 from outbox.envelope import decode_record, encode_headers
-from outbox.handlers import BatchContext, EventContext, Outcome, Reject, Route
-from outbox.inbox_store import InboxStore, decide
-from outbox.pipeline import ApplyPipeline, RetryPolicy
 
 SESSION = cast(AsyncSession, object())  # handlers here never touch it; the stores are in memory
 

@@ -49,7 +49,16 @@ async def test_kill_join_leave_keeps_exactly_once_and_per_aggregate_order(
 
     relay = ServiceProcess(
         f"{mode}-relay",
-        [sys.executable, "-m", "outbox.cli", "relay", "--database-url", database_url, "--name", "rebalance"],
+        [
+            sys.executable,
+            "-m",
+            "outbox.ops.cli",
+            "relay",
+            "--database-url",
+            database_url,
+            "--name",
+            "rebalance",
+        ],
         env={},
         log_dir=log_dir,
     ).start()

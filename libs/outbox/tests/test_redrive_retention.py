@@ -32,9 +32,9 @@ from outbox import (
     Relay,
     RelaySettings,
 )
-from outbox.admin import RedriveOrder, redrive
-from outbox.dlq import dead_letter_topic, read_dead_letters
-from outbox.dlq import redrive as dlq_redrive
+from outbox.ops.admin import RedriveOrder, redrive
+from outbox.ops.dlq import dead_letter_topic, read_dead_letters
+from outbox.ops.dlq import redrive as dlq_redrive
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
 from testsupport import wait_until
 
@@ -180,7 +180,7 @@ def headers_of_letter(letter: Any) -> dict[str, str]:
 
 async def outbox_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "outbox.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        sys.executable, "-m", "outbox.ops.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None

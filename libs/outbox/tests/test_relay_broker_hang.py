@@ -34,9 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.outbox.tests.relay_support import POISON, scalar, versions_by_key, wait_for, write
 from outbox import OutboxWriter, Relay, RelaySettings
-from outbox.failures import PublishTimeout
 from outbox.kafka import ensure_topics, refuses_idempotence, start_producer
-from outbox.publisher import BatchPublisher, Outbound
+from outbox.relay.failures import PublishTimeout
+from outbox.relay.publisher import BatchPublisher, Outbound
 from outbox.testing import read_topic, wire
 from testsupport.broker import BrokerBehindProxy
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("clean")
 
 
 def relay_process(name: str, database_url: str, bootstrap: str, log_dir: Path) -> ServiceProcess:
-    argv = [sys.executable, "-m", "outbox.cli", "relay", "--database-url", database_url, "--name", name]
+    argv = [sys.executable, "-m", "outbox.ops.cli", "relay", "--database-url", database_url, "--name", name]
     return ServiceProcess(name, argv, env={"KAFKA_BOOTSTRAP": bootstrap}, log_dir=log_dir)
 
 

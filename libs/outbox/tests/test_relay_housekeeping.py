@@ -15,8 +15,8 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from outbox import Relay, RelaySettings
-from outbox.admin import Selection, redrive, replay
-from outbox.outbox_store import OutboxStore
+from outbox.ops.admin import Selection, redrive, replay
+from outbox.relay.store import OutboxStore
 from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean")

@@ -27,7 +27,7 @@ from libs.outbox.tests.relay_support import (
     write,
 )
 from outbox import OutboxWriter, Relay, RelaySettings
-from outbox.relay_batch import Settlement
+from outbox.relay.batch import Settlement
 from outbox.testing import read_topic, wire
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -146,7 +146,7 @@ async def test_a_stopped_pipeline_leaves_no_transaction_open_and_a_new_relay_fin
 async def test_rows_in_flight_are_not_gaps_for_the_claim_but_other_pending_rows_are(
     sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine, writer: OutboxWriter, topic: str
 ) -> None:
-    from outbox.outbox_store import OutboxStore
+    from outbox.relay.store import OutboxStore
 
     x = f"x-{uuid.uuid4().hex[:8]}"
     await write(sessions, writer, topic, *[(x, v, False) for v in range(1, 5)])

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.outbox.tests.relay_support import run_until_published, scalar, versions_by_key, write
 from outbox import OutboxWriter, Relay, RelaySettings
-from outbox.admin import Selection, redrive, replay, status
-from outbox.outbox_store import OutboxStore
+from outbox.ops.admin import Selection, redrive, replay, status
+from outbox.relay.store import OutboxStore
 from outbox.testing import drain_outbox, read_topic, wire
 
 pytestmark = pytest.mark.usefixtures("clean")

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.outbox.tests.test_ordering_contract import dead_row, ev, rows, write
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, Relay, RelaySettings
-from outbox.admin import RedriveOrder, redrive
+from outbox.ops.admin import RedriveOrder, redrive
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
 from testsupport import wait_until
 
@@ -165,7 +165,7 @@ async def test_events_parked_past_the_gap_retention_are_dead_lettered_with_an_er
 
 async def outbox_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "outbox.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        sys.executable, "-m", "outbox.ops.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None

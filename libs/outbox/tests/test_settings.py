@@ -66,7 +66,7 @@ def test_the_retention_settings_of_heads_versions_and_parked_events(monkeypatch:
 def test_the_cli_takes_its_database_url_and_password_from_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from outbox.cli import _database_url
+    from outbox.ops.cli import _database_url
 
     (tmp_path / "url").write_text("postgresql://auth_app@db:5432/auth\n")
     (tmp_path / "password").write_text("s3cret\n")

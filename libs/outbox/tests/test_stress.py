@@ -70,7 +70,7 @@ class Ledger:
 
 
 def cli(database_url: str, bootstrap: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "outbox.cli", *args, "--database-url", database_url]
+    return [sys.executable, "-m", "outbox.ops.cli", *args, "--database-url", database_url]
 
 
 async def run_cli(argv: list[str], env: dict[str, str]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from outbox.trace_view import render
+from outbox.ops.trace_view import render
 
 
 def span(

@@ -111,8 +111,8 @@ async def test_consumer_continues_the_writers_trace_through_the_relay(
 
 
 def test_the_librarys_attribute_names_are_the_semantic_conventions() -> None:
-    """outbox.tracing spells the names itself (it depends on the API only); they must match the package."""
-    from outbox import tracing
+    """outbox.telemetry.tracing spells the names itself (it depends on the API only); they must match the package."""
+    from outbox.telemetry import tracing
 
     for name in (
         "MESSAGING_SYSTEM",
@@ -140,7 +140,7 @@ def test_json_logs_carry_the_current_trace_and_span_ids(
     import json
     import logging
 
-    from outbox.logs import configure_logging
+    from outbox.telemetry.logs import configure_logging
 
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)

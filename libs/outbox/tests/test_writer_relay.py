@@ -158,7 +158,7 @@ def test_a_replay_of_some_event_types_only_needs_an_explicit_allow_partial(
 ) -> None:
     """Security review, finding 8: `replay --type` into a consumer rebuilt from scratch could resurrect a
     deleted aggregate (its `created` replayed without its `deleted`). It now refuses without --allow-partial."""
-    from outbox.cli import main
+    from outbox.ops.cli import main
 
     assert (
         main(["replay", "--database-url", database_url, "--type", "console.document.created", "--yes"]) == 2

@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from auth.mailer.settings import MailerSettings
 from contracts.auth import MAIL_TOPIC, LoginCode, PasswordResetCode
 from outbox import outbox_table
-from outbox.dlq import dead_letter_topic, read_dead_letters
 from outbox.kafka import bootstrap_from_env
+from outbox.ops.dlq import dead_letter_topic, read_dead_letters
 from testsupport import ServiceDatabase, ServiceProcess, free_port, wait_until
 from testsupport.kafka import consumed, publish
 

@@ -18,35 +18,35 @@ from typing import TYPE_CHECKING, Any
 # The public names load on first use (PEP 562): `outbox health`, a probe run every few seconds, must not pay
 # for importing SQLAlchemy, aiokafka and OpenTelemetry (~2 s of CPU on a loaded host).
 _EXPORTS = {
-    "BatchContext": "outbox.consumer",
-    "ConsumerSettings": "outbox.consumer",
-    "EventContext": "outbox.consumer",
-    "IdempotentConsumer": "outbox.consumer",
+    "BatchContext": "outbox.consumer.runner",
+    "ConsumerSettings": "outbox.consumer.runner",
+    "EventContext": "outbox.consumer.runner",
+    "IdempotentConsumer": "outbox.consumer.runner",
     "Event": "outbox.envelope",
     "EventTooLarge": "outbox.envelope",
     "MalformedMessage": "outbox.envelope",
     "ReceivedEvent": "outbox.envelope",
-    "HandlerCommitted": "outbox.handlers",
-    "Outcome": "outbox.handlers",
-    "Reject": "outbox.handlers",
-    "Relay": "outbox.relay",
-    "RelaySettings": "outbox.relay",
+    "HandlerCommitted": "outbox.consumer.handlers",
+    "Outcome": "outbox.consumer.handlers",
+    "Reject": "outbox.consumer.handlers",
+    "Relay": "outbox.relay.runner",
+    "RelaySettings": "outbox.relay.runner",
     "consumer_versions_table": "outbox.schema",
     "create_tables": "outbox.schema",
     "inbox_table": "outbox.schema",
     "metadata": "outbox.schema",
     "outbox_table": "outbox.schema",
-    "setup_tracing": "outbox.tracing",
+    "setup_tracing": "outbox.telemetry.tracing",
     "OutboxWriter": "outbox.writer",
 }
 
 if TYPE_CHECKING:
-    from outbox.consumer import BatchContext, ConsumerSettings, EventContext, IdempotentConsumer
+    from outbox.consumer.handlers import HandlerCommitted, Outcome, Reject
+    from outbox.consumer.runner import BatchContext, ConsumerSettings, EventContext, IdempotentConsumer
     from outbox.envelope import Event, EventTooLarge, MalformedMessage, ReceivedEvent
-    from outbox.handlers import HandlerCommitted, Outcome, Reject
-    from outbox.relay import Relay, RelaySettings
+    from outbox.relay.runner import Relay, RelaySettings
     from outbox.schema import consumer_versions_table, create_tables, inbox_table, metadata, outbox_table
-    from outbox.tracing import setup_tracing
+    from outbox.telemetry.tracing import setup_tracing
     from outbox.writer import OutboxWriter
 
 

@@ -10,10 +10,10 @@ from aiokafka import ConsumerRecord
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.consumer import BatchContext, EventContext
+from outbox.consumer.runner import BatchContext, EventContext
 from outbox.kafka import topic_prefix
-from outbox.kafka_clients import KafkaConsumer
-from outbox.relay import Relay, RelaySettings
+from outbox.kafka.clients import KafkaConsumer
+from outbox.relay.runner import Relay, RelaySettings
 
 
 async def read_topic(

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from outbox.envelope import Event, EventTooLarge
-from outbox.tracing import capture_context
+from outbox.telemetry.tracing import capture_context
 
 DEFAULT_NOTIFY_CHANNEL = "outbox_pending"
 # Kafka's default max.message.bytes is 1 MiB for a whole record batch; headers and framing need room too.

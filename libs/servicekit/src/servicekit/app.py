@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from outbox import OutboxWriter
-from outbox.logs import configure_logging
-from outbox.metrics import setup_metrics
-from outbox.tracing import setup_tracing, tracing_configured
+from outbox.telemetry.logs import configure_logging
+from outbox.telemetry.metrics import setup_metrics
+from outbox.telemetry.tracing import setup_tracing, tracing_configured
 from servicekit.auth import TokenVerifier
 from servicekit.db import Database
 from servicekit.errors import install_error_handlers

@@ -8,9 +8,9 @@ import signal
 from collections.abc import Callable
 
 from outbox import IdempotentConsumer, setup_tracing
-from outbox.kafka_connection import KafkaConnection, KafkaSettingError
-from outbox.logs import configure_logging
-from outbox.metrics import serve_metrics_from_env, setup_metrics
+from outbox.kafka.connection import KafkaConnection, KafkaSettingError
+from outbox.telemetry.logs import configure_logging
+from outbox.telemetry.metrics import serve_metrics_from_env, setup_metrics
 from servicekit.db import Database
 
 

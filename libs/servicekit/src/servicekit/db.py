@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from outbox import Event, OutboxWriter
-from outbox.tracing import tracing_configured
+from outbox.telemetry.tracing import tracing_configured
 
 
 def normalise_url(url: str) -> str:

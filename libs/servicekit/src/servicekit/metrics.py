@@ -20,8 +20,8 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from outbox.kafka import bootstrap_from_env, topic_prefix
-from outbox.metrics import outbox_gauges, prometheus_text
-from outbox.observe import CachedGroupLag, read_backlog
+from outbox.ops.observe import CachedGroupLag, read_backlog
+from outbox.telemetry.metrics import outbox_gauges, prometheus_text
 from servicekit.readiness import check_readiness
 
 log = logging.getLogger("servicekit.metrics")

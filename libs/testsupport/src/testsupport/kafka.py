@@ -12,7 +12,7 @@ from aiokafka import TopicPartition
 
 from outbox.envelope import encode_headers, encode_value
 from outbox.kafka import bootstrap_from_env, topic_prefix
-from outbox.kafka_clients import KafkaAdmin, KafkaProducer
+from outbox.kafka.clients import KafkaAdmin, KafkaProducer
 from testsupport.processes import wait_until
 
 

@@ -28,7 +28,7 @@ from auth.sessions.endpoints import router as sessions_router
 from auth.settings import Settings
 from auth.throttle import Throttle
 from outbox import OutboxWriter
-from outbox.logs import configure_logging
+from outbox.telemetry.logs import configure_logging
 from servicekit.app import create_service_app
 from servicekit.auth import RevocationList, TokenVerifier
 from servicekit.db import Database

@@ -12,7 +12,7 @@ from auth.keys import repository
 from auth.keys.crypto import KeyCipher
 from auth.keys.service import rotate
 from auth.settings import Settings
-from outbox.logs import configure_logging
+from outbox.telemetry.logs import configure_logging
 from servicekit.db import make_engine
 
 

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from outbox.failures import outages_classified
-from outbox.outbox_store import ClaimedRow
-from outbox.publisher import BatchPublisher
-from outbox.relay_batch import Aggregate, Settlement, in_aggregate_order
+from outbox.relay.batch import Aggregate, Settlement, in_aggregate_order
+from outbox.relay.failures import outages_classified
+from outbox.relay.publisher import BatchPublisher
+from outbox.relay.store import ClaimedRow
 
 if TYPE_CHECKING:
-    from outbox.relay import Relay
+    from outbox.relay.runner import Relay
 
 
 @dataclass(eq=False)

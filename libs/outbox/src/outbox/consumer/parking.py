@@ -20,9 +20,9 @@ from typing import Any, Protocol
 from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from outbox.apply_types import ConsumerStats, HandlerFailed, Parsed
-from outbox.handlers import Outcome, guard_session
-from outbox.inbox_store import InboxStore
+from outbox.consumer.apply_types import ConsumerStats, HandlerFailed, Parsed
+from outbox.consumer.handlers import Outcome, guard_session
+from outbox.consumer.inbox import InboxStore
 
 log = logging.getLogger("outbox.consumer")
 

@@ -29,13 +29,13 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from outbox.apply_types import ConsumerStats, HandlerFailed, Parsed
-from outbox.dead_letters import DeadLetterSender
+from outbox.consumer.apply_types import ConsumerStats, HandlerFailed, Parsed
+from outbox.consumer.dead_letters import DeadLetterSender
+from outbox.consumer.handlers import Outcome, Reject, Route, guard_session
+from outbox.consumer.inbox import InboxStore
+from outbox.consumer.parking import Aggregate, ParkedRelease
 from outbox.envelope import ReceivedEvent
-from outbox.handlers import Outcome, Reject, Route, guard_session
-from outbox.inbox_store import InboxStore
-from outbox.parking import Aggregate, ParkedRelease
-from outbox.tracing import MESSAGING_BATCH_MESSAGE_COUNT, context_from, process_attributes, tracer
+from outbox.telemetry.tracing import MESSAGING_BATCH_MESSAGE_COUNT, context_from, process_attributes, tracer
 from outbox.writer import OutboxWriter
 
 log = logging.getLogger("outbox.consumer")

@@ -21,8 +21,8 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from outbox.kafka_clients import KafkaAdmin as AIOKafkaAdminClient
-from outbox.kafka_clients import KafkaProducer as AIOKafkaProducer
+from outbox.kafka.clients import KafkaAdmin as AIOKafkaAdminClient
+from outbox.kafka.clients import KafkaProducer as AIOKafkaProducer
 
 log = logging.getLogger("outbox.kafka")
 

@@ -17,9 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.kafka import topic_prefix
-from outbox.kafka_clients import KafkaAdmin, KafkaConsumer
-from outbox.metrics import BacklogSnapshot
-from outbox.outbox_admin_store import OutboxAdmin
+from outbox.kafka.clients import KafkaAdmin, KafkaConsumer
+from outbox.ops.admin_store import OutboxAdmin
+from outbox.telemetry.metrics import BacklogSnapshot
 
 Lag = dict[tuple[str, int], int]
 

@@ -21,10 +21,10 @@ from typing import Any, Protocol, cast
 from sqlalchemy import CursorResult, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from outbox.dead_letters import DeadLetterSender
-from outbox.handlers import Outcome
-from outbox.inbox_store import InboxStore
-from outbox.parking import record_from
+from outbox.consumer.dead_letters import DeadLetterSender
+from outbox.consumer.handlers import Outcome
+from outbox.consumer.inbox import InboxStore
+from outbox.consumer.parking import record_from
 
 log = logging.getLogger("outbox.consumer")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from outbox.env_settings import SettingError, env_or_file, with_password
-from outbox.health import heartbeat_age
+from outbox.telemetry.heartbeat import heartbeat_age
 
 # Every other import happens in the command that needs it: `outbox health` is a probe run every few seconds
 # and must stay a few milliseconds of work, not an import of SQLAlchemy, aiokafka and OpenTelemetry.
@@ -147,10 +147,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run_relay(url: str, name: str) -> None:
-    from outbox.kafka_connection import KafkaConnection
-    from outbox.metrics import serve_metrics_from_env, setup_metrics
-    from outbox.relay import Relay, RelaySettings
-    from outbox.tracing import setup_tracing
+    from outbox.kafka.connection import KafkaConnection
+    from outbox.relay.runner import Relay, RelaySettings
+    from outbox.telemetry.metrics import serve_metrics_from_env, setup_metrics
+    from outbox.telemetry.tracing import setup_tracing
 
     setup_tracing(name + "-relay")
     setup_metrics(name + "-relay")
@@ -171,8 +171,8 @@ async def _run_relay(url: str, name: str) -> None:
 async def _admin(args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from outbox import admin, gaps, observe, why
     from outbox.kafka import bootstrap_from_env
+    from outbox.ops import admin, gaps, observe, why
 
     engine = create_async_engine(_normalise(args.database_url))
     try:
@@ -240,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from aiokafka.errors import KafkaConnectionError
 
-    from outbox import dlq, observe, trace_view, why
     from outbox.kafka import bootstrap_from_env
-    from outbox.kafka_connection import KafkaConnection, KafkaSettingError
-    from outbox.logs import configure_logging
+    from outbox.kafka.connection import KafkaConnection, KafkaSettingError
+    from outbox.ops import dlq, observe, trace_view, why
+    from outbox.telemetry.logs import configure_logging
 
     configure_logging(f"outbox-{args.command}")
     if args.command in ("relay", "status", "dlq"):

@@ -7,8 +7,8 @@ from dataclasses import dataclass, fields
 
 from aiokafka import ConsumerRecord
 
+from outbox.consumer.handlers import Route
 from outbox.envelope import ReceivedEvent
-from outbox.handlers import Route
 
 
 @dataclass(slots=True)

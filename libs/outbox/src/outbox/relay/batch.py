@@ -9,17 +9,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from outbox.envelope import encode_headers
-from outbox.failures import PublishFailure, classify_publish_error
-from outbox.outbox_store import ClaimedRow
-from outbox.publisher import Outbound
-from outbox.tracing import (
+from outbox.relay.failures import PublishFailure, classify_publish_error
+from outbox.relay.publisher import Outbound
+from outbox.relay.store import ClaimedRow
+from outbox.telemetry.tracing import (
     MESSAGING_DESTINATION_PARTITION_ID,
     capture_context,
     context_from,
     send_attributes,
     tracer,
 )
-from outbox.tracing import recording as tracing_recording
+from outbox.telemetry.tracing import recording as tracing_recording
 
 Aggregate = tuple[str, str]  # (topic, aggregate id)
 

@@ -132,7 +132,7 @@ def setup_tracing(service_name: str) -> None:
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if spans_file:
-        from outbox.span_file import JsonLinesSpanExporter
+        from outbox.telemetry.span_file import JsonLinesSpanExporter
 
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(spans_file)))
     trace.set_tracer_provider(provider)

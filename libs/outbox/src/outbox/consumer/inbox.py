@@ -11,8 +11,8 @@ import orjson
 from sqlalchemy import CursorResult, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from outbox.consumer.handlers import Outcome
 from outbox.envelope import ReceivedEvent
-from outbox.handlers import Outcome
 
 _COLUMNS = (
     "consumer",

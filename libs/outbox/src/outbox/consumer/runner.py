@@ -23,14 +23,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from outbox import kafka_clients
-from outbox.apply_types import ConsumerStats, HandlerFailed, Parsed
-from outbox.consumer_retention import expire_parked, prune_versions
-from outbox.consumer_settings import CONSUMER_ENV, ConsumerSettings
-from outbox.dead_letters import DeadLetterSender
-from outbox.dlq import REDRIVE_HEADER
-from outbox.envelope import MalformedMessage, decode_record
-from outbox.handlers import (
+from outbox.consumer.apply import ApplyPipeline, RetryPolicy
+from outbox.consumer.apply_types import ConsumerStats, HandlerFailed, Parsed
+from outbox.consumer.dead_letters import DeadLetterSender
+from outbox.consumer.handlers import (
     BatchContext,
     BatchHandler,
     EventContext,
@@ -39,11 +35,15 @@ from outbox.handlers import (
     Route,
     guard_session,
 )
-from outbox.health import Heartbeat
-from outbox.inbox_store import InboxStore
+from outbox.consumer.inbox import InboxStore
+from outbox.consumer.retention import expire_parked, prune_versions
+from outbox.consumer.settings import CONSUMER_ENV, ConsumerSettings
+from outbox.envelope import MalformedMessage, decode_record
+from outbox.kafka import clients as kafka_clients
 from outbox.kafka import ensure_topics, start_producer
-from outbox.metrics import consumer_metrics, observe_consumer_lag
-from outbox.pipeline import ApplyPipeline, RetryPolicy
+from outbox.ops.dlq import REDRIVE_HEADER
+from outbox.telemetry.heartbeat import Heartbeat
+from outbox.telemetry.metrics import consumer_metrics, observe_consumer_lag
 from outbox.writer import OutboxWriter
 
 __all__ = [

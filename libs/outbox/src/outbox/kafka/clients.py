@@ -39,7 +39,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from outbox.kafka_connection import KafkaConnection
+from outbox.kafka.connection import KafkaConnection
 
 log = logging.getLogger("outbox.kafka")
 

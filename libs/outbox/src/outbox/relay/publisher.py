@@ -25,7 +25,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from outbox.failures import PublishFailure, PublishTimeout, classify_publish_error
+from outbox.relay.failures import PublishFailure, PublishTimeout, classify_publish_error
 
 _PARTITION_CACHE_SIZE = 100_000
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.outbox_admin_store import DeadRow, OutboxAdmin, Selection
+from outbox.ops.admin_store import DeadRow, OutboxAdmin, Selection
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
 __all__ = ["RedriveOrder", "Selection", "redrive", "replay", "status"]

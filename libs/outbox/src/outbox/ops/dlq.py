@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from outbox.kafka import start_producer, topic_prefix
-from outbox.kafka_clients import KafkaConsumer
+from outbox.kafka.clients import KafkaConsumer
 
 
 def dead_letter_topic(group: str, prefix: str | None = None) -> str:

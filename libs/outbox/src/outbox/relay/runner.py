@@ -36,22 +36,22 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from outbox.failures import (
+from outbox.kafka import Producers, ensure_topics
+from outbox.relay.batch import Settlement, in_aggregate_order, outbound, settle
+from outbox.relay.failures import (
     DatabaseUnavailable,
     PublishFailure,
     TransientPublishError,
     classify_publish_error,
     outages_classified,
 )
-from outbox.health import Heartbeat
-from outbox.kafka import Producers, ensure_topics
-from outbox.metrics import relay_metrics
-from outbox.outbox_store import ClaimedRow, OutboxStore
-from outbox.publisher import BatchPublisher
-from outbox.relay_batch import Settlement, in_aggregate_order, outbound, settle
-from outbox.relay_housekeeping import RelayHousekeeping
-from outbox.relay_pipeline import Pipeline
-from outbox.relay_settings import RelaySettings, RelayStats
+from outbox.relay.housekeeping import RelayHousekeeping
+from outbox.relay.pipeline import Pipeline
+from outbox.relay.publisher import BatchPublisher
+from outbox.relay.settings import RelaySettings, RelayStats
+from outbox.relay.store import ClaimedRow, OutboxStore
+from outbox.telemetry.heartbeat import Heartbeat
+from outbox.telemetry.metrics import relay_metrics
 
 __all__ = ["Relay", "RelaySettings", "RelayStats", "TransientPublishError"]
 

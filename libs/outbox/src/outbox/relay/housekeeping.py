@@ -11,8 +11,8 @@ import time
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.outbox_store import OutboxStore, Retention
-from outbox.relay_settings import RelaySettings, RelayStats
+from outbox.relay.settings import RelaySettings, RelayStats
+from outbox.relay.store import OutboxStore, Retention
 
 log = logging.getLogger("outbox.relay")
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from outbox.outbox_retention import OutboxRetention, Retention
+from outbox.relay.retention import OutboxRetention, Retention
 
 __all__ = ["ClaimedRow", "OutboxStore", "Retention"]
 

@@ -1,0 +1,1 @@
+"""Operator tools: the `outbox` command and what it reads (status, lag, why, replay, redrive, DLQ, traces)."""

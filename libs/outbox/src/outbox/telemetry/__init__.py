@@ -1,0 +1,1 @@
+"""Traces, metrics, logs and heartbeats for processes built on the outbox (public: servicekit uses them)."""
