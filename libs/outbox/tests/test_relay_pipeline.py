@@ -1,4 +1,4 @@
-"""Claim-ahead (`relay_pipeline`): the next batch is claimed while the previous one is on its way, with the
+"""Claim-ahead (`relay.pipeline`): the next batch is claimed while the previous one is on its way, with the
 previous batch's rows `in_flight` (not gaps). Each test makes the pipeline engage (tiny batches, a backlog)
 and checks it did (`stats.claimed_ahead`), so none passes by running one batch at a time.
 

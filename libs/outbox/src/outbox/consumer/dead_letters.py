@@ -10,7 +10,17 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
+from outbox.kafka import topic_prefix
+
 log = logging.getLogger("outbox.consumer")
+
+# Set on a record `outbox dlq redrive` republishes: the consumer then warns when it turns out stale.
+REDRIVE_HEADER = "outbox_redrive"
+
+
+def dead_letter_topic(group: str, prefix: str | None = None) -> str:
+    """The one rule for a consumer group's dead-letter topic (wire name): `<prefix><group>.dlq`."""
+    return (topic_prefix() if prefix is None else prefix) + f"{group}.dlq"
 
 
 class DeadLetterSender:

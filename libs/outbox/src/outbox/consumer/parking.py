@@ -29,7 +29,7 @@ log = logging.getLogger("outbox.consumer")
 Aggregate = tuple[str, str]  # (topic, aggregate id)
 
 
-class Pipeline(Protocol):
+class Applier(Protocol):
     """What the release loops need of the apply pipeline."""
 
     consumer: str
@@ -47,7 +47,7 @@ class Pipeline(Protocol):
 
 
 class ParkedRelease:
-    def __init__(self, pipeline: Pipeline, *, round_size: int, savepoints: int) -> None:
+    def __init__(self, pipeline: Applier, *, round_size: int, savepoints: int) -> None:
         self.pipeline = pipeline
         self.round_size = max(1, round_size)
         self.savepoints = max(1, savepoints)

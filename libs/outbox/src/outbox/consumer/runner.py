@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from outbox.consumer.apply import ApplyPipeline, RetryPolicy
 from outbox.consumer.apply_types import ConsumerStats, HandlerFailed, Parsed
-from outbox.consumer.dead_letters import DeadLetterSender
+from outbox.consumer.dead_letters import REDRIVE_HEADER, DeadLetterSender
+from outbox.consumer.dead_letters import dead_letter_topic as dead_letter_topic_of
 from outbox.consumer.handlers import (
     BatchContext,
     BatchHandler,
@@ -41,7 +42,6 @@ from outbox.consumer.settings import CONSUMER_ENV, ConsumerSettings
 from outbox.envelope import MalformedMessage, decode_record
 from outbox.kafka import clients as kafka_clients
 from outbox.kafka import ensure_topics, start_producer
-from outbox.ops.dlq import REDRIVE_HEADER
 from outbox.telemetry.heartbeat import Heartbeat
 from outbox.telemetry.metrics import consumer_metrics, observe_consumer_lag
 from outbox.writer import OutboxWriter
@@ -86,7 +86,11 @@ class IdempotentConsumer:
         self.writer = writer
         # On the wire: the prefixed names. Handlers see logical topics (prefix stripped).
         self.wire_topics = [self.settings.topic_prefix + t for t in self.topics]
-        self.dead_letter_topic = self.settings.topic_prefix + (dead_letter_topic or f"{name}.dlq")
+        self.dead_letter_topic = (
+            self.settings.topic_prefix + dead_letter_topic
+            if dead_letter_topic
+            else dead_letter_topic_of(name, self.settings.topic_prefix)
+        )
         self.stats = ConsumerStats()
         self.inbox = InboxStore(name)
         self._routes: list[Route] = []

@@ -18,12 +18,19 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from outbox.kafka import start_producer, topic_prefix
+from outbox.consumer.dead_letters import REDRIVE_HEADER, dead_letter_topic
+from outbox.kafka import start_producer
 from outbox.kafka.clients import KafkaConsumer
 
-
-def dead_letter_topic(group: str, prefix: str | None = None) -> str:
-    return (topic_prefix() if prefix is None else prefix) + f"{group}.dlq"
+__all__ = [
+    "REDRIVE_HEADER",
+    "DeadLetter",
+    "dead_letter_topic",
+    "read_dead_letters",
+    "redrive",
+    "run",
+    "select",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +124,6 @@ def select(letters: Sequence[DeadLetter], ids: Sequence[str] | None) -> list[Dea
     if unknown:
         raise LookupError(f"no dead letter {', '.join(sorted(unknown))} on this topic")
     return [d for d in letters if d.id in wanted]
-
-
-REDRIVE_HEADER = "outbox_redrive"
 
 
 async def redrive(bootstrap: str, letters: Sequence[DeadLetter]) -> int:

@@ -1,4 +1,6 @@
-"""Claim-ahead: under a backlog the relay claims the next batch while the current one is on its way to the
+"""The publish loop both relay modes drive: one batch at a time (`claim_ahead=False`), or claim-ahead.
+
+Claim-ahead: under a backlog the relay claims the next batch while the current one is on its way to the
 broker, and sends the next one while the current one is being marked and committed.
 
 One batch at a time leaves both cores half idle: PostgreSQL claims and marks while the relay waits, then
@@ -22,19 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from outbox.relay.batch import Aggregate, Settlement, in_aggregate_order
 from outbox.relay.failures import outages_classified
 from outbox.relay.publisher import BatchPublisher
+from outbox.relay.steps import BatchSteps
 from outbox.relay.store import ClaimedRow
-
-if TYPE_CHECKING:
-    from outbox.relay.runner import Relay
 
 
 @dataclass(eq=False)
@@ -47,13 +46,24 @@ class _Batch:
     finished: asyncio.Task[None] | None = None  # marks and commit (rule 3)
 
 
-class Pipeline:
-    """Publishes batches, claiming ahead, until a claim comes back short of a full batch."""
+class PublishPipeline:
+    """Publishes batches until a claim comes back short of a full batch, claiming ahead when allowed;
+    with `claim_ahead` off, one batch (claim, send, mark, commit) and return."""
 
-    def __init__(self, relay: Relay, publisher: BatchPublisher, beat: Callable[[], None]) -> None:
-        self.relay = relay
+    def __init__(
+        self,
+        steps: BatchSteps,
+        publisher: BatchPublisher,
+        *,
+        beat: Callable[[], None],
+        refresh: Callable[[], Awaitable[None]],
+        claim_ahead: bool,
+    ) -> None:
+        self.steps = steps
         self.publisher = publisher  # readied before the first claim: a producer start never runs in one
         self.beat = beat
+        self.refresh = refresh  # the planner's figures, kept current through a long drain
+        self.claim_ahead = claim_ahead
         self.in_flight: list[_Batch] = []
         self.ahead: asyncio.Task[_Batch | None] | None = None
 
@@ -67,7 +77,7 @@ class Pipeline:
             await self._abandon()
 
     async def _run(self) -> int:
-        relay = self.relay
+        steps = self.steps
         batch = await self._claim([])
         while batch is not None:
             self.in_flight.append(batch)
@@ -83,20 +93,21 @@ class Pipeline:
             # Rows of a topic not created yet wait for the claim after this run (`Relay.send`): claiming
             # ahead would only lock more of them meanwhile.
             full = (
-                len(batch.rows) >= relay.settings.batch_size
+                self.claim_ahead
+                and len(batch.rows) >= steps.settings.batch_size
                 and not contended
-                and not relay.new_topics(publishable)
+                and not steps.new_topics(publishable)
             )
-            if full and not relay.stopping:
-                await relay.refresh_statistics()  # a long backlog drain keeps the figures current
+            if full and not steps.stopping:
+                await self.refresh()
                 self.ahead = asyncio.create_task(self._claim(list(self.in_flight)), name="outbox-claim-ahead")
-            settlement = await relay.send(publishable, self.publisher)
+            settlement = await steps.send(publishable, self.publisher)
             batch.held = settlement.held(batch.rows)
             previous = batch.after[-1].finished if batch.after else None
             batch.finished = asyncio.create_task(self._finish(batch, settlement, previous))
             if settlement.outage is not None or self.ahead is None:
                 await batch.finished
-                await relay.after_outage(settlement.outage)
+                await steps.after_outage(settlement.outage)
                 # Rows just moved out of the way: claim again at once, the next claim passes them.
                 return len(publishable) if contended and not batch.moved else len(batch.rows)
             if previous is not None:
@@ -104,28 +115,28 @@ class Pipeline:
             self.beat()
             ahead, self.ahead = self.ahead, None
             batch = await ahead
-            relay.stats.claimed_ahead += batch is not None
+            steps.stats.claimed_ahead += batch is not None
         return 0
 
     async def _claim(self, after: list[_Batch]) -> _Batch | None:
-        conn = await self.relay.engine.connect()
-        moved = self.relay.stats.moved_behind  # one claim at a time: the difference is this claim's
+        conn = await self.steps.engine.connect()
+        moved = self.steps.stats.moved_behind  # one claim at a time: the difference is this claim's
         try:
             await conn.begin()
-            rows = await self.relay.claim(conn, [row.id for earlier in after for row in earlier.rows])
+            rows = await self.steps.claim(conn, [row.id for earlier in after for row in earlier.rows])
         except BaseException:
             await _close(conn)
             raise
         if not rows:
             await _close(conn)
             return None
-        return _Batch(conn, rows, after, moved=self.relay.stats.moved_behind > moved)
+        return _Batch(conn, rows, after, moved=self.steps.stats.moved_behind > moved)
 
     async def _finish(
         self, batch: _Batch, settlement: Settlement, previous: asyncio.Task[None] | None
     ) -> None:
         try:
-            await self.relay.apply(batch.conn, settlement)
+            await self.steps.apply(batch.conn, settlement)
             if previous is not None:
                 await previous  # commits in claim order; its failure is ours too (rule 3)
             await batch.conn.commit()

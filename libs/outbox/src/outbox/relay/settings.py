@@ -16,7 +16,7 @@ class RelaySettings:
     topic_prefix: str = field(default_factory=topic_prefix)
     batch_size: int = 1000
     # Under a backlog, claim the next batch while this one is sent, and send it while this one commits
-    # (`relay_pipeline`: same order and delivery guarantees, up to three transactions open instead of one).
+    # (`relay.pipeline`: same order and delivery guarantees, up to three transactions open instead of one).
     claim_ahead: bool = True
     # Non-retriable publish failures of one row before it is dead-lettered (kept in the table, dead_at set).
     max_attempts: int = 5

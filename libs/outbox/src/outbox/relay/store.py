@@ -32,7 +32,7 @@ __all__ = ["ClaimedRow", "OutboxStore", "Retention"]
 # rows only, inside the gap's CASE so that each probe runs once) is moved behind it by the relay
 # (`_MOVE_BEHIND`): otherwise such rows, first in ready order, fill every claim.
 # The header values are rendered by PostgreSQL (another core) rather than per row in Python.
-# `in_flight`: rows this relay claimed in a batch it has not committed yet (claim-ahead, `relay_pipeline`);
+# `in_flight`: rows this relay claimed in a batch it has not committed yet (claim-ahead, `relay.pipeline`);
 # they are locked, hence skipped, and not a gap: the relay itself holds their successors back unless they
 # were acknowledged. NOT IN over a subquery is hashed once per claim (`<> ALL(array)` compares each probe
 # with every element: +5 ms per 1,000-row claim with 2,000 rows in flight).
