@@ -12,15 +12,10 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from outbox import Event, OutboxWriter
+from outbox.database_url import psycopg_url
 from outbox.telemetry.tracing import tracing_configured
 
-
-def normalise_url(url: str) -> str:
-    """Accept postgres:// and postgresql:// URLs and pin the psycopg 3 driver."""
-    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+asyncpg://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+normalise_url = psycopg_url  # the library's rule, under the name the services know
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

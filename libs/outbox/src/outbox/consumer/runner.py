@@ -42,6 +42,7 @@ from outbox.consumer.settings import CONSUMER_ENV, ConsumerSettings
 from outbox.envelope import MalformedMessage, decode_record
 from outbox.kafka import clients as kafka_clients
 from outbox.kafka import ensure_topics, start_producer
+from outbox.periodic import every
 from outbox.telemetry.heartbeat import Heartbeat
 from outbox.telemetry.metrics import consumer_metrics, observe_consumer_lag
 from outbox.writer import OutboxWriter
@@ -210,12 +211,13 @@ class IdempotentConsumer:
             await self.close()
 
     async def _prune_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.prune()
-            except Exception as exc:
-                log.warning("consumer %s: pruning failed (%s); will retry", self.name, exc)
-            await asyncio.sleep(self.settings.inbox_prune_interval_s)
+        await every(
+            self.settings.inbox_prune_interval_s,
+            self.prune,
+            stopping=self._stopping,
+            log=log,
+            failed=f"consumer {self.name}: pruning failed",
+        )
 
     async def prune(self) -> dict[str, int]:
         """One round of the prune loop: inbox rows, version rows (never below the inbox retention), and,
@@ -237,12 +239,13 @@ class IdempotentConsumer:
         return pruned
 
     async def _park_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.release_parked()
-            except Exception as exc:
-                log.warning("consumer %s: releasing parked events failed (%s); will retry", self.name, exc)
-            await asyncio.sleep(self.settings.park_sweep_interval_s)
+        await every(
+            self.settings.park_sweep_interval_s,
+            self.release_parked,
+            stopping=self._stopping,
+            log=log,
+            failed=f"consumer {self.name}: releasing parked events failed",
+        )
 
     async def release_parked(self) -> ConsumerStats:
         """Apply parked events whose gap closed (by another member, say); warn about long-parked ones."""

@@ -26,18 +26,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from outbox.database_url import psycopg_url
 from outbox.env_settings import SettingError, env_or_file, with_password
 from outbox.telemetry.heartbeat import heartbeat_age
 
 # Every other import happens in the command that needs it: `outbox health` is a probe run every few seconds
 # and must stay a few milliseconds of work, not an import of SQLAlchemy, aiokafka and OpenTelemetry.
-
-
-def _normalise(url: str) -> str:
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
 
 
 def _database_url(given: str | None) -> str | None:
@@ -46,7 +40,7 @@ def _database_url(given: str | None) -> str | None:
     if not url:
         return None
     password = env_or_file("OUTBOX_DATABASE_PASSWORD")
-    return with_password(_normalise(url), password, setting="OUTBOX_DATABASE_PASSWORD")
+    return with_password(psycopg_url(url), password, setting="OUTBOX_DATABASE_PASSWORD")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,7 +168,7 @@ async def _admin(args: argparse.Namespace) -> dict[str, Any]:
     from outbox.kafka import bootstrap_from_env
     from outbox.ops import admin, gaps, observe, why
 
-    engine = create_async_engine(_normalise(args.database_url))
+    engine = create_async_engine(psycopg_url(args.database_url))
     try:
         if args.command == "status":
             report = await admin.status(engine)
@@ -189,7 +183,7 @@ async def _admin(args: argparse.Namespace) -> dict[str, Any]:
                 engine,
                 args.target,
                 topic=args.topic,
-                consumer_urls=[_normalise(u) for u in args.consumer_urls],
+                consumer_urls=[psycopg_url(u) for u in args.consumer_urls],
             )
         if args.command == "replay":
             selection = admin.Selection(

@@ -11,6 +11,7 @@ import time
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.periodic import every
 from outbox.relay.settings import RelaySettings, RelayStats
 from outbox.relay.store import OutboxStore, Retention
 
@@ -76,12 +77,13 @@ class RelayHousekeeping:
                 delay = min(delay * 2, 5.0)
 
     async def _cleanup_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.cleanup_published()
-            except Exception as exc:
-                log.warning("relay %s: retention cleanup failed (%s); will retry", self.name, exc)
-            await asyncio.sleep(self.settings.cleanup_interval_s)
+        await every(
+            self.settings.cleanup_interval_s,
+            self.cleanup_published,
+            stopping=self._stopping,
+            log=log,
+            failed=f"relay {self.name}: retention cleanup failed",
+        )
 
     async def cleanup_published(self) -> int:
         """Delete published rows past `retention`, dead rows past `dead_retention`, a page of heads quiet past

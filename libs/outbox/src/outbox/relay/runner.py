@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from outbox.database_url import psycopg_url
 from outbox.relay.failures import (
     DatabaseUnavailable,
     TransientPublishError,
@@ -56,7 +57,9 @@ class Relay(RelayHousekeeping, BatchSteps):
         self, database: str | AsyncEngine, settings: RelaySettings | None = None, *, name: str = "relay"
     ) -> None:
         settings = settings or RelaySettings.from_env()
-        engine = create_async_engine(database, pool_size=4) if isinstance(database, str) else database
+        engine = (
+            create_async_engine(psycopg_url(database), pool_size=4) if isinstance(database, str) else database
+        )
         BatchSteps.__init__(self, engine, settings, name)
         self._owns_engine = isinstance(database, str)
         self._wake = asyncio.Event()

@@ -1,0 +1,27 @@
+"""The one "every N seconds until stopped" loop the relay's and the consumer's background chores share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+
+async def every(
+    interval_s: float,
+    chore: Callable[[], Awaitable[object]],
+    *,
+    stopping: asyncio.Event,
+    log: logging.Logger,
+    failed: str,
+) -> None:
+    """Run `chore` now and every `interval_s` until `stopping` is set. A failure is logged as
+    "<failed> (<error>); will retry" and the loop goes on; a stop interrupts the wait at once."""
+    while not stopping.is_set():
+        try:
+            await chore()
+        except Exception as exc:
+            log.warning("%s (%s); will retry", failed, exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval_s)
