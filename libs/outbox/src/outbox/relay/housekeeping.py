@@ -11,6 +11,7 @@ import time
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.log_throttle import LogThrottle
 from outbox.periodic import every
 from outbox.relay.settings import RelaySettings, RelayStats
 from outbox.relay.store import OutboxStore, Retention
@@ -28,6 +29,7 @@ class RelayHousekeeping:
     _wake: asyncio.Event
     _analyzed_at: float
     _analyze_refusal_logged: bool
+    outage_log: LogThrottle
 
     async def refresh_statistics(self) -> None:
         """ANALYZE the outbox when its planner figures are stale: more rows changed since the last ANALYZE
@@ -53,8 +55,12 @@ class RelayHousekeeping:
                     self.name,
                 )
         except Exception as exc:  # not fatal: e.g. a database outage
-            log.warning(
-                "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog", self.name, exc
+            self.outage_log.log(
+                logging.WARNING,
+                "analyze",
+                "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog",
+                self.name,
+                exc,
             )
 
     # -- wake-ups and housekeeping ------------------------------------------------------------------------
@@ -72,7 +78,13 @@ class RelayHousekeeping:
                     async for _ in conn.notifies():
                         self._wake.set()
             except (psycopg.Error, OSError) as exc:
-                log.warning("relay %s: LISTEN connection lost (%s); polling meanwhile", self.name, exc)
+                self.outage_log.log(
+                    logging.WARNING,
+                    "listen",
+                    "relay %s: LISTEN connection lost (%s); polling meanwhile",
+                    self.name,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -81,7 +93,7 @@ class RelayHousekeeping:
             self.settings.cleanup_interval_s,
             self.cleanup_published,
             stopping=self._stopping,
-            log=log,
+            log=self.outage_log,
             failed=f"relay {self.name}: retention cleanup failed",
         )
 

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from outbox.database_url import psycopg_url
+from outbox.log_throttle import LogThrottle
 from outbox.relay.failures import (
     DatabaseUnavailable,
     TransientPublishError,
@@ -63,6 +64,7 @@ class Relay(RelayHousekeeping, BatchSteps):
         BatchSteps.__init__(self, engine, settings, name)
         self._owns_engine = isinstance(database, str)
         self._wake = asyncio.Event()
+        self.outage_log = LogThrottle(log)  # a line per outage retry would bury the rest of the log
         self._analyzed_at = -float("inf")
         self._analyze_refusal_logged = False
         self._heartbeat = Heartbeat(None)
@@ -146,13 +148,17 @@ class Relay(RelayHousekeeping, BatchSteps):
                     # A claim that met a topic not created yet left its rows pending (`send`): create it
                     # and claim them again now, not a poll later.
                     if not self.wants_topics() or self._stopping.is_set():
+                        if attempt.retry_state.attempt_number > 1:
+                            self.outage_log.recovered("publish", "relay %s: publishing again", self.name)
                         return claimed
         return 0  # pragma: no cover - AsyncRetrying either returns or raises
 
     def _log_outage(self, retry_state: Any) -> None:
         self.stats.outages += 1
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        log.warning(
+        self.outage_log.log(
+            logging.WARNING,
+            "publish",
             "relay %s: rows not published (%s: %s); retry %d in %.2fs, they stay pending",
             self.name,
             type(exc).__name__,
