@@ -55,6 +55,7 @@ async def test_relay_and_consumer_started_before_the_broker_and_database_wait_th
     try:
         relay.start()
         consumer.start()
+
         async def both_report_it() -> bool:
             return _said(relay, "rows not published") and _said(consumer, "cannot start")
 
