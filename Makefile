@@ -38,7 +38,7 @@ e2e: stack
 	$(RUN) pytest tests/e2e
 
 bench: stack  ## relay drain rate and commit->applied latency -> bench/results/latest.json
-	$(RUN) python bench/run.py
+	$(RUN) python -m bench.run
 
 bench-peers: stack  ## libs/outbox vs faststream-outbox, same PostgreSQL and broker -> bench/results/peers.json
 	$(RUN) --group peers python -m bench.peers.run
