@@ -7,7 +7,11 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from contracts import auth, indexer
 from servicekit.settings import ServiceSettings, local_database_url
+
+# What console's consumer subscribes to (console.consumer); the API's /metrics reports that group's lag on them.
+TOPICS = (auth.ACCOUNT_TOPIC, indexer.TOPIC)
 
 
 class Settings(ServiceSettings):

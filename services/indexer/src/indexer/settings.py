@@ -7,7 +7,11 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from contracts import console
 from servicekit.settings import ServiceSettings, local_database_url
+
+# What the indexer's consumer subscribes to (indexer.consumer); the API's /metrics reports that group's lag on them.
+TOPICS = (console.TOPIC,)
 
 
 class Settings(ServiceSettings):
