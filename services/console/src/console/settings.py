@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from contracts import auth, indexer
 from servicekit.settings import ServiceSettings, local_database_url
 
-# What console's consumer subscribes to (console.consumer); the API's /metrics reports that group's lag on them.
+# The topics console.consumer subscribes to; main.py's /metrics reports the group's lag on them.
 TOPICS = (auth.ACCOUNT_TOPIC, indexer.TOPIC)
 
 

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from contracts import console
 from servicekit.settings import ServiceSettings, local_database_url
 
-# What the indexer's consumer subscribes to (indexer.consumer); the API's /metrics reports that group's lag on them.
+# The topics indexer.consumer subscribes to; main.py's /metrics reports the group's lag on them.
 TOPICS = (console.TOPIC,)
 
 
