@@ -78,3 +78,23 @@ class CpuMeter:
         used = {name: round(max(now[name] - start.get(name, 0.0), 0.0), 3) for name in now}
         used["total"] = round(sum(used.values()), 3)
         return used
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The process holding a listening TCP socket on `port` (IPv4), from /proc/net/tcp and the fd links."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+            inodes.add(f"socket:[{inode}]")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(entry.name)
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return None
