@@ -43,6 +43,7 @@ from outbox.relay.failures import (
 from outbox.relay.housekeeping import RelayHousekeeping
 from outbox.relay.pipeline import PublishPipeline
 from outbox.relay.settings import RelaySettings, RelayStats
+from outbox.relay.shares import ShareLeases
 from outbox.relay.steps import BatchSteps
 from outbox.telemetry.heartbeat import Heartbeat
 
@@ -76,6 +77,8 @@ class Relay(RelayHousekeeping, BatchSteps):
         self._wake.set()
 
     async def close(self) -> None:
+        if self.leases is not None:
+            await self.leases.close()
         if self.publisher is not None:
             await self.publisher.producer.stop()
             self.publisher = None
@@ -87,7 +90,12 @@ class Relay(RelayHousekeeping, BatchSteps):
             await self.start()
         except KafkaError as exc:  # e.g. refused credentials: the publish loop retries with backoff
             log.error("relay %s: cannot start a producer: %s", self.name, exc)
+        if self.settings.shares > 0:
+            self.leases = ShareLeases(self.libpq_dsn(), self.settings.shares, self.name)
+            await self.leases.rebalance()
         background = [asyncio.create_task(self._cleanup_loop(), name="outbox-cleanup")]
+        if self.leases is not None:
+            background.append(asyncio.create_task(self._share_loop(), name="outbox-shares"))
         if self.settings.notify_channel:
             background.append(asyncio.create_task(self._listen_loop(), name="outbox-listen"))
         try:
