@@ -57,9 +57,9 @@ def test_the_checked_in_catalogue_is_what_the_contracts_render() -> None:
         path = EVENTS / name
         assert path.exists(), f"docs/events/{name} is missing: {REGENERATE}"
         assert path.read_text(encoding="utf-8") == text, f"docs/events/{name} is stale: {REGENERATE}"
-    left_over = {
-        str(p.relative_to(EVENTS)) for p in (EVENTS / catalogue.SCHEMA_DIR).glob("*.json")
-    } - set(files)
+    left_over = {str(p.relative_to(EVENTS)) for p in (EVENTS / catalogue.SCHEMA_DIR).glob("*.json")} - set(
+        files
+    )
     assert not left_over, f"docs/events has files of no event type {sorted(left_over)}: {REGENERATE}"
 
 
@@ -86,7 +86,9 @@ def asyncapi_parser() -> Path:
     problem = None if node and npm else "Node.js and npm are needed for the AsyncAPI parser"
     installed = PARSER_DIR / "node_modules" / "@asyncapi" / "parser"
     lock = (VENDORED / "package-lock.json").read_bytes()
-    if problem is None and (not installed.exists() or (PARSER_DIR / "package-lock.json").read_bytes() != lock):
+    if problem is None and (
+        not installed.exists() or (PARSER_DIR / "package-lock.json").read_bytes() != lock
+    ):
         PARSER_DIR.mkdir(parents=True, exist_ok=True)
         for name in ("package.json", "package-lock.json"):
             shutil.copyfile(VENDORED / name, PARSER_DIR / name)

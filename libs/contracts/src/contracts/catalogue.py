@@ -117,17 +117,25 @@ class Catalogued:
 
 def catalogued() -> list[Catalogued]:
     """Every event type the contracts define, with an example of each."""
-    account, mail = {"account_id": _ACCOUNT, "email": "ada@example.com"}, {"name": "Ada"}
+    ada = {"email": "ada@example.com", "name": "Ada"}
     events: list[tuple[type[BaseModel], Event]] = [
-        (auth.AccountRegistered, auth.AccountRegistered(**account, **mail, version=1).to_event()),
-        (auth.PasswordChanged, auth.PasswordChanged(**account, version=2, reason="reset").to_event()),
+        (auth.AccountRegistered, auth.AccountRegistered(account_id=_ACCOUNT, **ada, version=1).to_event()),
+        (
+            auth.PasswordChanged,
+            auth.PasswordChanged(
+                account_id=_ACCOUNT, email=ada["email"], version=2, reason="reset"
+            ).to_event(),
+        ),
         (
             auth.PasswordResetCode,
             auth.PasswordResetCode(
-                **account, **mail, reset_id=_RESET, code="482913", expires_at=_EXPIRES
+                account_id=_ACCOUNT, **ada, reset_id=_RESET, code="482913", expires_at=_EXPIRES
             ).to_event(),
         ),
-        (auth.LoginCode, auth.LoginCode(**account, **mail, code="719204", expires_at=_EXPIRES).to_event()),
+        (
+            auth.LoginCode,
+            auth.LoginCode(account_id=_ACCOUNT, **ada, code="719204", expires_at=_EXPIRES).to_event(),
+        ),
     ]
     state = console.DocumentState(
         document_id=_DOCUMENT,
@@ -144,14 +152,14 @@ def catalogued() -> list[Catalogued]:
         deleted = event_type is console.DocumentEventType.DELETED
         shown = state.model_copy(update={"text": "", "deleted": True} if deleted else {})
         events.append((console.DocumentState, shown.to_event(event_type)))
-    report = {"document_id": _DOCUMENT, "dataset_id": _DATASET, "workspace_id": _WORKSPACE}
+    ids = {"document_id": _DOCUMENT, "dataset_id": _DATASET, "workspace_id": _WORKSPACE}
     events += [
-        (indexer.DocumentIndexing, indexer.DocumentIndexing(**report).to_event(3)),
+        (indexer.DocumentIndexing, indexer.DocumentIndexing(**ids).to_event(3)),
         (
             indexer.DocumentIndexed,
-            indexer.DocumentIndexed(**report, segment_count=12, searchable=True).to_event(3),
+            indexer.DocumentIndexed(**ids, segment_count=12, searchable=True).to_event(3),
         ),
-        (indexer.DocumentIndexFailed, indexer.DocumentIndexFailed(**report, reason="timeout").to_event(3)),
+        (indexer.DocumentIndexFailed, indexer.DocumentIndexFailed(**ids, reason="timeout").to_event(3)),
     ]
     return [
         Catalogued(model, dataclasses.replace(event, id=uuid.uuid5(_IDS, event.type), time=_TIME))
