@@ -264,6 +264,12 @@ def headers_schema(event: Event, producer: str) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required}
 
 
+def _summary(event_type: str) -> str:
+    if event_type not in SUMMARIES:
+        raise KeyError(f"{event_type}: add its one-line summary to contracts.catalogue.SUMMARIES")
+    return SUMMARIES[event_type]
+
+
 def _channel_id(topic: Topic) -> str:
     return topic.address
 
@@ -280,7 +286,7 @@ def _message(entry: Catalogued, topic: Topic) -> dict[str, Any]:
     message: dict[str, Any] = {
         "name": event.type,
         "title": event.type,
-        "summary": SUMMARIES[event.type],
+        "summary": _summary(event.type),
         "contentType": CONTENT_TYPE,
         "headers": headers_schema(event, topic.producer),
         "payload": {"$ref": f"#/components/schemas/{_schema_id(entry.model)}"},
@@ -362,7 +368,7 @@ def json_schemas(entries: list[Catalogued] | None = None) -> dict[str, dict[str,
     out: dict[str, dict[str, Any]] = {}
     for entry in entries:
         schema = copy.deepcopy(payload_schema(entry))
-        description = " ".join(filter(None, [SUMMARIES[entry.event.type], schema.pop("description", None)]))
+        description = " ".join(filter(None, [_summary(entry.event.type), schema.pop("description", None)]))
         out[entry.event.type] = {
             "$schema": JSON_SCHEMA_DIALECT,
             "title": entry.event.type,
