@@ -7,10 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from contracts import catalogue
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = ROOT / "docs" / "events"
+# Formats checked too (uuid, date-time), whatever the schema's draft: a key or `ce_id` must be a UUID.
+FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
 
 
 def document() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from jsonschema.exceptions import best_match
 from pydantic import BaseModel
 
 from contracts import auth, catalogue, console, indexer
-from libs.contracts.tests.catalogue_support import EVENTS, ROOT, document, refs, resolve, schema_file
+from libs.contracts.tests.catalogue_support import EVENTS, FORMATS, ROOT, document, refs, resolve, schema_file
 from outbox.envelope import encode_headers
 
 VENDORED = Path(__file__).parent / "asyncapi"
@@ -177,8 +177,12 @@ def test_each_message_has_its_model_schema_headers_and_key() -> None:
         assert entry.model.model_validate(example["payload"]).model_dump(mode="json").items() <= (
             example["payload"].items()
         )
-        jsonschema.validate(example["payload"], payload, cls=jsonschema.Draft7Validator)
-        jsonschema.validate(example["headers"], message["headers"], cls=jsonschema.Draft7Validator)
+        jsonschema.validate(
+            example["payload"], payload, cls=jsonschema.Draft7Validator, format_checker=FORMATS
+        )
+        jsonschema.validate(
+            example["headers"], message["headers"], cls=jsonschema.Draft7Validator, format_checker=FORMATS
+        )
         headers = message["headers"]
         assert headers["properties"]["ce_type"]["const"] == example["headers"]["ce_type"] == event.type
         assert headers["properties"]["ce_source"]["const"] == owners[event.topic]
@@ -192,7 +196,9 @@ def test_each_message_has_its_model_schema_headers_and_key() -> None:
         standalone = schema_file(event.type)
         jsonschema.Draft202012Validator.check_schema(standalone)
         assert standalone["properties"] == payload["properties"]
-        jsonschema.validate(example["payload"], standalone, cls=jsonschema.Draft202012Validator)
+        jsonschema.validate(
+            example["payload"], standalone, cls=jsonschema.Draft202012Validator, format_checker=FORMATS
+        )
 
 
 def test_the_headers_schema_names_every_header_the_envelope_writes() -> None:

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from contracts import catalogue
-from libs.contracts.tests.catalogue_support import document, resolve, schema_file
+from libs.contracts.tests.catalogue_support import FORMATS, document, resolve, schema_file
 from outbox import OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env
 from outbox.testing import drain_outbox, headers_of, read_topic, wire
@@ -61,18 +61,25 @@ async def test_every_record_the_relay_publishes_matches_its_catalogued_message(e
             assert headers["ce_type"] in channel["messages"]
             message = doc["components"]["messages"][headers["ce_type"]]
             declared = message["headers"]
-            jsonschema.validate(headers, declared, cls=jsonschema.Draft7Validator)
+            jsonschema.validate(headers, declared, cls=jsonschema.Draft7Validator, format_checker=FORMATS)
             assert set(headers) <= set(declared["properties"]), "a header the catalogue does not name"
             value: dict[str, Any] = json.loads(record.value or b"")
             jsonschema.validate(
                 value, resolve(doc, message["payload"]["$ref"]), cls=jsonschema.Draft7Validator
             )
             standalone = schema_file(entry.event.type)
-            jsonschema.validate(value, standalone, cls=jsonschema.Draft202012Validator)
+            jsonschema.validate(
+                value, standalone, cls=jsonschema.Draft202012Validator, format_checker=FORMATS
+            )
             assert record.key is not None
             key = record.key.decode()
             assert key == headers["ce_subject"] == value[catalogue.key_field(entry.event)]
-            jsonschema.validate(key, message["bindings"]["kafka"]["key"], cls=jsonschema.Draft7Validator)
+            jsonschema.validate(
+                key,
+                message["bindings"]["kafka"]["key"],
+                cls=jsonschema.Draft7Validator,
+                format_checker=FORMATS,
+            )
             seen.append(headers)
     # The optional headers were on the wire too, so they were checked against the catalogue.
     assert any("ce_prevversion" in h for h in seen) and any("ce_aggregateversion" not in h for h in seen)
