@@ -120,8 +120,8 @@ def contract_topics_and_types() -> tuple[set[str], set[str]]:
                 continue
             if issubclass(value, StrEnum):
                 types |= {member.value for member in value}
-            elif issubclass(value, BaseModel) and isinstance(getattr(value, "TYPE", None), str):
-                types.add(value.TYPE)
+            elif issubclass(value, BaseModel) and isinstance(event_type := getattr(value, "TYPE", None), str):
+                types.add(event_type)  # a base such as AccountEvent declares TYPE without a value
     return topics, types
 
 

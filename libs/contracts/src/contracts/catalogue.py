@@ -270,10 +270,6 @@ def _summary(event_type: str) -> str:
     return SUMMARIES[event_type]
 
 
-def _channel_id(topic: Topic) -> str:
-    return topic.address
-
-
 def _schema_id(model: type[BaseModel]) -> str:
     return f"{model.__module__.removeprefix('contracts.')}.{model.__name__}"
 
@@ -319,7 +315,7 @@ def asyncapi(entries: list[Catalogued] | None = None) -> dict[str, Any]:
     messages: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
     for topic, members in _by_topic(entries):
-        channel = _channel_id(topic)
+        channel = topic.address  # the channel's id in the document
         channels[channel] = {
             "address": topic.address,
             "title": topic.title,
