@@ -38,6 +38,17 @@ def test_the_checked_in_catalogue_is_what_the_contracts_render() -> None:
     assert not left_over, f"docs/events has files of no event type {sorted(left_over)}: {REGENERATE}"
 
 
+def test_the_generator_writes_every_file_and_removes_a_left_over_one(tmp_path: Path) -> None:
+    from scripts.catalogue import stale, write
+
+    (tmp_path / catalogue.SCHEMA_DIR).mkdir()
+    (tmp_path / catalogue.SCHEMA_DIR / "auth.account.renamed.json").write_text("{}")
+    assert {catalogue.ASYNCAPI_FILE, "schemas/auth.account.renamed.json"} <= set(stale(tmp_path))
+    write(tmp_path)
+    assert stale(tmp_path) == []
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.json")} == set(catalogue.render())
+
+
 def test_the_document_is_valid_by_the_published_asyncapi_3_0_0_schema() -> None:
     schema = json.loads((VENDORED / "asyncapi-3.0.0.schema.json").read_text(encoding="utf-8"))
     validator = jsonschema.Draft7Validator(schema)
