@@ -13,6 +13,7 @@ from itertools import groupby
 from typing import Any
 
 import jsonschema
+import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -22,16 +23,19 @@ from outbox import OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env
 from outbox.testing import drain_outbox, headers_of, read_topic, wire
 from testsupport import recreate_database
+from testsupport.processes import PG_HOST, PG_PORT, PG_USER
 
 
 @pytest.fixture
 async def engine() -> AsyncIterator[AsyncEngine]:
-    url = recreate_database(f"contracts_catalogue_{os.environ['TEST_RUN_ID']}")
-    engine = create_async_engine(url, pool_size=2)
+    name = f"contracts_catalogue_{os.environ['TEST_RUN_ID']}"
+    engine = create_async_engine(recreate_database(name), pool_size=2)
     async with engine.begin() as conn:
         await conn.run_sync(create_tables)
     yield engine
     await engine.dispose()
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # a database per run: leave none behind
 
 
 async def test_every_record_the_relay_publishes_matches_its_catalogued_message(engine: AsyncEngine) -> None:
