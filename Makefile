@@ -4,7 +4,7 @@ PY_BOOT ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: reconcile rebuild-index setup stack migrate run test test-fast e2e chaos bench bench-api bench-peers consistency audit lint fmt down status e2e-docker
+.PHONY: catalogue reconcile rebuild-index setup stack migrate run test test-fast e2e chaos bench bench-api bench-peers consistency audit lint fmt down status e2e-docker
 
 $(CURDIR)/.tools/bin/uv:
 	$(PY_BOOT) -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -84,6 +84,9 @@ consistency: stack  ## the seed's dual write vs the outbox under the same crashe
 
 reconcile: setup  ## does the search index agree with console? REPAIR=1 re-announces drifted documents
 	$(RUN) python scripts/projection.py reconcile $(if $(REPAIR),--repair)
+
+catalogue: setup  ## regenerate the event catalogue (docs/events: AsyncAPI 3.0 + a JSON Schema per event type) from libs/contracts
+	$(RUN) python scripts/catalogue.py
 
 rebuild-index: setup  ## rebuild the indexer's projection from console's current state (resumable)
 	$(RUN) python scripts/projection.py rebuild
