@@ -19,6 +19,7 @@ import sys
 import time
 from email import message_from_bytes
 from email.policy import default
+from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,12 +51,15 @@ def latest(directory: Path, to: str | None) -> int:
     mails = sorted(directory.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for path in mails:
         message = message_from_bytes(path.read_bytes(), policy=default)
-        if to and to.lower() not in str(message.get("To", "")).lower():
+        recipients = {address.lower() for _, address in getaddresses([str(message.get("To", ""))])}
+        if to and to.lower() not in recipients:
             continue
         for header in ("Date", "From", "To", "Subject"):
-            print(f"{header}: {message.get(header, '')}")
+            if header in message:
+                print(f"{header}: {message[header]}")
         body = message.get_body(preferencelist=("plain",))
-        print(f"File: {path}\n\n{body.get_content().rstrip() if body else ''}")
+        text = body.get_content().replace("\r\n", "\n").rstrip() if body else ""  # SMTP's CRLF
+        print(f"File: {path}\n\n{text}")
         return 0
     print(f"no mail{f' to {to}' if to else ''} in {directory}", file=sys.stderr)
     return 1
