@@ -12,7 +12,9 @@ everything, naming it: a crash is never left unnoticed in the scrolling output.
 
 The runner listens on a Unix socket, `$STACK_DIR/run/control.sock` (0600), where the client side of this
 same script sends one line (`stop NAME`) and reads the answer; the client needs nothing but Python's
-standard library.
+standard library. (Why not honcho or supervisord: honcho cannot stop or restart one process of a running
+instance; supervisord can, but as a daemon whose children get no parent-death signal, so a SIGKILLed
+supervisord leaves them running, and it would be one more dependency for ~100 lines here.)
 
 No child outlives the runner, however the runner ends. Each child gets its own process group (so a stop
 reaches the whole group) and a parent-death signal (PR_SET_PDEATHSIG: the kernel sends it SIGTERM when the
