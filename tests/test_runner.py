@@ -207,3 +207,15 @@ def test_a_sigkilled_runner_takes_restarted_children_with_it(start: Callable[...
     os.kill(run.proc.pid, signal.SIGKILL)
     run.proc.wait(timeout=30)
     poll_until(lambda: not any(alive(p) for p in pids), timeout=30, what="every child to die with the runner")
+
+
+def test_make_run_passes_only_to_the_runner() -> None:
+    """The Makefile's wiring, read with `make -n` (nothing runs): ONLY= reaches the runner, absent it starts all."""
+
+    def planned(*argv: str) -> str:
+        done = subprocess.run(["make", "-n", "-C", str(ROOT), "run", *argv], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return next(line for line in done.stdout.splitlines() if "scripts/run.py" in line)
+
+    assert planned("ONLY=auth,auth-relay").endswith("scripts/run.py Procfile --only auth,auth-relay")
+    assert planned().endswith("scripts/run.py Procfile ")
