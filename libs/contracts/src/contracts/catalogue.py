@@ -23,14 +23,13 @@ from pydantic import BaseModel
 
 from contracts import auth, console, indexer
 from outbox import Event
+from outbox.consumer.dead_letters import REDRIVE_HEADER  # what `outbox dlq redrive` adds
 from outbox.envelope import CONTENT_TYPE, SPEC_VERSION, encode_headers
 
 ASYNCAPI_FILE = "asyncapi.json"
 SCHEMA_DIR = "schemas"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 KAFKA_BINDING = "0.5.0"
-# The header an operator's `outbox dlq redrive` adds when it republishes a dead letter to its topic.
-REDRIVE_HEADER = "outbox_redrive"
 
 
 @dataclass(frozen=True)
