@@ -8,7 +8,8 @@
     outbox redrive --database-url URL [--id N ...] [--reorder | --force] [--yes]
     outbox skip-gap --database-url URL --consumer NAME --topic T --aggregate ID [--yes]   (a consumer's database)
     outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
-    outbox trace   SPANS_FILE [--trace-id ID] [--last N]
+    outbox trace   [SPANS_FILE] [--trace-id ID] [--request-id ID] [--service S] [--name TEXT] [--since WHEN]
+                   [--until WHEN] [--idle] [--last N]   (WHEN: 15m, 2h, 1d ago, or an ISO timestamp)
 
 The database URL may also come from OUTBOX_DATABASE_URL, its password apart from OUTBOX_DATABASE_PASSWORD
 (each also as a file: OUTBOX_DATABASE_URL_FILE, OUTBOX_DATABASE_PASSWORD_FILE); the broker from KAFKA_BOOTSTRAP.
@@ -26,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from outbox import trace_view
 from outbox.env_settings import SettingError, env_or_file, with_password
 from outbox.health import heartbeat_age
 
@@ -139,10 +141,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a consumer's database: its inbox row, applied version and parked events (repeatable)",
     )
     explain.add_argument("--json", action="store_true")
-    view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees")
-    view.add_argument("spans_file", type=Path)
-    view.add_argument("--trace-id")
-    view.add_argument("--last", type=int, default=5)
+    view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees, filtered")
+    trace_view.add_arguments(view)
     return parser
 
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from aiokafka.errors import KafkaConnectionError
 
-    from outbox import dlq, observe, trace_view, why
+    from outbox import dlq, observe, why
     from outbox.kafka import bootstrap_from_env
     from outbox.kafka_connection import KafkaConnection, KafkaSettingError
     from outbox.logs import configure_logging
@@ -253,10 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"outbox {args.command}: {exc}", file=sys.stderr)
             return 2
     if args.command == "trace":
-        print(
-            trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
-        )
-        return 0
+        code, text = trace_view.run(args)
+        print(text, file=sys.stderr if code else sys.stdout)
+        return code
     if args.command == "dlq":
         try:
             result = asyncio.run(
