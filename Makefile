@@ -23,10 +23,13 @@ stack: setup
 migrate: stack
 	$(RUN) python scripts/migrate.py
 
+# Every process records its spans into one file, size-capped with rotated backups (libs/outbox span_file.py:
+# OTEL_SPANS_FILE_MAX_BYTES, OTEL_SPANS_FILE_BACKUPS); `outbox trace` reads it. OTEL_SPANS_FILE= turns it off.
+SPANS_FILE_DEFAULT = $${STACK_DIR:-$(CURDIR)/.stack}/spans.jsonl
 run: migrate  ## the stack, the gateway on :8000, Prometheus on :9090, every service, relay and consumer (Ctrl-C stops them)
 	$(RUN) python scripts/gateway.py ensure
 	$(RUN) python scripts/prometheus.py ensure
-	$(RUN) python scripts/run.py Procfile
+	OTEL_SPANS_FILE="$${OTEL_SPANS_FILE-$(SPANS_FILE_DEFAULT)}" $(RUN) python scripts/run.py Procfile
 
 test: stack  ## the whole suite: unit, integration, e2e and chaos, against real PostgreSQL, broker, Redis
 	$(RUN) pytest
