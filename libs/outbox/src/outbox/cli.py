@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"healthy: heartbeat {age:.1f}s old")
         return 0
+    if args.command == "trace":  # reads a file: none of the imports below
+        return trace_view.main(args)
     from aiokafka.errors import KafkaConnectionError
 
     from outbox import dlq, observe, why
@@ -252,10 +254,6 @@ def main(argv: list[str] | None = None) -> int:
         except KafkaSettingError as exc:
             print(f"outbox {args.command}: {exc}", file=sys.stderr)
             return 2
-    if args.command == "trace":
-        code, text = trace_view.run(args)
-        print(text, file=sys.stderr if code else sys.stdout)
-        return code
     if args.command == "dlq":
         try:
             result = asyncio.run(

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -182,26 +183,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the spans file (default: OTEL_SPANS_FILE, else {DEFAULT_FILE}, where `make run` writes); "
         "its rotated FILE.1, FILE.2, ... are read too",
     )
-    parser.add_argument("--trace-id", help="this trace only (32 hex digits: a response's X-Trace-Id)")
-    parser.add_argument("--request-id", help="traces of this request (its X-Request-ID)")
+    parser.add_argument(
+        "--trace-id", metavar="ID", help="this trace only (32 hex digits: a response's X-Trace-Id)"
+    )
+    parser.add_argument("--request-id", metavar="ID", help="traces of this request (its X-Request-ID)")
     parser.add_argument(
         "--service",
+        metavar="SERVICE",
         dest="services",
         action="append",
         default=[],
         help="traces with a span of this service (repeatable)",
     )
-    parser.add_argument("--name", help="traces with a span whose name contains this text (case-insensitive)")
     parser.add_argument(
-        "--since", type=parse_when, help="traces started since: 15m, 2h, 1d ago, or an ISO timestamp"
+        "--name", metavar="TEXT", help="traces with a span whose name contains this text (case-insensitive)"
     )
     parser.add_argument(
-        "--until", type=parse_when, help="traces started until: a duration ago or an ISO timestamp"
+        "--since",
+        metavar="WHEN",
+        type=parse_when,
+        help="traces started since: 15m, 2h, 1d ago, or an ISO timestamp",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="WHEN",
+        type=parse_when,
+        help="traces started until: a duration ago or an ISO timestamp",
     )
     parser.add_argument(
         "--idle", action="store_true", help="also show idle traces (no request, no message: background loops)"
     )
-    parser.add_argument("--last", type=int, default=5, help="show the N newest matching traces (default 5)")
+    parser.add_argument(
+        "--last", metavar="N", type=int, default=5, help="show the N newest matching traces (default 5)"
+    )
 
 
 def run(args: argparse.Namespace) -> tuple[int, str]:
@@ -229,3 +243,12 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
     if not traces:
         return 1, "outbox trace: no matching trace (idle traces are hidden: --idle shows them)"
     return 0, render_traces(traces)
+
+
+def main(args: argparse.Namespace) -> int:
+    code, text = run(args)
+    try:
+        print(text, file=sys.stderr if code else sys.stdout, flush=True)
+    except BrokenPipeError:  # piped into `head` or a pager that quit early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    return code
