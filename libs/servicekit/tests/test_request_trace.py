@@ -173,3 +173,14 @@ def test_the_request_id_is_an_attribute_of_the_server_span(text_service: HttpSer
     poll_until(lambda: server_span() is not None, timeout=10, what="the server span in the spans file")
     span = server_span()
     assert span is not None and span["attributes"]["request.id"] == request_id, span
+
+
+def test_a_path_cannot_forge_a_second_log_line(text_service: HttpService) -> None:
+    request_id = f"req-{uuid.uuid4().hex}"
+    forged = "/kit/x%0A2026-01-01 00:00:00,000 INFO servicekit.access: forged"
+    httpx.get(text_service.base_url + forged, headers={"X-Request-ID": request_id})
+    line = _text_line(text_service, request_id)
+    assert '"GET /kit/x%0A2026-01-01' in line, line  # logged as sent, on its one line
+    assert not any(
+        x.endswith("servicekit.access: forged") for x in text_service.log_path.read_text().splitlines()
+    )

@@ -121,10 +121,11 @@ class AccessLogMiddleware:
         if not access_log.isEnabledFor(level):
             return
         client = scope.get("client")
+        raw_path = scope.get("raw_path")  # as sent (still percent-encoded): no decoded %0A splits a line
         fields: dict[str, Any] = {
             "client": client[0] if client else "",
             "method": scope.get("method", ""),
-            "path": path,
+            "path": bytes(raw_path).decode("latin-1") if raw_path else path,
             "status": status,
             "duration_ms": round(seconds * 1000, 1),
             "request_id": request_id,
