@@ -240,6 +240,8 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
         idle=args.idle,
     )
     traces = select(load_spans(path, containing=where.trace_id), where, last=args.last)
+    if not traces and where.trace_id:
+        return 1, f"outbox trace: no span of trace {where.trace_id} in {path} or its rotated files"
     if not traces:
         return 1, "outbox trace: no matching trace (idle traces are hidden: --idle shows them)"
     return 0, render_traces(traces)
