@@ -23,10 +23,13 @@ stack: setup
 migrate: stack
 	$(RUN) python scripts/migrate.py
 
+# Every process records its spans into one file, size-capped with rotated backups (libs/outbox span_file.py:
+# OTEL_SPANS_FILE_MAX_BYTES, OTEL_SPANS_FILE_BACKUPS); `outbox trace` reads it. OTEL_SPANS_FILE= turns it off.
+SPANS_FILE_DEFAULT = $${STACK_DIR:-$(CURDIR)/.stack}/spans.jsonl
 run: migrate  ## the stack, the gateway on :8000, Prometheus on :9090, every service, relay and consumer (Ctrl-C stops them); ONLY=a,b: those Procfile names only
 	$(RUN) python scripts/gateway.py ensure
 	$(RUN) python scripts/prometheus.py ensure
-	$(RUN) python scripts/run.py Procfile $(if $(ONLY),--only $(ONLY))
+	OTEL_SPANS_FILE="$${OTEL_SPANS_FILE-$(SPANS_FILE_DEFAULT)}" $(RUN) python scripts/run.py Procfile $(if $(ONLY),--only $(ONLY))
 
 # Talk to the running `make run` (scripts/run.py's control socket under .stack/run/): standard library only,
 # so no setup step and no uv; the rest keeps running.
