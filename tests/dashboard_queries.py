@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards"
+RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "alerts.yml"
 # Grafana's own variables and the dashboard's `service` variable, as a query run by Grafana would see them.
 VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$service": ".*"}
 # Series Prometheus makes itself (no process exports them): their label names.
@@ -110,3 +111,16 @@ def queries(dashboard: dict[str, Any]) -> list[Query]:
 
 def dashboards() -> list[Path]:
     return sorted(DASHBOARDS.glob("*.json"))
+
+
+def rule_queries() -> list[Query]:
+    """The alert rules' expressions (deploy/prometheus/alerts.yml), named by their alert."""
+    import yaml  # only this function reads YAML
+
+    doc = yaml.safe_load(RULES.read_text())
+    out = []
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            selectors, grouping = parse(rule["expr"])
+            out.append(Query(f"alert {rule['alert']}", rule["expr"], selectors, grouping))
+    return out

@@ -4,7 +4,8 @@ three APIs, a relay per service, both consumers) serves a user's journey, then e
 scraped and every metric each dashboard query reads must be exported by a process of the job the query
 selects (api, relay, consumer), with every label the query matches on or groups by (Prometheus adds job,
 instance and service from the target). A histogram's _bucket/_sum/_count are sample names of the text
-format, so they are found as such. `up` and `ALERTS` are Prometheus's own series.
+format, so they are found as such. `up` and `ALERTS` are Prometheus's own series. The alert rules
+(deploy/prometheus/alerts.yml) get the same check.
 
 The metrics are OpenTelemetry instruments, which appear in /metrics only once recorded: the journey makes
 each one record, and the scrape waits (polling, no fixed delay) until every query's metric is there or the
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 from collections import defaultdict
-from pathlib import Path
 
 import httpx
 import pytest
@@ -49,12 +49,12 @@ def scrape(system: System) -> dict[str, dict[str, set[str]]]:
     return exported
 
 
-def problems(exported: dict[str, dict[str, set[str]]], dashboard: Path) -> list[str]:
+def problems(exported: dict[str, dict[str, set[str]]], source: str, queries: list[dq.Query]) -> list[str]:
     found = []
-    for query in dq.queries(dq.load(dashboard)):
+    for query in queries:
         readable: set[str] = set(dq.TARGET_LABELS)
         for selector in query.selectors:
-            where = f"{dashboard.name} {query.panel!r}: {selector.metric}"
+            where = f"{source} {query.panel!r}: {selector.metric}"
             if selector.metric in dq.SYNTHETIC:
                 labels = dq.SYNTHETIC[selector.metric]
             else:
@@ -70,13 +70,17 @@ def problems(exported: dict[str, dict[str, set[str]]], dashboard: Path) -> list[
                 if label not in labels:
                     found.append(f"{where}: no label {label!r} (has {sorted(labels)})")
         for label in sorted(query.grouping - readable):
-            found.append(
-                f"{dashboard.name} {query.panel!r}: groups by {label!r}, which none of its metrics has"
-            )
+            found.append(f"{source} {query.panel!r}: groups by {label!r}, which none of its metrics has")
     return found
 
 
-async def test_every_dashboard_query_reads_metrics_the_running_system_exports(system: System) -> None:
+def everything() -> list[tuple[str, list[dq.Query]]]:
+    """Every dashboard's queries, and the alert rules' (the same check keeps them on real names too)."""
+    sources = [(path.name, dq.queries(dq.load(path))) for path in dq.dashboards()]
+    return [*sources, ("alerts.yml", dq.rule_queries())]
+
+
+async def test_every_dashboard_query_and_alert_rule_reads_metrics_the_system_exports(system: System) -> None:
     user = await User.signed_up(system, "dashboard")
     try:
         ds = await user.create_dataset()
@@ -90,7 +94,7 @@ async def test_every_dashboard_query_reads_metrics_the_running_system_exports(sy
 
     async def complete() -> bool:
         exported = scrape(system)
-        latest[:] = [p for d in dq.dashboards() for p in problems(exported, d)]
+        latest[:] = [p for source, queries in everything() for p in problems(exported, source, queries)]
         return not latest
 
     try:
@@ -98,8 +102,11 @@ async def test_every_dashboard_query_reads_metrics_the_running_system_exports(sy
     except (AssertionError, TimeoutError) as exc:
         raise AssertionError("\n".join(latest)) from exc
     exported = scrape(system)
-    queried = {s.metric for d in dq.dashboards() for q in dq.queries(dq.load(d)) for s in q.selectors}
-    print(f"[dashboard] {len(queried)} metrics read by the dashboard, all exported:", sorted(queried))
+    queried = {s.metric for _, queries in everything() for q in queries for s in q.selectors}
+    print(
+        f"[dashboard] {len(queried)} metrics read by the dashboard and rules, all exported:", sorted(queried)
+    )
+    assert len(dq.rule_queries()) >= 8
     # Not vacuous: the check tells a near miss (an OpenTelemetry counter without its _total) from the name.
     assert "messaging_client_sent_messages_total" in exported["relay"]
     assert "messaging_client_sent_messages" not in exported["relay"]
