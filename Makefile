@@ -114,7 +114,9 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 COMPOSE_ENV ?= deploy/.env
 COMPOSE_FILES ?= -f deploy/compose.yml
 COMPOSE_PROJECT ?= outbox-reference
-DC = $(COMPOSE) -p $(COMPOSE_PROJECT) --env-file $(COMPOSE_ENV) $(COMPOSE_FILES)
+# The app image's tag: the project's version (compose.yml's default is checked equal to it).
+APP_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
+DC = APP_VERSION=$(APP_VERSION) $(COMPOSE) -p $(COMPOSE_PROJECT) --env-file $(COMPOSE_ENV) $(COMPOSE_FILES)
 .PHONY: compose-up compose-down compose-check compose-smoke compose-secrets
 
 compose-secrets: setup  ## create the missing secret files in deploy/secrets/ (random; never committed) and Redis's ACL file
@@ -129,8 +131,13 @@ compose-down:  ## stop and remove the topology's containers (volumes stay; add `
 	@test -f $(COMPOSE_ENV) || { echo "$(COMPOSE_ENV) is missing"; exit 1; }
 	$(DC) down
 
-compose-check: setup  ## refuse any secret outside secret files, validate the compose files, build every service image
-	$(RUN) python deploy/composectl.py check
+# The file checks first (no Docker: also part of `make test`): secrets, Kafka security, limits, log rotation,
+# exact versions, bootstrap lists, the gateway's resolver, Prometheus/Alertmanager/Grafana configuration; then
+# `compose config` and the image build, which need the compose tool and an engine.
+COMPOSE_TESTS = tests/test_compose_secrets.py tests/test_compose_kafka.py tests/test_compose_running.py tests/test_compose_monitoring.py
+compose-check: setup  ## the compose files' checks (secrets, limits, versions, monitoring config), compose config, build every service image
+	$(RUN) pytest -q -p no:cacheprovider $(COMPOSE_TESTS)
+	APP_VERSION=$(APP_VERSION) $(RUN) python deploy/composectl.py check
 
 compose-smoke: setup  ## the whole topology on locally built stand-ins (deploy/compose.local.yml): quick start, health, teardown
 	$(RUN) python deploy/composectl.py smoke
