@@ -100,14 +100,14 @@ def test_prometheus_scrapes_every_process_of_compose_under_the_rules_jobs() -> N
     expected = {}
     for name, svc in services.items():
         env = svc.get("environment") or {}
-        if "OUTBOX_METRICS_PORT" in env:  # relays and consumers
+        if "OUTBOX_METRICS_PORT" in env:  # relays and consumers (auth's mail sender is one)
             job = "relay" if name.endswith("-relay") else "consumer"
             expected[name] = (job, int(env["OUTBOX_METRICS_PORT"]))
         if env.get(f"{name.upper()}_HOST") == "0.0.0.0":  # an API: /metrics on its own port
             expected[name] = ("api", int(env[f"{name.upper()}_PORT"]))
     assert set(expected) == {"auth", "console", "indexer"} | {
         f"{s}-relay" for s in ("auth", "console", "indexer")
-    } | {"console-consumer", "indexer-consumer"}
+    } | {"console-consumer", "indexer-consumer", "auth-mailer"}
     assert scraped == expected
     rules = (PROMETHEUS / "alerts.yml").read_text()
     assert {job for job, _ in scraped.values()} == JOBS
