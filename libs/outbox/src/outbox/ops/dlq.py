@@ -171,12 +171,12 @@ def select(letters: Sequence[DeadLetter], ids: Sequence[str] | None) -> list[Dea
     return [d for d in letters if d.id in wanted]
 
 
-async def redrive(bootstrap: str, letters: Sequence[DeadLetter]) -> int:
+async def redrive(bootstrap: str, letters: Sequence[DeadLetter], *, idempotent: bool = True) -> int:
     """Republish each dead letter to its original topic with its original key, value and headers, plus
     `outbox_redrive`: the consumer's inbox remembers a dead-lettered event (so a plain redelivery is a
     duplicate); this header tells it the delivery is an operator's new attempt, judged by the version guard
     like any delivery (stale, and not applied, when a later version of its aggregate was applied)."""
-    producer = await start_producer(bootstrap, idempotent=True)
+    producer = await start_producer(bootstrap, idempotent=idempotent)
     try:
         futures = []
         for letter in letters:
@@ -248,7 +248,9 @@ async def run(
     if not yes:
         return report | {"dry_run": True, f"would_{action}": [d.summary() for d in letters]}
     if action == "redrive":
-        report["redriven"] = await redrive(bootstrap, letters)
+        # acks=all without idempotence: a send retried twice is a duplicate the group's inbox absorbs, and a
+        # broker without InitProducerId (Tansu) then costs no error line and fallback warning per command
+        report["redriven"] = await redrive(bootstrap, letters, idempotent=False)
         report["note"] = STALE_NOTE
     else:
         report[done] = len(letters)

@@ -104,7 +104,7 @@ async def write_marks(bootstrap: str, topic: str, marks: Mapping[str, Mark]) -> 
     if not marks:
         return
     await _ensure_marks_topic(bootstrap, topic)
-    producer = await start_producer(bootstrap)
+    producer = await start_producer(bootstrap, idempotent=False)  # a duplicate mark changes nothing
     try:
         futures = [await producer.send(topic, key=k.encode(), value=m.encode()) for k, m in marks.items()]
         for future in futures:
