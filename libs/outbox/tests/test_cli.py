@@ -281,5 +281,35 @@ async def test_tail_decodes_events(
         and '"title": "other"' in human
         and str(events[2].id) in human
     )
+    # --follow: a record written while it runs shows up (before its start it would be among the last 5).
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "outbox",
+        "tail",
+        topic,
+        "--key",
+        "doc-3",
+        "-n",
+        "5",
+        "--follow",
+        "--json",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        late = Event(
+            topic=topic, type=f"{topic}.created", aggregate_id="doc-3", data={"title": "late"}, version=1
+        )
+        async with sessions() as session, session.begin():
+            await writer.add(session, late)
+        await drain_outbox(engine, bootstrap)
+        assert follower.stdout is not None
+        followed = json.loads(await asyncio.wait_for(follower.stdout.readline(), 60))
+        assert followed["event"]["id"] == str(late.id) and followed["data"]["title"] == "late"
+    finally:
+        follower.terminate()
+        await follower.wait()
+
     code, _, err = await outbox("tail", f"{topic}-missing")
     assert code == 2 and f"no topic {wire(topic + '-missing')!r}" in err

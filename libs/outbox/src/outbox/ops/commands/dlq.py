@@ -92,11 +92,11 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> None:
             if d["state"] != "dead":
                 fields += [(f"{d['state']} at", d[f"{d['state']}_at"]), ("by", d["marked_by"])]
             for name, value in fields:
-                line(f"  {name:<17}{value}")
+                line(f"  {name:<17} {value}")
             line("  headers")
             for name, value in d["headers"].items():
                 if not name.startswith("dlq_"):
-                    line(f"    {name:<20}{value}")
+                    line(f"    {name:<20} {value}")
             line("  value")
             line("    " + d["value"].replace("\n", "\n    "))
             line()

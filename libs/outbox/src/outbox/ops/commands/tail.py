@@ -70,7 +70,7 @@ def render(event: dict[str, Any]) -> None:
     )
     for name in ("type", "id", "source", "subject", "time", "aggregateversion", "prevversion"):
         if name in attrs:
-            line(f"  {name:<17}{attrs[name]}")
+            line(f"  {name:<17} {attrs[name]}")
     for name, value in attrs.items():
         if name not in (
             "type",
@@ -82,9 +82,9 @@ def render(event: dict[str, Any]) -> None:
             "prevversion",
             "specversion",
         ):
-            line(f"  {name:<17}{value}")
+            line(f"  {name:<17} {value}")
     for name, value in event["headers"].items():
-        line(f"  {name:<17}{value}")
+        line(f"  {name:<17} {value}")
     data = event["data"]
     text = json.dumps(data, indent=2, ensure_ascii=False) if not isinstance(data, str) else data
     line("  " + text.replace("\n", "\n  "))
