@@ -58,11 +58,12 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def test_every_option_of_every_command_has_help() -> None:
     missing = []
-    commands = _subparsers(_parser())
+    top = _parser()
+    commands = _subparsers(top)
     assert {"dlq", "replay", "redrive", "skip-gap", "tail", "status", "why", "trace"} <= set(commands)
-    for name, command in commands.items():
+    for name, command in [("outbox", top), *commands.items()]:
         for action in command._actions:
-            if isinstance(action, argparse._HelpAction):
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
                 continue
             text = action.help
             if not text or text == argparse.SUPPRESS or "PARTIAL_REPLAY" in text:
