@@ -197,7 +197,8 @@ def _render_redrive(result: dict[str, Any]) -> None:
         line(f"cannot reorder row {row['id']}: {row['reason']}")
     if "would_redrive" in result:
         line(
-            f"dry run ({result['order']}): {result['would_redrive']} dead row(s) would be redriven, "
+            f"dry run{'' if result['order'] == 'refuse' else ' (--' + result['order'] + ')'}: "
+            f"{result['would_redrive']} dead row(s) would be redriven, "
             f"{result['would_resend']} published row(s) re-sent after them; add --yes to do it"
         )
     else:
