@@ -9,7 +9,8 @@
     outbox skip-gap --database-url URL --consumer NAME --topic T --aggregate ID [--yes] [--json]   (a consumer's database)
     outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
     outbox tail    TOPIC [--from-beginning] [--key K] [--type T] [-n N] [--follow] [--json]
-    outbox trace   SPANS_FILE [--trace-id ID] [--last N]
+    outbox trace   [SPANS_FILE] [--trace-id ID] [--request-id ID] [--service S] [--name TEXT] [--since WHEN]
+                   [--until WHEN] [--idle] [--last N]
 
 WHEN: a duration ago (15m, 2h, 1d, 1h30m) or an ISO timestamp. Output is a table for people; --json for scripts.
 Failures print one line naming the fix (exit 2 for a setting, a name or an unreachable database or broker);
@@ -33,6 +34,7 @@ from typing import Any
 
 from outbox.database_url import psycopg_url
 from outbox.env_settings import env_or_file, with_password
+from outbox.ops import trace_view
 from outbox.telemetry.heartbeat import heartbeat_age
 
 # Every other import happens in the command that needs it: `outbox health` is a probe run every few seconds
@@ -126,10 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     tail.add_parser(sub, common)
-    view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees", parents=[common])
-    view.add_argument("spans_file", type=Path, help="the OTEL_SPANS_FILE (JSON lines)")
-    view.add_argument("--trace-id", help="this trace only")
-    view.add_argument("--last", type=int, default=5, help="show the N newest traces (default 5)")
+    view = sub.add_parser(
+        "trace", help="print traces from an OTEL_SPANS_FILE as trees, filtered", parents=[common]
+    )
+    trace_view.add_arguments(view)
     return parser
 
 
@@ -216,16 +218,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from outbox.kafka.connection import KafkaConnection
-    from outbox.ops import observe, trace_view, why
+    from outbox.ops import observe, why
     from outbox.ops.commands import dlq, rows, tail
 
     if args.command in BROKER_COMMANDS:
         KafkaConnection.from_env()  # settings that cannot work stop here, with one line naming the variables
     if args.command == "trace":
-        print(
-            trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
-        )
-        return 0
+        return trace_view.main(args)
     if args.command == "dlq":
         return dlq.run(args)
     if args.command == "tail":
