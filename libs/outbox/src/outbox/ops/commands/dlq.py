@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from typing import Any
 
 from outbox.ops.commands.output import add_json_flag, line, print_json, short, table, warn, when
@@ -98,7 +99,7 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 if not name.startswith("dlq_"):
                     line(f"    {name:<20} {value}")
             line("  value")
-            line("    " + d["value"].replace("\n", "\n    "))
+            line("    " + _pretty(d["value"]).replace("\n", "\n    "))
             line()
         return
     would = result.get(f"would_{action}")
@@ -111,6 +112,13 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> None:
     line(f"{_past(action)} {done} dead letter(s) of {topic}: {', '.join(result['ids']) or 'none'}")
     if action == "redrive":
         line(f"note: {result['note']}")
+
+
+def _pretty(value: str) -> str:
+    try:
+        return json.dumps(json.loads(value), indent=2, ensure_ascii=False)
+    except ValueError:  # not JSON (or cut at 4000 characters): as it is
+        return value
 
 
 def _past(action: str) -> str:
