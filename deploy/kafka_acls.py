@@ -16,7 +16,9 @@ Why each grant (Kafka >= 3.0: an idempotent producer needs Write on a topic, not
   Describe on the group, the probe's fetch highwater (outbox.observe.group_lag) needs Read on the topics;
 - mailer (the mail sender, not in this repository): the only reader of `auth.mail` (one-time codes);
 - operator (`outbox status`, `outbox dlq list|show`): Describe on every group, Read on the topics except
-  `auth.mail` and the mailer's dead letters (Describe only). Redrive needs Write: grant it for the occasion.
+  `auth.mail` and the mailer's dead letters (Describe only); Read and Write on the `<group>.dlq.acks` marks
+  (`outbox dlq redrive|ack|purge` record there what was done). Redrive itself needs Write on the original
+  topic: grant it for the occasion.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ PRODUCED = {
     "indexer": ("indexer.document",),
 }
 SECRET_TOPICS = ("auth.mail", "auth-mailer.dlq")  # one-time codes: only the mailer reads them
-TOPICS = (*(t for ts in PRODUCED.values() for t in ts), *(f"{g}.dlq" for g in GROUPS))
+# `outbox dlq redrive|ack|purge` record what was done with each dead letter on `<group>.dlq.acks`.
+MARKS = tuple(f"{g}.dlq.acks" for g in GROUPS)
+TOPICS = (*(t for ts in PRODUCED.values() for t in ts), *(f"{g}.dlq" for g in GROUPS), *MARKS)
 
 Grant = tuple[str, str, frozenset[str]]  # (resource type: topic | group, name, operations)
 
@@ -73,7 +77,9 @@ def _policy() -> dict[str, list[Grant]]:
         *(
             g("topic", t, "Describe") if t in SECRET_TOPICS else g("topic", t, "Read", "Describe")
             for t in TOPICS
+            if t not in MARKS
         ),
+        *(g("topic", t, "Read", "Write", "Describe") for t in MARKS),
         *(g("group", group, "Describe") for group in GROUPS),
     ]
     return policy
@@ -174,7 +180,11 @@ def policy_findings(grants: Mapping[str, Iterable[Grant]]) -> list[str]:
             if principal == ADMIN:
                 problems.append("User:admin: is a super user; it needs no ACL")
             if kind == "topic" and "Write" in ops:
-                allowed = own.get(principal) or {f"{g}.dlq" for g in GROUPS if CONSUMERS.get(principal) == g}
+                allowed = (
+                    own.get(principal)
+                    or (set(MARKS) if principal == "operator" else set())
+                    or {f"{g}.dlq" for g in GROUPS if CONSUMERS.get(principal) == g}
+                )
                 if name not in allowed:
                     problems.append(f"User:{principal}: writes {name}, not one of its own topics")
             if kind == "topic" and "Read" in ops and name in SECRET_TOPICS and principal != "mailer":

@@ -105,17 +105,24 @@ def _layout_block() -> list[str]:
 
 
 def _named_in_layout() -> set[str]:
-    """Files named in the layout: `  name.py` at the top level, `    name.py` under a `  package/` heading;
-    deeper-indented continuation lines belong to the entry above them."""
+    """Files named in the layout, by indentation: `  name.py` at the top level, `    name.py` under a
+    `  package/` heading, `      name.py` under a `    subpackage/` one; a line indented deeper than any
+    entry (a continuation) belongs to the entry above it."""
     named: set[str] = set()
-    package = ""
+    packages: list[str] = []  # the headings above the current line, by depth
+    depth = 0
     for line in _layout_block():
         indent = len(line) - len(line.lstrip(" "))
-        heading = re.match(r"  (\w+)/\s", line)
-        if indent == 2:
-            package = heading.group(1) + "/" if heading else ""
+        entry = indent in (2, 4, 6)
+        if entry:
+            depth = indent // 2 - 1
+            del packages[depth:]
+            heading = re.match(r"\s+(\w+)/\s", line)
+            if heading:
+                packages.append(heading.group(1) + "/")
+        prefix = "".join(packages[:depth])
         for name in re.findall(r"(?<![\w/.])(\w+\.py)\b", line):
-            named.add(package + name if indent > 2 else name)
+            named.add(prefix + name)
     return named
 
 

@@ -59,6 +59,9 @@ topic indexer.document
 topic console.dlq
 topic indexer.dlq
 topic auth-mailer.dlq
+topic console.dlq.acks
+topic indexer.dlq.acks
+topic auth-mailer.dlq.acks
 
 acl auth-relay topic auth.account Describe Write
 acl auth-relay topic auth.mail Describe Write
@@ -86,6 +89,9 @@ acl operator topic indexer.document Describe Read
 acl operator topic console.dlq Describe Read
 acl operator topic indexer.dlq Describe Read
 acl operator topic auth-mailer.dlq Describe
+acl operator topic console.dlq.acks Describe Read Write
+acl operator topic indexer.dlq.acks Describe Read Write
+acl operator topic auth-mailer.dlq.acks Describe Read Write
 acl operator group console Describe
 acl operator group indexer Describe
 acl operator group auth-mailer Describe

@@ -178,4 +178,6 @@ def test_the_command_says_in_one_line_when_nothing_matches_or_there_is_no_file(
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
     assert "no spans file at" in missing.stderr
     wrong = outbox_trace(str(spans_file), "--since", "yesterday")
-    assert wrong.returncode == 2 and "neither a duration" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert (
+        wrong.returncode == 2 and "is not a duration ago" in wrong.stderr and "Traceback" not in wrong.stderr
+    )

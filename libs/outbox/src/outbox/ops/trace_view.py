@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from outbox.ops.when import parse_when
 
 Span = dict[str, Any]
 
@@ -30,8 +31,6 @@ REQUEST_ID_ATTRIBUTE = "request.id"  # set by servicekit.request_trace on the se
 # A request (SERVER) or a message (PRODUCER, CONSUMER): what makes a trace worth showing by default.
 ACTIVE_KINDS = frozenset({"SERVER", "PRODUCER", "CONSUMER"})
 DEFAULT_FILE = Path(".stack/spans.jsonl")  # what `make run` writes
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 @dataclass(frozen=True)
@@ -64,21 +63,6 @@ class TraceFilter:
 def is_idle(members: list[Span]) -> bool:
     """No request and no message in it: a background loop's work (a relay's poll, a purge's statement)."""
     return not any(s.get("kind") in ACTIVE_KINDS for s in members)
-
-
-def parse_when(text: str, *, now: datetime | None = None) -> datetime:
-    """`15m`, `2h`, `1d`, `30s`, `1w` ago, or an ISO 8601 timestamp (without an offset: local time)."""
-    now = now or datetime.now(UTC)
-    duration = _DURATION.fullmatch(text.strip())
-    if duration:
-        return now - timedelta(**{_UNITS[duration.group(2)]: float(duration.group(1))})
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration (15m, 2h, 1d) nor an ISO timestamp (2026-01-31T14:00)"
-        ) from None
-    return when if when.tzinfo else when.astimezone()
 
 
 def span_files(path: Path) -> list[Path]:
