@@ -20,6 +20,8 @@ from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 __all__ = ["RedriveOrder", "Selection", "redrive", "replay", "status"]
 
 REPLAY_CHUNK = 5000
+# `outbox status` counts retained rows exactly up to this many (tens of milliseconds), estimates past it.
+RETAINED_EXACT_UP_TO = 100_000
 
 
 class RedriveOrder(Enum):
@@ -38,6 +40,9 @@ def _wake_channel() -> str | None:
 async def status(engine: AsyncEngine) -> dict[str, Any]:
     store = OutboxAdmin(engine)
     backlog = await store.backlog(held=True)
+    retained, exact = await store.retained(
+        exact_up_to=RETAINED_EXACT_UP_TO, unpublished=backlog.pending + backlog.dead
+    )
     return {
         "pending": backlog.pending,
         "ready": backlog.ready,
@@ -47,8 +52,8 @@ async def status(engine: AsyncEngine) -> dict[str, Any]:
         "backoff": backlog.backoff,
         "oldest_pending_age_s": round(backlog.oldest_due_age_s, 3),
         "dead_lettered": backlog.dead,
-        "published_retained": max(backlog.estimated_rows - backlog.pending - backlog.dead, 0),
-        "published_retained_is_estimate": True,
+        "published_retained": retained,
+        "published_retained_is_estimate": not exact,
         "last_published_at": backlog.last_published_at,
         "dead_letter_sample": await store.dead_sample() if backlog.dead else [],
     }

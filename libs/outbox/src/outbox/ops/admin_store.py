@@ -48,6 +48,19 @@ _BACKLOG = """
 _BACKLOG_WITH_HELD = text(_BACKLOG.format(ahead_ready_at=_AHEAD_READY_AT))
 _BACKLOG_WITHOUT_HELD = text(_BACKLOG.format(ahead_ready_at="NULL::timestamptz"))
 
+# Published rows still retained, counted exactly up to a cap (the partial index on published_at, without
+# depending on ANALYZE); past it, the planner's estimate scaled to the table's current size, as the
+# planner itself does, so a table grown since its last ANALYZE is not under-reported.
+_RETAINED = text(
+    """
+    SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NOT NULL LIMIT :cap) r) AS counted,
+           (SELECT CASE WHEN relpages > 0 AND reltuples > 0
+                        THEN reltuples / relpages * (pg_relation_size(oid) / current_setting('block_size')::float)
+                        ELSE 0 END::bigint
+            FROM pg_class WHERE oid = 'outbox'::regclass) AS estimated_rows
+    """
+)
+
 _DEAD_SAMPLE = text(
     "SELECT id, event_type, aggregate_id, aggregate_version, attempts, last_error, dead_at FROM outbox "
     "WHERE dead_at IS NOT NULL ORDER BY id LIMIT :limit"
@@ -208,6 +221,15 @@ class OutboxAdmin:
             estimated_rows=row.estimated_rows,
             last_published_at=row.last_published_at,
         )
+
+    async def retained(self, *, exact_up_to: int, unpublished: int) -> tuple[int, bool]:
+        """Published rows retained, and whether the figure is exact: counted up to `exact_up_to`, estimated
+        past it (the estimate minus the `unpublished` rows, and never below the cap)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_RETAINED, {"cap": exact_up_to})).one()
+        if row.counted < exact_up_to:
+            return int(row.counted), True
+        return max(int(row.estimated_rows) - unpublished, exact_up_to), False
 
     async def dead_sample(self, limit: int = 20) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:

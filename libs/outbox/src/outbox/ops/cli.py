@@ -1,13 +1,14 @@
 """`outbox` command: run a relay, inspect an outbox, replay retained events, redrive dead-lettered rows.
 
     outbox relay   --database-url URL [--name NAME]
-    outbox status  --database-url URL [--group G ...] [--json] [--max-age S] [--allow-dead]   (exit 1: dead rows or old backlog)
+    outbox status  --database-url URL [--group G ...] [--json] [--max-age S] [--max-lag N] [--allow-dead]
+                   (exit 1: dead rows, old backlog, a lag past N, broker unreachable)
     outbox health  --heartbeat-file F [--max-age S]   (exit 1: the relay or consumer loop stopped turning)
     outbox dlq     list|show|redrive --group G [--id PARTITION:OFFSET ...] [--yes]
     outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since ISO] [--until ISO] [--yes]
     outbox redrive --database-url URL [--id N ...] [--reorder | --force] [--yes]
     outbox skip-gap --database-url URL --consumer NAME --topic T --aggregate ID [--yes]   (a consumer's database)
-    outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
+    outbox why     ID | --aggregate ID | --event ID  --database-url URL [--topic T] [--consumer-db URL ...] [--json]
     outbox trace   SPANS_FILE [--trace-id ID] [--last N]
 
 The database URL may also come from OUTBOX_DATABASE_URL, its password apart from OUTBOX_DATABASE_PASSWORD
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--allow-dead", action="store_true", help="do not exit 1 because of dead-lettered rows"
     )
+    status.add_argument(
+        "--max-lag",
+        type=int,
+        metavar="N",
+        help="exit 1 when a consumer group's lag (records, all its partitions) exceeds N, or is unknown",
+    )
     health = sub.add_parser("health", help="exit 0 when a relay or consumer loop touched its heartbeat file")
     health.add_argument("--heartbeat-file", required=True, help="the process's OUTBOX_HEARTBEAT_FILE")
     health.add_argument("--max-age", type=float, default=60.0, help="seconds (default 60)")
@@ -120,19 +127,28 @@ def _parser() -> argparse.ArgumentParser:
     explain = with_db(
         sub.add_parser(
             "why",
-            help="why an aggregate's events wait (states, the row holding them, locks); where an event went",
+            help="why an aggregate's events wait or are not applied yet (rows, locks, each consumer group); "
+            "where an event went",
         )
     )
-    explain.add_argument("target", help="an aggregate id, or an event id (UUID)")
+    explain.add_argument(
+        "target",
+        nargs="?",
+        help="an aggregate id or an event id: a UUID is looked up as an event id first, then as an aggregate id",
+    )
+    which = explain.add_mutually_exclusive_group()
+    which.add_argument("--aggregate", metavar="ID", help="explain this aggregate (no guessing)")
+    which.add_argument("--event", metavar="ID", help="explain this event id (no guessing)")
     explain.add_argument("--topic", help="only this topic's rows of the aggregate")
     explain.add_argument(
         "--consumer-db",
         dest="consumer_urls",
         action="append",
         default=[],
-        help="a consumer's database: its inbox row, applied version and parked events (repeatable)",
+        help="a consumer's database: each group's applied version, lag behind the head, parked events, "
+        "the event's inbox row (repeatable)",
     )
-    explain.add_argument("--json", action="store_true")
+    explain.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees")
     view.add_argument("spans_file", type=Path)
     view.add_argument("--trace-id")
@@ -172,16 +188,15 @@ async def _admin(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.command == "status":
             report = await admin.status(engine)
-            report["consumer_groups"] = await observe.consumer_lag_report(
-                engine, bootstrap_from_env(), args.groups
-            )
-            return report
+            groups = args.groups or await observe.inbox_consumers(engine)
+            return report | await observe.lag_report(bootstrap_from_env(), groups)
         if args.command == "skip-gap":
             return await gaps.skip_gap(engine, args.consumer, args.topic, args.aggregate, yes=args.yes)
         if args.command == "why":
             return await why.explain(
                 engine,
-                args.target,
+                args.aggregate or args.event or args.target,
+                kind="aggregate" if args.aggregate else "event" if args.event else "auto",
                 topic=args.topic,
                 consumer_urls=[psycopg_url(u) for u in args.consumer_urls],
             )
@@ -275,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "relay":
         asyncio.run(_run_relay(args.database_url, args.name))
         return 0
+    if args.command == "why" and (message := why_usage(args)):
+        print(f"outbox why: {message}", file=sys.stderr)
+        return 2
     if args.command == "replay" and args.event_type and not args.allow_partial:
         print(f"outbox replay: {PARTIAL_REPLAY}", file=sys.stderr)
         return 2
@@ -290,7 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(json.dumps(result, indent=2, default=str))
     if args.command == "status":
-        return status_exit_code(result, max_age=args.max_age, allow_dead=args.allow_dead)
+        return status_exit_code(
+            result, max_age=args.max_age, allow_dead=args.allow_dead, max_lag=args.max_lag
+        )
+    if args.command == "why" and result["matched"] == "nothing":
+        print(f"outbox why: {result['next']}", file=sys.stderr)
+        return 1
     if args.command == "skip-gap" and not args.yes:
         print("outbox skip-gap: refused without --yes (nothing changed): see would_skip", file=sys.stderr)
         return 1
@@ -311,14 +334,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def status_exit_code(report: dict[str, Any], *, max_age: float, allow_dead: bool) -> int:
-    """0 healthy; 1 when rows are dead-lettered or the oldest pending event waited past `max_age`
-    (so `outbox status` works as a check in cron, CI or a healthcheck). Reasons go to stderr."""
+def why_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with `outbox why`'s arguments (one id, an event id a UUID), or None."""
+    from outbox.ops.why import as_event_id
+
+    given = [v for v in (args.target, args.aggregate, args.event) if v]
+    if len(given) != 1:
+        return "give one id: ID (guessed), --aggregate ID or --event ID"
+    if args.event and as_event_id(args.event) is None:
+        return f"--event {args.event!r} is not an event id (a UUID); an aggregate id goes with --aggregate"
+    return None
+
+
+def status_exit_code(
+    report: dict[str, Any], *, max_age: float, allow_dead: bool, max_lag: int | None = None
+) -> int:
+    """0 healthy; 1 when rows are dead-lettered, the oldest pending event waited past `max_age`, a group's
+    lag exceeds `max_lag` (or cannot be read while it is given), or the broker cannot be reached (so
+    `outbox status` works as a check in cron, CI or a healthcheck). One line per reason on stderr."""
     problems = []
     if report.get("dead_lettered") and not allow_dead:
         problems.append(f"{report['dead_lettered']} dead-lettered row(s): see `outbox redrive`")
     if float(report.get("oldest_pending_age_s") or 0) > max_age:
         problems.append(f"oldest pending event waited {report['oldest_pending_age_s']}s (> {max_age:g}s)")
+    if report.get("broker_error"):
+        problems.append(f"consumer groups' lag unknown: {report['broker_error']}")
+    elif max_lag is not None:
+        for group, lag in (report.get("consumer_groups") or {}).items():
+            if lag.get("lag") is None:
+                problems.append(f"group {group}: lag unknown ({lag.get('error')})")
+            elif lag["lag"] > max_lag:
+                problems.append(
+                    f"group {group}: lag {lag['lag']} > {max_lag}: is its consumer running? "
+                    f"`outbox why ID --consumer-db URL` for one document"
+                )
     for problem in problems:
         print(f"outbox status: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -10,21 +10,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.kafka import topic_prefix
+from outbox.kafka import bootstrap_from_env, topic_prefix
 from outbox.kafka.clients import KafkaAdmin, KafkaConsumer
 from outbox.ops.admin_store import OutboxAdmin
-from outbox.telemetry.metrics import BacklogSnapshot
+
+if TYPE_CHECKING:  # OpenTelemetry's metrics SDK only for the scrape, not for `outbox status`
+    from outbox.telemetry.metrics import BacklogSnapshot
 
 Lag = dict[tuple[str, int], int]
 
 
 async def read_backlog(engine: AsyncEngine) -> BacklogSnapshot:
+    from outbox.telemetry.metrics import BacklogSnapshot
+
     backlog = await OutboxAdmin(engine).backlog()
     return BacklogSnapshot(
         pending=backlog.pending, oldest_pending_age_s=backlog.oldest_due_age_s, dead=backlog.dead
@@ -41,6 +46,14 @@ async def group_lag(
     """Per (wire topic, partition): highwater minus committed offset (minus the log start when nothing
     committed). `topics=None`: every topic under OUTBOX_TOPIC_PREFIX (dead-letter topics aside) on which
     the group has committed an offset, so a stopped consumer's lag is still seen."""
+    return (await groups_lag(bootstrap, [group], topics, timeout_s=timeout_s))[group]
+
+
+async def groups_lag(
+    bootstrap: str, groups: Sequence[str], topics: Sequence[str] | None, *, timeout_s: float = 5.0
+) -> dict[str, Lag]:
+    """`group_lag` of several groups with one probe consumer and one admin client: the highwater of a
+    partition is the same for every group, and each client's start costs a bootstrap and a metadata round."""
     probe = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -64,35 +77,49 @@ async def group_lag(
                     continue
                 ids = probe.partitions_for_topic(topic) or set()
                 partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-            if not partitions:
-                return {}
             # Explicit partitions: some brokers answer the no-partitions form with a malformed response.
-            committed_raw = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            committed_raw = {
+                group: (
+                    await admin.list_consumer_group_offsets(group, partitions=partitions)
+                    if partitions
+                    else {}
+                )
+                for group in groups
+            }
         finally:
             await admin.close()
-        if discover:
+        mine: dict[str, list[TopicPartition]] = {}
+        for group in groups:
             consumed = {
-                tp.topic for tp, meta in committed_raw.items() if meta is not None and meta.offset >= 0
+                tp.topic for tp, meta in committed_raw[group].items() if meta is not None and meta.offset >= 0
             }
-            partitions = [tp for tp in partitions if tp.topic in consumed]
-            if not partitions:
-                return {}
-        starts = await probe.beginning_offsets(partitions)
-        committed: dict[TopicPartition, int] = {}
-        for tp in partitions:
-            meta = committed_raw.get(tp)
-            offset = meta.offset if meta is not None else -1
-            committed[tp] = offset if offset >= 0 else starts[tp]
-        probe.assign(partitions)
-        for tp in partitions:
-            probe.seek(tp, committed[tp])
+            mine[group] = [tp for tp in partitions if tp.topic in consumed] if discover else partitions
+        wanted = sorted({tp for tps in mine.values() for tp in tps})
+        if not wanted:
+            return {group: {} for group in groups}
+        starts = await probe.beginning_offsets(wanted)
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for group in groups:
+            committed[group] = {}
+            for tp in mine[group]:
+                meta = committed_raw[group].get(tp)
+                offset = meta.offset if meta is not None else -1
+                committed[group][tp] = offset if offset >= 0 else starts[tp]
+        # Any valid position gets the partition's highwater in the fetch response: the log start does.
+        probe.assign(wanted)
+        for tp in wanted:
+            probe.seek(tp, starts[tp])
         deadline = time.monotonic() + timeout_s
-        while any(probe.highwater(tp) is None for tp in partitions):
+        while any(probe.highwater(tp) is None for tp in wanted):
             if time.monotonic() > deadline:
-                raise LagUnknown(f"no fetch highwater within {timeout_s}s for group {group}")
+                raise LagUnknown(f"no fetch highwater within {timeout_s}s for group(s) {', '.join(groups)}")
             await probe.getmany(timeout_ms=50, max_records=1)
         return {
-            (tp.topic, tp.partition): max(int(probe.highwater(tp)) - committed[tp], 0) for tp in partitions
+            group: {
+                (tp.topic, tp.partition): max(int(probe.highwater(tp)) - offset, 0)
+                for tp, offset in committed[group].items()
+            }
+            for group in groups
         }
     finally:
         await probe.stop()
@@ -144,14 +171,29 @@ async def consumer_lag_report(
     engine: AsyncEngine, bootstrap: str, groups: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Per consumer group of this database: total lag and lag per topic-partition (None when unknown)."""
-    report: dict[str, Any] = {}
-    for group in groups or await inbox_consumers(engine):
-        try:
-            lag = await group_lag(bootstrap, group, None)
-        except Exception as exc:
-            report[group] = {"lag": None, "error": f"{type(exc).__name__}: {exc}"}
-            continue
-        report[group] = {
+    names = list(groups or await inbox_consumers(engine))
+    groups_report: dict[str, Any] = (await lag_report(bootstrap, names))["consumer_groups"]
+    return groups_report
+
+
+async def lag_report(bootstrap: str, groups: Sequence[str], *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """`consumer_groups` (per group: `lag`, `partitions`; `lag` None and an `error` when unknown) and
+    `broker_error`: one sentence when the broker could not be asked at all (then every lag is unknown)."""
+    report: dict[str, Any] = {"consumer_groups": {}, "broker_error": None}
+    if not groups:
+        return report
+    try:
+        lags = await asyncio.wait_for(groups_lag(bootstrap, groups, None, timeout_s=timeout_s), timeout_s * 3)
+    except (KafkaError, OSError, TimeoutError, LagUnknown) as exc:
+        message = _one_line(exc)
+        if not isinstance(exc, LagUnknown):
+            report["broker_error"] = message
+        for group in groups:
+            report["consumer_groups"][group] = {"lag": None, "error": message}
+        return report
+    for group in groups:
+        lag = lags[group]
+        report["consumer_groups"][group] = {
             "lag": sum(lag.values()),
             "partitions": {
                 f"{topic}[{partition}]": value for (topic, partition), value in sorted(lag.items())
@@ -160,18 +202,34 @@ async def consumer_lag_report(
     return report
 
 
+def _one_line(exc: BaseException) -> str:
+    """The client's own sentence (kafka.clients names the cause and the setting), without a class prefix."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer from the broker in time (KAFKA_BOOTSTRAP={bootstrap_from_env()})"
+    text = str(exc).strip() or type(exc).__name__
+    for _ in range(2):  # aiokafka prefixes its message with the class name, sometimes twice
+        text = text.removeprefix(f"{type(exc).__name__}: ")
+    return text.splitlines()[0]
+
+
 def render_status(status: dict[str, Any]) -> str:
     """`outbox status` for a person: the relay's figures, then one line per consumer group."""
+    retained = status.get("published_retained")
     lines = [
         f"outbox  pending {status.get('pending')}  oldest pending {status.get('oldest_pending_age_s')} s  "
-        f"dead {status.get('dead_lettered')}  retained ~{status.get('published_retained')}",
+        f"dead {status.get('dead_lettered')}  "
+        f"retained {'~' if status.get('published_retained_is_estimate') else ''}{retained}",
         f"  pending: ready {status.get('ready')}  behind a failed row {status.get('behind_backoff')}  "
         f"behind a dead row {status.get('behind_dead')}  "
         f"behind a later-ready row {status.get('held_behind_pending')}  in backoff {status.get('backoff')}",
     ]
     for row in status.get("dead_letter_sample") or []:
         lines.append(f"  dead #{row['id']} {row['event_type']} {row['aggregate_id']}: {row['last_error']}")
-    for group, lag in (status.get("consumer_groups") or {}).items():
+    groups = status.get("consumer_groups") or {}
+    if status.get("broker_error"):
+        lines.append(f"groups {', '.join(groups)}  lag unknown: {status['broker_error']}")
+        return "\n".join(lines)
+    for group, lag in groups.items():
         if lag.get("lag") is None:
             lines.append(f"group {group}  lag unknown ({lag.get('error')})")
             continue

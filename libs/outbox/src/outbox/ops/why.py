@@ -130,10 +130,14 @@ async def explain(
     report["guessed"] = kind == "auto" and uuid_form is not None
     # A guessed UUID that matched nothing in the outbox may still be an event whose outbox row was pruned:
     # the consumer databases are asked for it as an event id as well.
-    unknown = report["guessed"] and report["kind"] == "aggregate" and not report["rows"] and not report["heads"]
+    unknown = (
+        report["guessed"] and report["kind"] == "aggregate" and not report["rows"] and not report["heads"]
+    )
     event_id = uuid_form if report["kind"] == "event" or unknown else None
     for url in consumer_urls or []:
-        report["consumers"].append(await _consumer_side(url, event_id, report["aggregate_id"], _topics(report)))
+        report["consumers"].append(
+            await _consumer_side(url, event_id, report["aggregate_id"], _topics(report))
+        )
     if unknown and any(side.get("inbox") for side in report["consumers"]):
         report["kind"] = "event"
     report["matched"] = _matched(report)
@@ -169,7 +173,9 @@ async def _outbox_side(
     recent: int,
 ) -> dict[str, Any]:
     params = {"event_id": event_id, "aggregate": None if kind == "event" else aggregate}
-    found = [dict(r._mapping) for r in await conn.execute(_ROWS, {**params, "topic": topic, "recent": recent})]
+    found = [
+        dict(r._mapping) for r in await conn.execute(_ROWS, {**params, "topic": topic, "recent": recent})
+    ]
     heads = (
         [dict(r._mapping) for r in await conn.execute(_HEADS, {"aggregate": aggregate, "topic": topic})]
         if aggregate is not None
@@ -256,7 +262,9 @@ async def _read_consumer(
     if event_id:
         side["inbox"] = [dict(r._mapping) for r in await conn.execute(_INBOX, {"id": event_id})]
     if aggregate:
-        side["applied_versions"] = [dict(r._mapping) for r in await conn.execute(_APPLIED, {"aggregate": aggregate})]
+        side["applied_versions"] = [
+            dict(r._mapping) for r in await conn.execute(_APPLIED, {"aggregate": aggregate})
+        ]
     side["parked"] = [
         dict(r._mapping) for r in await conn.execute(_PARKED, {"id": event_id, "aggregate": aggregate})
     ]

@@ -54,7 +54,10 @@ def group_states(report: dict[str, Any]) -> None:
 
 
 def _event_state(
-    event: dict[str, Any] | None, applied: int | None, inbox: list[dict[str, Any]], parked: list[dict[str, Any]]
+    event: dict[str, Any] | None,
+    applied: int | None,
+    inbox: list[dict[str, Any]],
+    parked: list[dict[str, Any]],
 ) -> str:
     if inbox:
         i = inbox[0]
@@ -125,7 +128,11 @@ def next_step(report: dict[str, Any]) -> str:
                     f"v{s['head_version']}): is its consumer running? see `outbox status --group {s['group']}`"
                 )
     if report["matched"] == "nothing":
-        return "nothing here has this id: check the database (--database-url) or pass --consumer-db"
+        other = "--aggregate" if report["kind"] == "event" else "--event"
+        where = (
+            "the consumer databases given" if report["consumers"] else "this outbox (add --consumer-db URL)"
+        )
+        return f"no {report['kind']} has this id in {where}: try {other}, or check --database-url"
     if not report["consumers"]:
         return "nothing waits in the outbox; add --consumer-db URL to see where each consumer group stands"
     return "nothing waits: the outbox published everything and every consumer group shown is up to date"
@@ -161,9 +168,13 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  unreachable: {side['error']}")
             continue
         if not side["states"]:
-            lines.append(f"  no group here applies these topics (groups: {', '.join(side['groups']) or 'none'})")
+            lines.append(
+                f"  no group here applies these topics (groups: {', '.join(side['groups']) or 'none'})"
+            )
         for s in side["states"]:
-            where = f"applied v{s['applied_version']}" if s["applied_version"] is not None else "nothing applied"
+            where = (
+                f"applied v{s['applied_version']}" if s["applied_version"] is not None else "nothing applied"
+            )
             if s["behind"]:
                 where += f", {s['behind']} behind v{s['head_version']}"
             elif s["behind"] == 0:
@@ -172,6 +183,8 @@ def render(report: dict[str, Any]) -> str:
             if "event" in s:
                 lines.append(f"    this event: {s['event']}")
             for p in s["parked"]:
-                lines.append(f"    parked v{p['version']} since {p['parked_at']}, waits for v{p['prev_version']}")
+                lines.append(
+                    f"    parked v{p['version']} since {p['parked_at']}, waits for v{p['prev_version']}"
+                )
     lines.append(f"next: {report['next']}")
     return "\n".join(lines)
