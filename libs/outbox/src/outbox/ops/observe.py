@@ -1,8 +1,5 @@
-"""Figures read from outside the relay and the consumers: an outbox's backlog, a consumer group's lag.
-
-Lag = the partition's highwater minus the group's committed offset. The highwater comes from a fetch
-response, not from ListOffsets(latest): some brokers (Tansu, see ../shared/BROKER.md) answer the latter
-with the first offset of the last batch + 1, which under-reports lag whenever batches hold several records.
+"""Figures read from outside the relay and the consumers: an outbox's backlog, a consumer group's lag
+(computed in `lag.py`, cached here for the metrics scrape).
 """
 
 from __future__ import annotations
@@ -12,19 +9,29 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.kafka import bootstrap_from_env, topic_prefix
-from outbox.kafka.clients import KafkaAdmin, KafkaConsumer
 from outbox.ops.admin_store import OutboxAdmin
+from outbox.ops.lag import Lag, LagUnknown, group_lag, groups_lag, lag_report
+from outbox.ops.status import CONSUMERS
+from outbox.ops.status import render as render_status
 
 if TYPE_CHECKING:  # OpenTelemetry's metrics SDK only for the scrape, not for `outbox status`
     from outbox.telemetry.metrics import BacklogSnapshot
 
-Lag = dict[tuple[str, int], int]
+__all__ = [
+    "CachedGroupLag",
+    "Lag",
+    "LagUnknown",
+    "consumer_lag_report",
+    "group_lag",
+    "groups_lag",
+    "inbox_consumers",
+    "lag_report",
+    "read_backlog",
+    "render_status",
+]
 
 
 async def read_backlog(engine: AsyncEngine) -> BacklogSnapshot:
@@ -34,95 +41,6 @@ async def read_backlog(engine: AsyncEngine) -> BacklogSnapshot:
     return BacklogSnapshot(
         pending=backlog.pending, oldest_pending_age_s=backlog.oldest_due_age_s, dead=backlog.dead
     )
-
-
-class LagUnknown(Exception):
-    """The broker did not say enough to compute a true lag (no highwater in time, unknown topic)."""
-
-
-async def group_lag(
-    bootstrap: str, group: str, topics: Sequence[str] | None, *, timeout_s: float = 5.0
-) -> Lag:
-    """Per (wire topic, partition): highwater minus committed offset (minus the log start when nothing
-    committed). `topics=None`: every topic under OUTBOX_TOPIC_PREFIX (dead-letter topics aside) on which
-    the group has committed an offset, so a stopped consumer's lag is still seen."""
-    return (await groups_lag(bootstrap, [group], topics, timeout_s=timeout_s))[group]
-
-
-async def groups_lag(
-    bootstrap: str, groups: Sequence[str], topics: Sequence[str] | None, *, timeout_s: float = 5.0
-) -> dict[str, Lag]:
-    """`group_lag` of several groups with one probe consumer and one admin client: the highwater of a
-    partition is the same for every group, and each client's start costs a bootstrap and a metadata round."""
-    probe = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=10,
-        max_partition_fetch_bytes=1024,
-        request_timeout_ms=int(timeout_s * 1000) + 1000,
-    )
-    admin = KafkaAdmin(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
-    await probe.start()
-    try:
-        await admin.start()
-        try:
-            known = await probe.topics()
-            discover = topics is None
-            if topics is None:
-                topics = sorted(t for t in known if t.startswith(topic_prefix()) and not t.endswith(".dlq"))
-            partitions: list[TopicPartition] = []
-            for topic in topics:
-                if topic not in known:
-                    continue
-                ids = probe.partitions_for_topic(topic) or set()
-                partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-            # Explicit partitions: some brokers answer the no-partitions form with a malformed response.
-            committed_raw = {
-                group: (
-                    await admin.list_consumer_group_offsets(group, partitions=partitions)
-                    if partitions
-                    else {}
-                )
-                for group in groups
-            }
-        finally:
-            await admin.close()
-        mine: dict[str, list[TopicPartition]] = {}
-        for group in groups:
-            consumed = {
-                tp.topic for tp, meta in committed_raw[group].items() if meta is not None and meta.offset >= 0
-            }
-            mine[group] = [tp for tp in partitions if tp.topic in consumed] if discover else partitions
-        wanted = sorted({tp for tps in mine.values() for tp in tps})
-        if not wanted:
-            return {group: {} for group in groups}
-        starts = await probe.beginning_offsets(wanted)
-        committed: dict[str, dict[TopicPartition, int]] = {}
-        for group in groups:
-            committed[group] = {}
-            for tp in mine[group]:
-                meta = committed_raw[group].get(tp)
-                offset = meta.offset if meta is not None else -1
-                committed[group][tp] = offset if offset >= 0 else starts[tp]
-        # Any valid position gets the partition's highwater in the fetch response: the log start does.
-        probe.assign(wanted)
-        for tp in wanted:
-            probe.seek(tp, starts[tp])
-        deadline = time.monotonic() + timeout_s
-        while any(probe.highwater(tp) is None for tp in wanted):
-            if time.monotonic() > deadline:
-                raise LagUnknown(f"no fetch highwater within {timeout_s}s for group(s) {', '.join(groups)}")
-            await probe.getmany(timeout_ms=50, max_records=1)
-        return {
-            group: {
-                (tp.topic, tp.partition): max(int(probe.highwater(tp)) - offset, 0)
-                for tp, offset in committed[group].items()
-            }
-            for group in groups
-        }
-    finally:
-        await probe.stop()
 
 
 class CachedGroupLag:
@@ -147,18 +65,7 @@ class CachedGroupLag:
             return self._value
 
 
-# The inbox's consumers without scanning it: a skip scan over its primary key (consumer, event_id).
-_CONSUMERS = text(
-    """
-    WITH RECURSIVE c AS (
-        (SELECT consumer FROM inbox ORDER BY consumer LIMIT 1)
-        UNION ALL
-        SELECT (SELECT i.consumer FROM inbox i WHERE i.consumer > c.consumer ORDER BY i.consumer LIMIT 1)
-        FROM c WHERE c.consumer IS NOT NULL
-    )
-    SELECT consumer FROM c WHERE consumer IS NOT NULL
-    """
-)
+_CONSUMERS = text(CONSUMERS)
 
 
 async def inbox_consumers(engine: AsyncEngine) -> list[str]:
@@ -174,65 +81,3 @@ async def consumer_lag_report(
     names = list(groups or await inbox_consumers(engine))
     groups_report: dict[str, Any] = (await lag_report(bootstrap, names))["consumer_groups"]
     return groups_report
-
-
-async def lag_report(bootstrap: str, groups: Sequence[str], *, timeout_s: float = 5.0) -> dict[str, Any]:
-    """`consumer_groups` (per group: `lag`, `partitions`; `lag` None and an `error` when unknown) and
-    `broker_error`: one sentence when the broker could not be asked at all (then every lag is unknown)."""
-    report: dict[str, Any] = {"consumer_groups": {}, "broker_error": None}
-    if not groups:
-        return report
-    try:
-        lags = await asyncio.wait_for(groups_lag(bootstrap, groups, None, timeout_s=timeout_s), timeout_s * 3)
-    except (KafkaError, OSError, TimeoutError, LagUnknown) as exc:
-        message = _one_line(exc)
-        if not isinstance(exc, LagUnknown):
-            report["broker_error"] = message
-        for group in groups:
-            report["consumer_groups"][group] = {"lag": None, "error": message}
-        return report
-    for group in groups:
-        lag = lags[group]
-        report["consumer_groups"][group] = {
-            "lag": sum(lag.values()),
-            "partitions": {
-                f"{topic}[{partition}]": value for (topic, partition), value in sorted(lag.items())
-            },
-        }
-    return report
-
-
-def _one_line(exc: BaseException) -> str:
-    """The client's own sentence (kafka.clients names the cause and the setting), without a class prefix."""
-    if isinstance(exc, TimeoutError):
-        return f"no answer from the broker in time (KAFKA_BOOTSTRAP={bootstrap_from_env()})"
-    text = str(exc).strip() or type(exc).__name__
-    for _ in range(2):  # aiokafka prefixes its message with the class name, sometimes twice
-        text = text.removeprefix(f"{type(exc).__name__}: ")
-    return text.splitlines()[0]
-
-
-def render_status(status: dict[str, Any]) -> str:
-    """`outbox status` for a person: the relay's figures, then one line per consumer group."""
-    retained = status.get("published_retained")
-    lines = [
-        f"outbox  pending {status.get('pending')}  oldest pending {status.get('oldest_pending_age_s')} s  "
-        f"dead {status.get('dead_lettered')}  "
-        f"retained {'~' if status.get('published_retained_is_estimate') else ''}{retained}",
-        f"  pending: ready {status.get('ready')}  behind a failed row {status.get('behind_backoff')}  "
-        f"behind a dead row {status.get('behind_dead')}  "
-        f"behind a later-ready row {status.get('held_behind_pending')}  in backoff {status.get('backoff')}",
-    ]
-    for row in status.get("dead_letter_sample") or []:
-        lines.append(f"  dead #{row['id']} {row['event_type']} {row['aggregate_id']}: {row['last_error']}")
-    groups = status.get("consumer_groups") or {}
-    if status.get("broker_error"):
-        lines.append(f"groups {', '.join(groups)}  lag unknown: {status['broker_error']}")
-        return "\n".join(lines)
-    for group, lag in groups.items():
-        if lag.get("lag") is None:
-            lines.append(f"group {group}  lag unknown ({lag.get('error')})")
-            continue
-        parts = "  ".join(f"{tp}={value}" for tp, value in lag["partitions"].items() if value)
-        lines.append(f"group {group}  lag {lag['lag']}" + (f"  ({parts})" if parts else ""))
-    return "\n".join(lines)
