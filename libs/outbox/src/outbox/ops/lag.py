@@ -49,8 +49,8 @@ async def groups_lag(
         request_timeout_ms=int(timeout_s * 1000) + 1000,
     )
     admin = KafkaAdmin(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
-    await probe.start()
-    try:
+    try:  # stopped whatever happens, a failed or cancelled start included: no "Unclosed AIOKafkaConsumer"
+        await probe.start()
         await admin.start()
         try:
             known = await probe.topics()
