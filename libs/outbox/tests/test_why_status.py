@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -238,6 +239,19 @@ async def test_status_counts_retained_rows_exactly_without_analyze(
     assert status["pending"] == 1
     code, human, _ = await outbox_cli("status", "--database-url", database_url)
     assert "retained 23" in human and "retained ~" not in human
+    async with engine.begin() as conn:  # past the exact count's cap, before any ANALYZE: a lower bound
+        await conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, topic, event_type, source, aggregate_id, payload, published_at) "
+                "SELECT gen_random_uuid(), :t, 'x', 'test', g::text, '{}', now() FROM generate_series(1, 10000) g"
+            ),
+            {"t": topic},
+        )
+    status = json.loads((await outbox_cli("status", "--database-url", database_url, "--json"))[1])
+    assert status["published_retained_is_estimate"] and status["published_retained"] >= 10_000
+    # `≥10000` until autovacuum's ANALYZE, which may run meanwhile: then the planner's scaled estimate.
+    human = (await outbox_cli("status", "--database-url", database_url))[1]
+    assert re.search(r"retained (≥10000|~\d+)\n", human), human
 
 
 async def test_status_max_lag_exits_1_past_it_and_an_unreachable_broker_is_one_line(
