@@ -64,14 +64,14 @@ async def groups_lag(
                 ids = probe.partitions_for_topic(topic) or set()
                 partitions += [TopicPartition(topic, p) for p in sorted(ids)]
             # Explicit partitions: some brokers answer the no-partitions form with a malformed response.
-            committed_raw = {
-                group: (
-                    await admin.list_consumer_group_offsets(group, partitions=partitions)
-                    if partitions
-                    else {}
+            fetched = (
+                await asyncio.gather(
+                    *(admin.list_consumer_group_offsets(group, partitions=partitions) for group in groups)
                 )
-                for group in groups
-            }
+                if partitions
+                else [{} for _ in groups]
+            )
+            committed_raw = dict(zip(groups, fetched, strict=True))
         finally:
             await admin.close()
         mine: dict[str, list[TopicPartition]] = {}
