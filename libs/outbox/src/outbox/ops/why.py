@@ -66,7 +66,7 @@ _LOCK_HOLDERS = text(
     """
 )
 _INBOX = text(
-    'SELECT consumer, outcome, topic, partition, "offset", aggregate_version, processed_at FROM inbox '
+    'SELECT consumer, outcome, topic, partition, "offset", aggregate_id, aggregate_version, processed_at FROM inbox '
     "WHERE event_id = CAST(:id AS uuid) ORDER BY consumer"
 )
 _PARKED = text(
@@ -138,8 +138,14 @@ async def explain(
         report["consumers"].append(
             await _consumer_side(url, event_id, report["aggregate_id"], _topics(report))
         )
-    if unknown and any(side.get("inbox") for side in report["consumers"]):
-        report["kind"] = "event"
+    inbox = [i for side in report["consumers"] for i in side.get("inbox", [])]
+    if unknown and inbox:  # an event whose outbox row is gone: its aggregate is the inbox row's
+        report["kind"], report["aggregate_id"] = "event", inbox[0]["aggregate_id"]
+        topics = sorted({i["topic"] for i in inbox})
+        report["consumers"] = [
+            await _consumer_side(url, uuid_form, report["aggregate_id"], topics)
+            for url in consumer_urls or []
+        ]
     report["matched"] = _matched(report)
     report["next"] = next_step(report)
     return report
