@@ -57,7 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     relay = with_db(sub.add_parser("relay", help="publish this database's outbox to Kafka until SIGTERM"))
     relay.add_argument("--name", default="relay", help="service name, for logs and traces")
     status = with_db(
-        sub.add_parser("status", help="pending, oldest pending age, dead rows, consumer groups' lag")
+        sub.add_parser(
+            "status",
+            help="pending, oldest pending age, dead rows, consumer groups' lag",
+            description="Exit status: 0 healthy; 1 dead-lettered rows (unless --allow-dead), the oldest pending "
+            "event older than --max-age, a group's lag past --max-lag (or unknown), or the broker unreachable "
+            "(one line per reason on stderr); 2 a wrong database URL or Kafka setting.",
+        )
     )
     status.add_argument(
         "--group", dest="groups", action="append", help="consumer group (repeatable); default: the inbox's"
@@ -129,11 +135,13 @@ def _parser() -> argparse.ArgumentParser:
             "why",
             help="why an aggregate's events wait or are not applied yet (rows, locks, each consumer group); "
             "where an event went",
+            description="Exit status: 0 explained; 1 nothing has this id; 2 no id, or --event not a UUID.",
         )
     )
     explain.add_argument(
         "target",
         nargs="?",
+        metavar="ID",
         help="an aggregate id or an event id: a UUID is looked up as an event id first, then as an aggregate id",
     )
     which = explain.add_mutually_exclusive_group()
@@ -143,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--consumer-db",
         dest="consumer_urls",
+        metavar="URL",
         action="append",
         default=[],
         help="a consumer's database: each group's applied version, lag behind the head, parked events, "
