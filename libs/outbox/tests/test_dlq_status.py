@@ -35,7 +35,7 @@ async def outbox_cli(*args: str) -> tuple[int, str, str]:
 
 
 async def cli_json(*args: str) -> Any:
-    code, out, err = await outbox_cli(*args)
+    code, out, err = await outbox_cli(*args, "--json")
     assert code == 0, err
     return json.loads(out)
 
@@ -90,7 +90,7 @@ async def test_dead_letter_listed_shown_and_redriven(
 
     await wait_until(applied, timeout=60, what="redriven event applied")
 
-    status = await cli_json("status", "--database-url", database_url, "--json")
+    status = await cli_json("status", "--database-url", database_url)
     assert status["pending"] == 0 and status["dead_lettered"] == 0
     assert status["consumer_groups"][group]["lag"] == 0
     assert f"{wire(topic)}[" in next(iter(status["consumer_groups"][group]["partitions"]))

@@ -200,6 +200,7 @@ async def test_skip_gap_needs_yes_then_moves_the_version_past_the_gap_and_the_pa
         topic,
         "--aggregate",
         "x",
+        "--json",
     ]
     code, out, err = await outbox_cli(*args)
     assert code == 1 and "--yes" in err

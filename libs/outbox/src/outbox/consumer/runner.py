@@ -42,6 +42,7 @@ from outbox.consumer.settings import CONSUMER_ENV, ConsumerSettings
 from outbox.envelope import MalformedMessage, decode_record
 from outbox.kafka import clients as kafka_clients
 from outbox.kafka import ensure_topics, start_producer
+from outbox.log_throttle import LogThrottle
 from outbox.periodic import every
 from outbox.telemetry.heartbeat import Heartbeat
 from outbox.telemetry.metrics import consumer_metrics, observe_consumer_lag
@@ -94,6 +95,7 @@ class IdempotentConsumer:
         )
         self.stats = ConsumerStats()
         self.inbox = InboxStore(name)
+        self.outage_log = LogThrottle(log)
         self._routes: list[Route] = []
         self._ignored: list[str] = []
         self._stopping = asyncio.Event()
@@ -215,7 +217,7 @@ class IdempotentConsumer:
             self.settings.inbox_prune_interval_s,
             self.prune,
             stopping=self._stopping,
-            log=log,
+            log=self.outage_log,
             failed=f"consumer {self.name}: pruning failed",
         )
 
@@ -243,7 +245,7 @@ class IdempotentConsumer:
             self.settings.park_sweep_interval_s,
             self.release_parked,
             stopping=self._stopping,
-            log=log,
+            log=self.outage_log,
             failed=f"consumer {self.name}: releasing parked events failed",
         )
 
@@ -304,7 +306,9 @@ class IdempotentConsumer:
                     # The transaction failed as a whole (database unreachable, say): nothing was committed.
                     # Rewind so the same records come again, back off, go on.
                     self.stats.batch_failures += 1
-                    log.exception(
+                    self.outage_log.log(
+                        logging.ERROR,
+                        "batch",
                         "consumer %s: batch of %s failed; retrying in %.2fs",
                         self.name,
                         ", ".join(
@@ -312,12 +316,14 @@ class IdempotentConsumer:
                             for tp, r in batches.items()
                         ),
                         backoff,
+                        exc_info=True,
                     )
                     self._rewind(consumer, batches)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.settings.outage_backoff_max_s)
                     continue
                 backoff = self.settings.retry_initial_s
+                self.outage_log.recovered("batch", "consumer %s: applying again", self.name)
                 if committing is not None:
                     await committing
                 offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}

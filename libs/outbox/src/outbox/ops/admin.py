@@ -47,12 +47,16 @@ async def status(engine: AsyncEngine) -> dict[str, Any]:
 
 
 async def replay(
-    engine: AsyncEngine, selection: Selection, *, dry_run: bool, chunk: int = REPLAY_CHUNK
+    engine: AsyncEngine, selection: Selection, *, dry_run: bool, chunk: int = REPLAY_CHUNK, sample: int = 10
 ) -> dict[str, Any]:
-    """Make matching published rows pending again, in bounded chunks; the relay republishes them in order."""
+    """Make matching published rows pending again, in bounded chunks; the relay republishes them in order.
+    A dry run counts them and shows the first `sample` it would send."""
     store = OutboxAdmin(engine)
     if dry_run:
-        return {"would_replay": await store.count_replayable(selection)}
+        return {
+            "would_replay": await store.count_replayable(selection),
+            "sample": await store.sample_replayable(selection, sample) if sample > 0 else [],
+        }
     return {"replayed": await store.replay(selection, chunk=chunk, wake=_wake_channel())}
 
 

@@ -26,6 +26,10 @@ _SELECTION = """
     AND (CAST(:until AS timestamptz) IS NULL OR occurred_at < :until)
 """
 _COUNT_REPLAYABLE = text(f"SELECT count(*) FROM outbox WHERE {_SELECTION}")
+_SAMPLE_REPLAYABLE = text(
+    "SELECT id, topic, event_type, aggregate_id, aggregate_version, occurred_at, event_id::text AS event_id "
+    f"FROM outbox WHERE {_SELECTION} ORDER BY id LIMIT :limit"
+)
 # One bounded chunk per transaction, in id order: a long replay never holds a million row locks, and rows
 # written meanwhile queue between its chunks (claims go in ready order).
 _REPLAY_CHUNK = text(
@@ -134,6 +138,12 @@ class OutboxAdmin:
     async def count_replayable(self, selection: Selection) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(_COUNT_REPLAYABLE, selection.params())).scalar_one())
+
+    async def sample_replayable(self, selection: Selection, limit: int) -> list[dict[str, Any]]:
+        """The first `limit` rows a replay would send, in the order it sends them."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(_SAMPLE_REPLAYABLE, {**selection.params(), "limit": limit})
+            return [dict(r._mapping) for r in result]
 
     async def replay(self, selection: Selection, *, chunk: int, wake: str | None) -> int:
         total, after = 0, 0

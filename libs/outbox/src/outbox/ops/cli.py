@@ -1,15 +1,21 @@
-"""`outbox` command: run a relay, inspect an outbox, replay retained events, redrive dead-lettered rows.
+"""`outbox` command: run a relay, inspect an outbox, replay retained events, redrive dead letters, read topics.
 
     outbox relay   --database-url URL [--name NAME]
     outbox status  --database-url URL [--group G ...] [--json] [--max-age S] [--max-lag N] [--allow-dead]
                    (exit 1: dead rows, old backlog, a lag past N, broker unreachable)
     outbox health  --heartbeat-file F [--max-age S]   (exit 1: the relay or consumer loop stopped turning)
-    outbox dlq     list|show|redrive --group G [--id PARTITION:OFFSET ...] [--yes]
-    outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since ISO] [--until ISO] [--yes]
-    outbox redrive --database-url URL [--id N ...] [--reorder | --force] [--yes]
-    outbox skip-gap --database-url URL --consumer NAME --topic T --aggregate ID [--yes]   (a consumer's database)
+    outbox dlq     list|show|redrive|ack|purge --group G [--id PARTITION:OFFSET ...] [--all] [--state S] [--yes] [--json]
+    outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since WHEN] [--until WHEN] [--yes] [--json]
+    outbox redrive --database-url URL [--id N ...] [--reorder | --force] [--yes] [--json]
+    outbox skip-gap --database-url URL --consumer NAME --topic T --aggregate ID [--yes] [--json]   (a consumer's database)
     outbox why     ID | --aggregate ID | --event ID  --database-url URL [--topic T] [--consumer-db URL ...] [--json]
-    outbox trace   SPANS_FILE [--trace-id ID] [--last N]
+    outbox tail    TOPIC [--from-beginning] [--key K] [--type T] [-n N] [--follow] [--json]
+    outbox trace   [SPANS_FILE] [--trace-id ID] [--request-id ID] [--service S] [--name TEXT] [--since WHEN]
+                   [--until WHEN] [--idle] [--last N]
+
+WHEN: a duration ago (15m, 2h, 1d, 1h30m) or an ISO timestamp. Output is a table for people; --json for scripts.
+Failures print one line naming the fix (exit 2 for a setting, a name or an unreachable database or broker);
+--debug prints the traceback, --verbose the library's INFO lines.
 
 The database URL may also come from OUTBOX_DATABASE_URL, its password apart from OUTBOX_DATABASE_PASSWORD
 (each also as a file: OUTBOX_DATABASE_URL_FILE, OUTBOX_DATABASE_PASSWORD_FILE); the broker from KAFKA_BOOTSTRAP.
@@ -21,14 +27,15 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from outbox.database_url import psycopg_url
-from outbox.env_settings import SettingError, env_or_file, with_password
+from outbox.env_settings import env_or_file, with_password
+from outbox.ops import trace_view
 from outbox.telemetry.heartbeat import heartbeat_age
 
 # Every other import happens in the command that needs it: `outbox health` is a probe run every few seconds
@@ -45,16 +52,39 @@ def _database_url(given: str | None) -> str | None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from outbox.ops.commands import dlq, rows, tail
+
     parser = argparse.ArgumentParser(
         prog="outbox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Accepted before or after the command: the command's copy is SUPPRESSed when absent, so it does not
+    # overwrite a value given before it.
+    parser.add_argument("--debug", action="store_true", help="on failure, print the traceback")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="also print the library's INFO log lines"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="on failure, print the traceback"
+    )
+    common.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="also print the library's INFO log lines (default: warnings and errors only)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--database-url", help="SQLAlchemy or libpq URL (default: OUTBOX_DATABASE_URL)")
         return p
 
-    relay = with_db(sub.add_parser("relay", help="publish this database's outbox to Kafka until SIGTERM"))
+    relay = with_db(
+        sub.add_parser(
+            "relay", help="publish this database's outbox to Kafka until SIGTERM", parents=[common]
+        )
+    )
     relay.add_argument("--name", default="relay", help="service name, for logs and traces")
     status = with_db(
         sub.add_parser(
@@ -63,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
             description="Exit status: 0 healthy; 1 dead-lettered rows (unless --allow-dead), the oldest pending "
             "event older than --max-age, a group's lag past --max-lag (or unknown), or the broker unreachable "
             "(one line per reason on stderr); 2 a wrong database URL or Kafka setting.",
+            parents=[common],
         )
     )
     status.add_argument(
@@ -84,58 +115,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="exit 1 when a consumer group's lag (records, all its partitions) exceeds N, or is unknown",
     )
-    health = sub.add_parser("health", help="exit 0 when a relay or consumer loop touched its heartbeat file")
+    health = sub.add_parser(
+        "health", help="exit 0 when a relay or consumer loop touched its heartbeat file", parents=[common]
+    )
     health.add_argument("--heartbeat-file", required=True, help="the process's OUTBOX_HEARTBEAT_FILE")
     health.add_argument("--max-age", type=float, default=60.0, help="seconds (default 60)")
-    dlq = sub.add_parser("dlq", help="list, show or redrive a consumer group's dead letters (<group>.dlq)")
-    dlq.add_argument("action", choices=["list", "show", "redrive"])
-    dlq.add_argument("--group", required=True, help="the consumer group whose <group>.dlq to read")
-    dlq.add_argument("--id", dest="ids", action="append", help="PARTITION:OFFSET on the dlq (repeatable)")
-    dlq.add_argument("--yes", action="store_true", help="redrive: do it (without: list what would go)")
-    replay = with_db(
-        sub.add_parser("replay", help="publish retained (already published) events again, in order")
-    )
-    replay.add_argument("--topic")
-    replay.add_argument("--type", dest="event_type")
-    replay.add_argument("--aggregate-id")
-    replay.add_argument("--since", type=datetime.fromisoformat)
-    replay.add_argument("--until", type=datetime.fromisoformat)
-    replay.add_argument("--yes", action="store_true", help="do it (without: count what would be replayed)")
-    replay.add_argument(
-        "--allow-partial",
-        action="store_true",
-        help="with --type: replay only some event types of each aggregate (see PARTIAL_REPLAY)",
-    )
-    redrive = with_db(sub.add_parser("redrive", help="send dead-lettered rows through the relay again"))
-    redrive.add_argument(
-        "--id", dest="ids", type=int, action="append", help="row id (repeatable); default all"
-    )
-    redrive.add_argument("--yes", action="store_true", help="do it (without: count what would be redriven)")
-    ordering = redrive.add_mutually_exclusive_group()
-    ordering.add_argument(
-        "--reorder",
-        action="store_true",
-        help="a dead row whose aggregate published later rows goes out again followed by those rows",
-    )
-    ordering.add_argument(
-        "--force", action="store_true", help="send such a dead row alone, after its successors"
-    )
-    skip = with_db(
-        sub.add_parser(
-            "skip-gap",
-            help="give up the missing version a gap-aware consumer's parked events wait for (its database)",
-        )
-    )
-    skip.add_argument("--consumer", required=True, help="the consumer's name (its group and inbox key)")
-    skip.add_argument("--topic", required=True, help="the logical topic (without OUTBOX_TOPIC_PREFIX)")
-    skip.add_argument("--aggregate", required=True, help="the aggregate id (the events' subject)")
-    skip.add_argument("--yes", action="store_true", help="do it (without: say what would be skipped)")
+    dlq.add_parser(sub, common)
+    rows.add_parsers(sub, common, with_db)
     explain = with_db(
         sub.add_parser(
             "why",
             help="why an aggregate's events wait or are not applied yet (rows, locks, each consumer group); "
             "where an event went",
             description="Exit status: 0 explained; 1 nothing has this id; 2 no id, or --event not a UUID.",
+            parents=[common],
         )
     )
     explain.add_argument(
@@ -158,10 +151,11 @@ def _parser() -> argparse.ArgumentParser:
         "the event's inbox row (repeatable)",
     )
     explain.add_argument("--json", action="store_true", help="one JSON document, for scripts")
-    view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees")
-    view.add_argument("spans_file", type=Path)
-    view.add_argument("--trace-id")
-    view.add_argument("--last", type=int, default=5)
+    tail.add_parser(sub, common)
+    view = sub.add_parser(
+        "trace", help="print traces from an OTEL_SPANS_FILE as trees, filtered", parents=[common]
+    )
+    trace_view.add_arguments(view)
     return parser
 
 
@@ -187,59 +181,26 @@ async def _run_relay(url: str, name: str) -> None:
     await relay.run()
 
 
-async def _admin(args: argparse.Namespace) -> dict[str, Any]:
+async def _why(args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from outbox.ops import admin, gaps, why
+    from outbox.ops import why
 
     engine = create_async_engine(psycopg_url(args.database_url))
     try:
-        if args.command == "skip-gap":
-            return await gaps.skip_gap(engine, args.consumer, args.topic, args.aggregate, yes=args.yes)
-        if args.command == "why":
-            return await why.explain(
-                engine,
-                args.aggregate or args.event or args.target,
-                kind="aggregate" if args.aggregate else "event" if args.event else "auto",
-                topic=args.topic,
-                consumer_urls=[psycopg_url(u) for u in args.consumer_urls],
-            )
-        if args.command == "replay":
-            selection = admin.Selection(
-                topic=args.topic,
-                event_type=args.event_type,
-                aggregate_id=args.aggregate_id,
-                since=args.since,
-                until=args.until,
-            )
-            return await admin.replay(engine, selection, dry_run=not args.yes)
-        order = (
-            admin.RedriveOrder.REORDER
-            if args.reorder
-            else admin.RedriveOrder.FORCE
-            if args.force
-            else admin.RedriveOrder.REFUSE
+        return await why.explain(
+            engine,
+            args.aggregate or args.event or args.target,
+            kind="aggregate" if args.aggregate else "event" if args.event else "auto",
+            topic=args.topic,
+            consumer_urls=[psycopg_url(u) for u in args.consumer_urls],
         )
-        return await admin.redrive(engine, ids=args.ids, dry_run=not args.yes, order=order)
     finally:
         await engine.dispose()
 
 
-PARTIAL_REPLAY = (
-    "--type replays some of an aggregate's events without the others. A consumer that already applied "
-    "them skips them, but one rebuilt from scratch would apply, say, `created` without the later `deleted` "
-    "and resurrect the aggregate. Replay whole aggregates (--topic/--aggregate-id/--since), or add "
-    "--allow-partial if every consumer of these events already holds the rest of the history."
-)
-
-
-OUT_OF_ORDER = (
-    "refused the rows under out_of_order: later rows of their aggregates were already published (retained, "
-    "or pruned since: pruned_through, newer_version_pruned), so they would reach consumers after their "
-    "successors. --reorder sends each again followed by those later rows (the topic ends in order; consumers "
-    "with an inbox skip what they applied; not possible once the newest of them was pruned); --force sends "
-    "it alone."
-)
+DB_COMMANDS = ("relay", "status", "replay", "redrive", "skip-gap", "why")
+BROKER_COMMANDS = ("relay", "status", "dlq", "tail")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,117 +212,81 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"healthy: heartbeat {age:.1f}s old")
         return 0
-    from aiokafka.errors import KafkaConnectionError
-
-    from outbox.kafka import bootstrap_from_env
-    from outbox.kafka.connection import KafkaConnection, KafkaSettingError
-    from outbox.ops import dlq, trace_view
+    from outbox.ops.commands.errors import explain
     from outbox.telemetry.logs import configure_logging
 
-    configure_logging(f"outbox-{args.command}")
-    if args.command in ("relay", "status", "dlq"):
-        try:  # settings that cannot work stop the command here, with one line naming the variables
-            KafkaConnection.from_env()
-        except KafkaSettingError as exc:
-            print(f"outbox {args.command}: {exc}", file=sys.stderr)
-            return 2
-    if args.command == "trace":
-        print(
-            trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
-        )
-        return 0
-    if args.command == "dlq":
-        try:
-            result = asyncio.run(
-                dlq.run(bootstrap_from_env(), args.action, args.group, args.ids, yes=args.yes)
-            )
-        except LookupError as exc:
-            print(f"outbox dlq: {exc.args[0]}", file=sys.stderr)
-            return 1
-        except KafkaConnectionError as exc:  # refused or unreachable: the library says which setting
-            print(f"outbox dlq: {exc}", file=sys.stderr)
-            return 1
-        print(json.dumps(result, indent=2, default=str))
-        return 0
+    # One-shot commands print their answer; the library's INFO lines (topics created, clients started)
+    # would only bury it. A relay runs as a service and logs at LOG_LEVEL.
+    quiet = args.command != "relay" and not args.verbose
+    configure_logging(f"outbox-{args.command}", level="WARNING" if quiet else None)
     try:
-        args.database_url = _database_url(args.database_url)
-    except SettingError as exc:
-        print(f"outbox: {exc}", file=sys.stderr)
-        return 2
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `outbox dlq list | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        code, message = explain(exc, args)
+        print(f"outbox {args.command}: {message}", file=sys.stderr)
+        return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from outbox.kafka.connection import KafkaConnection
+    from outbox.ops.commands import dlq, rows, tail
+
+    if args.command in BROKER_COMMANDS:
+        KafkaConnection.from_env()  # settings that cannot work stop here, with one line naming the variables
+    if args.command == "trace":
+        return trace_view.main(args)
+    if args.command == "dlq":
+        return dlq.run(args)
+    if args.command == "tail":
+        return tail.run(args)
+    args.database_url = _database_url(args.database_url)
     if not args.database_url:
-        print("outbox: --database-url or OUTBOX_DATABASE_URL is required", file=sys.stderr)
+        print(f"outbox {args.command}: --database-url or OUTBOX_DATABASE_URL is required", file=sys.stderr)
         return 2
     if args.command == "relay":
         asyncio.run(_run_relay(args.database_url, args.name))
         return 0
-    if args.command == "why" and (message := why_usage(args)):
-        print(f"outbox why: {message}", file=sys.stderr)
-        return 2
-    if args.command == "replay" and args.event_type and not args.allow_partial:
-        print(f"outbox replay: {PARTIAL_REPLAY}", file=sys.stderr)
-        return 2
+    if args.command in ("replay", "redrive", "skip-gap"):
+        return rows.run(args)
     if args.command == "status":
         return _status(args)
-    try:
-        result = asyncio.run(_admin(args))
-    except LookupError as exc:  # skip-gap: nothing parked there
-        print(f"outbox {args.command}: {exc.args[0]}", file=sys.stderr)
-        return 1
-    if args.command == "why" and not args.json:
-        from outbox.ops import why
-
-        print(why.render(result))
-    else:
-        print(json.dumps(result, indent=2, default=str))
-    if args.command == "why" and result["matched"] == "nothing":
-        print(f"outbox why: {result['next']}", file=sys.stderr)
-        return 1
-    if args.command == "skip-gap" and not args.yes:
-        print("outbox skip-gap: refused without --yes (nothing changed): see would_skip", file=sys.stderr)
-        return 1
-    if args.command == "redrive" and args.yes and result.get("cannot_reorder"):
-        for row in result["cannot_reorder"]:
-            print(
-                f"outbox redrive: refused row {row['id']} under --reorder: {row['reason']}", file=sys.stderr
-            )
-        return 1
-    if (
-        args.command == "redrive"
-        and result.get("out_of_order")
-        and args.yes
-        and not (args.reorder or args.force)
-    ):
-        print(f"outbox redrive: {OUT_OF_ORDER}", file=sys.stderr)
-        return 1
-    return 0
+    return _why_command(args)
 
 
 def _status(args: argparse.Namespace) -> int:
     """`outbox status`: psycopg and aiokafka only (`ops/status.py`), so it answers in well under a second."""
-    import psycopg
-
     from outbox.kafka import bootstrap_from_env
     from outbox.ops import status
 
-    try:
-        result = asyncio.run(status.report(args.database_url, args.groups, bootstrap_from_env()))
-    except psycopg.Error as exc:  # a wrong URL, database or password: the server's own sentence
-        print(f"outbox status: {str(exc).strip().splitlines()[0]} (--database-url)", file=sys.stderr)
-        return 2
+    result = asyncio.run(status.report(args.database_url, args.groups, bootstrap_from_env()))
     print(json.dumps(result, indent=2, default=str) if args.json else status.render(result))
     return status_exit_code(result, max_age=args.max_age, allow_dead=args.allow_dead, max_lag=args.max_lag)
 
 
-def why_usage(args: argparse.Namespace) -> str | None:
-    """What is wrong with `outbox why`'s arguments (one id, an event id a UUID), or None."""
-    from outbox.ops.why import as_event_id
+def _why_command(args: argparse.Namespace) -> int:
+    from outbox.ops.errors import OperatorError
+    from outbox.ops.why import as_event_id, render
 
     given = [v for v in (args.target, args.aggregate, args.event) if v]
     if len(given) != 1:
-        return "give one id: ID (guessed), --aggregate ID or --event ID"
+        raise OperatorError("give one id: ID (guessed), --aggregate ID or --event ID")
     if args.event and as_event_id(args.event) is None:
-        return f"--event {args.event!r} is not an event id (a UUID); an aggregate id goes with --aggregate"
-    return None
+        raise OperatorError(
+            f"--event {args.event!r} is not an event id (a UUID); an aggregate id goes with --aggregate"
+        )
+    result = asyncio.run(_why(args))
+    print(json.dumps(result, indent=2, default=str) if args.json else render(result))
+    if result["matched"] == "nothing":
+        print(f"outbox why: {result['next']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def status_exit_code(

@@ -1,7 +1,7 @@
 """Consumer groups' lag seen from outside: the partition's highwater minus the group's committed offset.
 
 The highwater comes from a fetch response, not from ListOffsets(latest): some brokers (Tansu, see
-../shared/BROKER.md) answer the latter with the first offset of the last batch + 1, which under-reports
+docs/broker.md) answer the latter with the first offset of the last batch + 1, which under-reports
 lag whenever batches hold several records. Neither SQLAlchemy nor OpenTelemetry is imported here
 (`outbox status` stays fast).
 """

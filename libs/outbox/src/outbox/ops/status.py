@@ -94,11 +94,30 @@ async def report(url: str, groups: Sequence[str] | None, bootstrap: str) -> dict
 
     from outbox.ops.lag import lag_report
 
-    async with await psycopg.AsyncConnection.connect(conninfo(url), autocommit=True) as conn:
-        figures = await read(conn)
-        if not groups:
-            groups = [row[0] for row in await (await conn.execute(CONSUMERS)).fetchall()]
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo(url), autocommit=True) as conn:
+            figures = await read(conn)
+            if not groups:
+                groups = [row[0] for row in await (await conn.execute(CONSUMERS)).fetchall()]
+    except psycopg.Error as exc:
+        raise _database_error(exc, url) from exc
     return figures | await lag_report(bootstrap, groups)
+
+
+def _database_error(exc: Exception, url: str) -> Exception:
+    """The one line `outbox` prints for a database failure, as `commands.errors` words SQLAlchemy's."""
+    import psycopg
+
+    from outbox.ops.commands.errors import DB_HINT, _safe_url
+    from outbox.ops.errors import OperatorError
+
+    where, message = _safe_url(url), " ".join(str(exc).split()).removeprefix("connection failed: ")
+    if isinstance(exc, psycopg.OperationalError):
+        return OperatorError(f"cannot connect to the database {where}: {message} ({DB_HINT})")
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        first = str(exc).strip().splitlines()[0]
+        return OperatorError(f"{first} in {where}: not an outbox database, or not migrated ({DB_HINT})")
+    return OperatorError(f"database {where}: {message}")
 
 
 def render(status: dict[str, Any]) -> str:
