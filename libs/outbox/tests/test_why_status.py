@@ -218,11 +218,12 @@ async def test_why_names_the_group_behind_and_where_an_event_is_for_each_group(
         engine.begin() as conn
     ):  # v1's row pruned after its retention: the consumer's inbox still knows it
         await conn.execute(text("DELETE FROM outbox WHERE event_id = CAST(:e AS uuid)"), {"e": first})
-    event = await why_json(database_url, first, "--consumer-db", database_url)
-    assert event["kind"] == "event" and event["matched"].startswith("event id (in a consumer database")
-    assert event["aggregate_id"] == doc and event["rows"] == []
-    [state] = [s for s in event["consumers"][0]["states"] if s["group"] == group]
-    assert state["event"].startswith(f"applied from {topic}[") and state["applied_version"] == 1
+    for how in ([first], ["--event", first]):
+        event = await why_json(database_url, *how, "--consumer-db", database_url)
+        assert event["kind"] == "event" and event["matched"].startswith("event id (in a consumer database")
+        assert event["aggregate_id"] == doc and event["rows"] == []
+        [state] = [s for s in event["consumers"][0]["states"] if s["group"] == group]
+        assert state["event"].startswith(f"applied from {topic}[") and state["applied_version"] == 1
 
     code, out, err = await outbox_cli("why", "--event", str(uuid.uuid4()), "--database-url", database_url)
     assert code == 1 and "nothing" in out and "try --aggregate" in err

@@ -139,7 +139,8 @@ async def explain(
             await _consumer_side(url, event_id, report["aggregate_id"], _topics(report))
         )
     inbox = [i for side in report["consumers"] for i in side.get("inbox", [])]
-    if unknown and inbox:  # an event whose outbox row is gone: its aggregate is the inbox row's
+    gone = unknown or (report["kind"] == "event" and not report["rows"])
+    if gone and inbox:  # an event whose outbox row is gone: its aggregate is the inbox row's
         report["kind"], report["aggregate_id"] = "event", inbox[0]["aggregate_id"]
         topics = sorted({i["topic"] for i in inbox})
         report["consumers"] = [
