@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.ops.admin_store import DeadRow, OutboxAdmin, Selection
+from outbox.ops.status import read as status_figures
 from outbox.writer import DEFAULT_NOTIFY_CHANNEL
 
 __all__ = ["RedriveOrder", "Selection", "redrive", "replay", "status"]
@@ -36,22 +37,13 @@ def _wake_channel() -> str | None:
 
 
 async def status(engine: AsyncEngine) -> dict[str, Any]:
-    store = OutboxAdmin(engine)
-    backlog = await store.backlog(held=True)
-    return {
-        "pending": backlog.pending,
-        "ready": backlog.ready,
-        "behind_backoff": backlog.behind_backoff,
-        "behind_dead": backlog.behind_dead,
-        "held_behind_pending": backlog.held_behind_pending,
-        "backoff": backlog.backoff,
-        "oldest_pending_age_s": round(backlog.oldest_due_age_s, 3),
-        "dead_lettered": backlog.dead,
-        "published_retained": max(backlog.estimated_rows - backlog.pending - backlog.dead, 0),
-        "published_retained_is_estimate": True,
-        "last_published_at": backlog.last_published_at,
-        "dead_letter_sample": await store.dead_sample() if backlog.dead else [],
-    }
+    """`outbox status`'s figures without the lag (`status.read`, on the engine's psycopg connection)."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        assert raw.driver_connection is not None  # the psycopg connection under the pool's proxy
+        figures = await status_figures(raw.driver_connection)
+        await conn.rollback()
+        return figures
 
 
 async def replay(

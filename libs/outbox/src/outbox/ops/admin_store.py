@@ -9,49 +9,12 @@ from typing import Any, cast
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-# Every figure comes from the pending and dead partial indexes (or the planner's row estimate): none scans
-# the retained history, which is most of the table. `ahead_ready_at`: the latest ready time of the pending
-# rows before each one in its aggregate. A due row ready earlier than that waits for a row that comes after
-# it in ready order (a redrive or replay); the relay's claim that reaches it moves it behind (`outbox_store`).
-# Only `outbox status` asks for it: the window sorts every pending row (measured 3x the query's time on a
-# 50k backlog), too much for each metrics scrape.
-_AHEAD_READY_AT = """max(available_at) OVER (
-                   PARTITION BY topic, aggregate_id ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-               )"""
-_BACKLOG = """
-    WITH pending AS (
-        SELECT id, topic, aggregate_id, available_at, attempts, {ahead_ready_at} AS ahead_ready_at
-        FROM outbox
-        WHERE published_at IS NULL AND dead_at IS NULL
-    ), held AS (
-        SELECT topic, aggregate_id, min(id) AS from_id, bool_or(dead) AS dead FROM (
-            SELECT topic, aggregate_id, id, false AS dead FROM pending WHERE attempts > 0
-            UNION ALL
-            SELECT topic, aggregate_id, id, true FROM outbox WHERE dead_at IS NOT NULL AND published_at IS NULL
-        ) h GROUP BY topic, aggregate_id
-    )
-    SELECT
-        count(*) FILTER (WHERE p.available_at > now()) AS backoff,
-        count(*) FILTER (WHERE p.available_at <= now() AND h.from_id < p.id AND NOT h.dead) AS behind_backoff,
-        count(*) FILTER (WHERE p.available_at <= now() AND h.from_id < p.id AND h.dead) AS behind_dead,
-        count(*) FILTER (
-            WHERE p.available_at <= now() AND p.ahead_ready_at > p.available_at AND NOT coalesce(h.from_id < p.id, false)
-        ) AS held_behind_pending,
-        count(*) FILTER (WHERE p.available_at <= now()) AS due,
-        min(p.available_at) FILTER (WHERE p.available_at <= now()) AS oldest_due,
-        (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead,
-        (SELECT max(published_at) FROM outbox WHERE published_at IS NOT NULL) AS last_published_at,
-        (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'outbox'::regclass) AS estimated_rows,
-        now() AS now
-    FROM pending p LEFT JOIN held h ON h.topic = p.topic AND h.aggregate_id = p.aggregate_id
-    """
-_BACKLOG_WITH_HELD = text(_BACKLOG.format(ahead_ready_at=_AHEAD_READY_AT))
-_BACKLOG_WITHOUT_HELD = text(_BACKLOG.format(ahead_ready_at="NULL::timestamptz"))
+from outbox.ops.backlog import Backlog, backlog_sql
 
-_DEAD_SAMPLE = text(
-    "SELECT id, event_type, aggregate_id, aggregate_version, attempts, last_error, dead_at FROM outbox "
-    "WHERE dead_at IS NOT NULL ORDER BY id LIMIT :limit"
-)
+__all__ = ["Backlog", "DeadRow", "OutboxAdmin", "Selection"]
+
+_BACKLOG_WITH_HELD = text(backlog_sql(held=True))
+_BACKLOG_WITHOUT_HELD = text(backlog_sql(held=False))
 
 # Optional filters as `(:x IS NULL OR column = :x)`: one statement whatever the operator chose.
 _SELECTION = """
@@ -120,36 +83,6 @@ _RESEND = text(
 
 
 @dataclass(frozen=True, slots=True)
-class Backlog:
-    """An outbox's pending rows by state. `due`: ready by time, of which `behind_backoff`/`behind_dead`
-    wait for a predecessor (one that failed, in backoff or due for its retry; or dead-lettered) and
-    `held_behind_pending` for a pending one of their aggregate that is ready later than they are (a
-    redriven or replayed row: the relay moves them behind it when its claims reach them; None: not
-    counted);
-    `backoff`: waiting out a retry delay; `oldest_due_age_s`: how long the longest-waiting due row has
-    been ready (from `available_at`, so a replayed row counts from its replay, not from when it first
-    happened)."""
-
-    due: int
-    behind_backoff: int
-    behind_dead: int
-    held_behind_pending: int | None
-    backoff: int
-    dead: int
-    oldest_due_age_s: float
-    estimated_rows: int
-    last_published_at: Any
-
-    @property
-    def pending(self) -> int:
-        return self.due + self.backoff
-
-    @property
-    def ready(self) -> int:
-        return self.due - self.behind_backoff - self.behind_dead - (self.held_behind_pending or 0)
-
-
-@dataclass(frozen=True, slots=True)
 class Selection:
     topic: str | None = None
     event_type: str | None = None
@@ -200,22 +133,7 @@ class OutboxAdmin:
         """`held`: also count the rows held behind a later-ready row (`held_behind_pending`)."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(_BACKLOG_WITH_HELD if held else _BACKLOG_WITHOUT_HELD)).one()
-        age = (row.now - row.oldest_due).total_seconds() if row.oldest_due is not None else 0.0
-        return Backlog(
-            due=row.due,
-            behind_backoff=row.behind_backoff,
-            behind_dead=row.behind_dead,
-            held_behind_pending=row.held_behind_pending if held else None,
-            backoff=row.backoff,
-            dead=row.dead,
-            oldest_due_age_s=max(age, 0.0),
-            estimated_rows=row.estimated_rows,
-            last_published_at=row.last_published_at,
-        )
-
-    async def dead_sample(self, limit: int = 20) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(_DEAD_SAMPLE, {"limit": limit})]
+        return Backlog.from_row(row, held=held)
 
     async def count_replayable(self, selection: Selection) -> int:
         async with self.engine.connect() as conn:

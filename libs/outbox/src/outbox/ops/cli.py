@@ -1,13 +1,14 @@
 """`outbox` command: run a relay, inspect an outbox, replay retained events, redrive dead letters, read topics.
 
     outbox relay   --database-url URL [--name NAME]
-    outbox status  --database-url URL [--group G ...] [--json] [--max-age S] [--allow-dead]   (exit 1: dead rows or old backlog)
+    outbox status  --database-url URL [--group G ...] [--json] [--max-age S] [--max-lag N] [--allow-dead]
+                   (exit 1: dead rows, old backlog, a lag past N, broker unreachable)
     outbox health  --heartbeat-file F [--max-age S]   (exit 1: the relay or consumer loop stopped turning)
     outbox dlq     list|show|redrive|ack|purge --group G [--id PARTITION:OFFSET ...] [--all] [--state S] [--yes] [--json]
     outbox replay  --database-url URL [--topic T] [--type T] [--aggregate-id ID] [--since WHEN] [--until WHEN] [--yes] [--json]
     outbox redrive --database-url URL [--id N ...] [--reorder | --force] [--yes] [--json]
     outbox skip-gap --database-url URL --consumer NAME --topic T --aggregate ID [--yes] [--json]   (a consumer's database)
-    outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
+    outbox why     ID | --aggregate ID | --event ID  --database-url URL [--topic T] [--consumer-db URL ...] [--json]
     outbox tail    TOPIC [--from-beginning] [--key K] [--type T] [-n N] [--follow] [--json]
     outbox trace   [SPANS_FILE] [--trace-id ID] [--request-id ID] [--service S] [--name TEXT] [--since WHEN]
                    [--until WHEN] [--idle] [--last N]
@@ -87,7 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     relay.add_argument("--name", default="relay", help="service name, for logs and traces")
     status = with_db(
         sub.add_parser(
-            "status", help="pending, oldest pending age, dead rows, consumer groups' lag", parents=[common]
+            "status",
+            help="pending, oldest pending age, dead rows, consumer groups' lag",
+            description="Exit status: 0 healthy; 1 dead-lettered rows (unless --allow-dead), the oldest pending "
+            "event older than --max-age, a group's lag past --max-lag (or unknown), or the broker unreachable "
+            "(one line per reason on stderr); 2 a wrong database URL or Kafka setting.",
+            parents=[common],
         )
     )
     status.add_argument(
@@ -103,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--allow-dead", action="store_true", help="do not exit 1 because of dead-lettered rows"
     )
+    status.add_argument(
+        "--max-lag",
+        type=int,
+        metavar="N",
+        help="exit 1 when a consumer group's lag (records, all its partitions) exceeds N, or is unknown",
+    )
     health = sub.add_parser(
         "health", help="exit 0 when a relay or consumer loop touched its heartbeat file", parents=[common]
     )
@@ -113,18 +125,30 @@ def _parser() -> argparse.ArgumentParser:
     explain = with_db(
         sub.add_parser(
             "why",
-            help="why an aggregate's events wait (states, the row holding them, locks); where an event went",
+            help="why an aggregate's events wait or are not applied yet (rows, locks, each consumer group); "
+            "where an event went",
+            description="Exit status: 0 explained; 1 nothing has this id; 2 no id, or --event not a UUID.",
             parents=[common],
         )
     )
-    explain.add_argument("target", help="an aggregate id, or an event id (UUID)")
+    explain.add_argument(
+        "target",
+        nargs="?",
+        metavar="ID",
+        help="an aggregate id or an event id: a UUID is looked up as an event id first, then as an aggregate id",
+    )
+    which = explain.add_mutually_exclusive_group()
+    which.add_argument("--aggregate", metavar="ID", help="explain this aggregate (no guessing)")
+    which.add_argument("--event", metavar="ID", help="explain this event id (no guessing)")
     explain.add_argument("--topic", help="only this topic's rows of the aggregate")
     explain.add_argument(
         "--consumer-db",
         dest="consumer_urls",
+        metavar="URL",
         action="append",
         default=[],
-        help="a consumer's database: its inbox row, applied version and parked events (repeatable)",
+        help="a consumer's database: each group's applied version, lag behind the head, parked events, "
+        "the event's inbox row (repeatable)",
     )
     explain.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     tail.add_parser(sub, common)
@@ -157,23 +181,17 @@ async def _run_relay(url: str, name: str) -> None:
     await relay.run()
 
 
-async def _admin(args: argparse.Namespace) -> dict[str, Any]:
+async def _why(args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from outbox.kafka import bootstrap_from_env
-    from outbox.ops import admin, observe, why
+    from outbox.ops import why
 
     engine = create_async_engine(psycopg_url(args.database_url))
     try:
-        if args.command == "status":
-            report = await admin.status(engine)
-            report["consumer_groups"] = await observe.consumer_lag_report(
-                engine, bootstrap_from_env(), args.groups
-            )
-            return report
         return await why.explain(
             engine,
-            args.target,
+            args.aggregate or args.event or args.target,
+            kind="aggregate" if args.aggregate else "event" if args.event else "auto",
             topic=args.topic,
             consumer_urls=[psycopg_url(u) for u in args.consumer_urls],
         )
@@ -218,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from outbox.kafka.connection import KafkaConnection
-    from outbox.ops import observe, why
     from outbox.ops.commands import dlq, rows, tail
 
     if args.command in BROKER_COMMANDS:
@@ -238,26 +255,62 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("replay", "redrive", "skip-gap"):
         return rows.run(args)
-    result = asyncio.run(_admin(args))
-    if args.command == "status" and not args.json:
-        print(observe.render_status(result))
-    elif args.command == "why" and not args.json:
-        print(why.render(result))
-    else:
-        print(json.dumps(result, indent=2, default=str))
     if args.command == "status":
-        return status_exit_code(result, max_age=args.max_age, allow_dead=args.allow_dead)
+        return _status(args)
+    return _why_command(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    """`outbox status`: psycopg and aiokafka only (`ops/status.py`), so it answers in well under a second."""
+    from outbox.kafka import bootstrap_from_env
+    from outbox.ops import status
+
+    result = asyncio.run(status.report(args.database_url, args.groups, bootstrap_from_env()))
+    print(json.dumps(result, indent=2, default=str) if args.json else status.render(result))
+    return status_exit_code(result, max_age=args.max_age, allow_dead=args.allow_dead, max_lag=args.max_lag)
+
+
+def _why_command(args: argparse.Namespace) -> int:
+    from outbox.ops.errors import OperatorError
+    from outbox.ops.why import as_event_id, render
+
+    given = [v for v in (args.target, args.aggregate, args.event) if v]
+    if len(given) != 1:
+        raise OperatorError("give one id: ID (guessed), --aggregate ID or --event ID")
+    if args.event and as_event_id(args.event) is None:
+        raise OperatorError(
+            f"--event {args.event!r} is not an event id (a UUID); an aggregate id goes with --aggregate"
+        )
+    result = asyncio.run(_why(args))
+    print(json.dumps(result, indent=2, default=str) if args.json else render(result))
+    if result["matched"] == "nothing":
+        print(f"outbox why: {result['next']}", file=sys.stderr)
+        return 1
     return 0
 
 
-def status_exit_code(report: dict[str, Any], *, max_age: float, allow_dead: bool) -> int:
-    """0 healthy; 1 when rows are dead-lettered or the oldest pending event waited past `max_age`
-    (so `outbox status` works as a check in cron, CI or a healthcheck). Reasons go to stderr."""
+def status_exit_code(
+    report: dict[str, Any], *, max_age: float, allow_dead: bool, max_lag: int | None = None
+) -> int:
+    """0 healthy; 1 when rows are dead-lettered, the oldest pending event waited past `max_age`, a group's
+    lag exceeds `max_lag` (or cannot be read while it is given), or the broker cannot be reached (so
+    `outbox status` works as a check in cron, CI or a healthcheck). One line per reason on stderr."""
     problems = []
     if report.get("dead_lettered") and not allow_dead:
         problems.append(f"{report['dead_lettered']} dead-lettered row(s): see `outbox redrive`")
     if float(report.get("oldest_pending_age_s") or 0) > max_age:
         problems.append(f"oldest pending event waited {report['oldest_pending_age_s']}s (> {max_age:g}s)")
+    if report.get("broker_error"):
+        problems.append(f"consumer groups' lag unknown: {report['broker_error']}")
+    elif max_lag is not None:
+        for group, lag in (report.get("consumer_groups") or {}).items():
+            if lag.get("lag") is None:
+                problems.append(f"group {group}: lag unknown ({lag.get('error')})")
+            elif lag["lag"] > max_lag:
+                problems.append(
+                    f"group {group}: lag {lag['lag']} > {max_lag}: is its consumer running? "
+                    f"`outbox why ID --consumer-db URL` for one document"
+                )
     for problem in problems:
         print(f"outbox status: {problem}", file=sys.stderr)
     return 1 if problems else 0
