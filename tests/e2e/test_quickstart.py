@@ -165,6 +165,104 @@ class Clone:
             raise AssertionError(f"left behind: {processes_under(self.directory)}") from exc
 
 
+class OperatorStory:
+    """An operator's commands on the clone's `make run`, as the README's verbs table gives them."""
+
+    def __init__(self, clone: Clone) -> None:
+        self.clone = clone
+        env = clone.env
+        self.console_db = f"postgresql://console_app@127.0.0.1:5432/{env['CONSOLE_PGDATABASE']}"
+        self.indexer_db = f"postgresql://indexer_app@127.0.0.1:5432/{env['INDEXER_PGDATABASE']}"
+        self.group = env["INDEXER_CONSUMER_NAME"]
+        self.document = ""
+
+    def outbox(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(self.clone.directory / ".venv" / "bin" / "outbox"), *argv],
+            cwd=self.clone.directory,
+            env=self.clone.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        print(f"$ outbox {' '.join(argv)}  (exit {done.returncode})\n{done.stdout}{done.stderr}")
+        return done
+
+    def change_a_document(self) -> str:
+        """A new document, enabled, disabled and enabled again through the gateway; returns the last
+        request's trace id."""
+        gateway = self.clone.url("gateway")
+        email, password = f"ops-{uuid.uuid4().hex[:8]}@example.com", "correct horse 42 ops"
+        with httpx.Client(base_url=gateway, timeout=30) as http:
+            http.post("/auth/api/register", json={"email": email, "password": password, "name": "Ops"})
+            token = http.post("/auth/api/login", json={"email": email, "password": password}).json()
+            http.headers["authorization"] = f"Bearer {token['access_token']}"
+            dataset = http.post("/console/api/datasets", json={"name": f"ops-{uuid.uuid4().hex[:6]}"}).json()
+            created = http.post(
+                f"/console/api/datasets/{dataset['id']}/documents",
+                json={"name": "runbook", "text": "what the operator looks for", "enabled": False},
+            )
+            self.document = created.json()["id"]
+            toggles = [
+                http.patch(
+                    f"/console/api/datasets/{dataset['id']}/documents/status/{action}/batch",
+                    params={"document_id": self.document},
+                )
+                for action in ("enable", "disable", "enable")
+            ]
+        assert [t.status_code for t in toggles] == [200, 200, 200], [t.text for t in toggles]
+        enabled = toggles[-1]
+        trace_id = enabled.headers.get("x-trace-id", "")
+        assert re.fullmatch(r"[0-9a-f]{32}", trace_id), enabled.headers
+        assert enabled.headers["traceresponse"].startswith(f"00-{trace_id}-")
+        return trace_id
+
+    def _why(self) -> subprocess.CompletedProcess[str]:
+        return self.outbox(
+            "why", self.document, "--database-url", self.console_db, "--consumer-db", self.indexer_db
+        )
+
+    def why_names_the_lagging_group(self) -> None:
+        def behind() -> bool:
+            done = self._why()
+            return (
+                done.returncode == 0
+                and f"consumer group {self.group} is" in done.stdout
+                and "behind" in done.stdout
+            )
+
+        # The relay publishes within moments; until then `why` names the outbox row instead.
+        poll_until(behind, timeout=60, what="outbox why naming the stopped group as behind", interval=1)
+
+    def status_fails_past_max_lag(self) -> None:
+        # Waiting for the stopped group: the document's creation, its enable, disable and enable again.
+        status = self.outbox(
+            "status", "--database-url", self.indexer_db, "--group", self.group, "--max-lag", "1"
+        )
+        assert status.returncode == 1 and "lag" in status.stderr, status.stdout + status.stderr
+
+    def why_shows_it_applied(self) -> None:
+        def applied() -> bool:
+            done = self._why()
+            return done.returncode == 0 and "up to date" in done.stdout
+
+        poll_until(
+            applied, timeout=90, what="outbox why showing the document applied after make restart", interval=1
+        )
+
+    def trace_shows_the_whole_journey(self, trace_id: str) -> None:
+        def whole() -> bool:
+            done = self.outbox("trace", "--trace-id", trace_id)
+            return done.returncode == 0 and all(
+                service in done.stdout for service in ("console", "console-relay", "indexer-consumer")
+            )
+
+        # The consumer exports its spans in batches: give it a few seconds after it applied the event.
+        poll_until(
+            whole, timeout=60, what="outbox trace showing console -> relay -> indexer's consumer", interval=2
+        )
+
+
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
     if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists() and os.geteuid() != 0:
@@ -261,8 +359,17 @@ def test_make_run_then_the_readme_quick_start_through_the_gateway(clone: Clone) 
     assert all(clone.pid_alive(pid) for pid in still.values()), clone.make("ps").stdout
     assert proc.poll() is None, clone.log_tail()
     assert re.search(r"indexer-consumer\s+stopped", clone.make("ps").stdout)
+    # The operator's story (issue 24): with the indexer's consumer stopped, a document changes; `outbox why`
+    # names the group and how far behind it is, `outbox status --max-lag 1` fails; after `make restart`
+    # `why` shows the document applied; the request's trace id finds its whole trace with `outbox trace`.
+    story = OperatorStory(clone)
+    trace_id = story.change_a_document()
+    story.why_names_the_lagging_group()
+    story.status_fails_past_max_lag()
     restarted = clone.make("restart", "P=indexer-consumer")
     assert restarted.returncode == 0 and "started indexer-consumer" in restarted.stdout, restarted.stderr
+    story.why_shows_it_applied()
+    story.trace_shows_the_whole_journey(trace_id)
 
     second = quick_start(2)
     names = [re.search(r"dataset (\S+),", out) for out in (first, second)]
