@@ -19,21 +19,16 @@ from aiokafka import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from tenacity.stop import stop_base
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from outbox.consumer.apply_types import (
     ConsumerStats,
     DatabaseLost,
     HandlerFailed,
     Parsed,
+    PastDeadline,
     RetryPolicy,
+    worth_retrying,
 )
 from outbox.consumer.handlers import EventSink, Outcome, Reject, Route, guard_session
 from outbox.consumer.parking import Aggregate, ParkedRelease
@@ -76,6 +71,27 @@ class ApplyPipeline:
     @property
     def parked_keys(self) -> set[Aggregate]:
         return self.parking.keys
+
+    async def process(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        items: Sequence[Parsed],
+        *,
+        budget_s: float,
+        into: ConsumerStats,
+    ) -> None:
+        """One fetched batch, counted `into` as its transactions commit. Fast path first: the whole batch in
+        one transaction without savepoints, inbox rows in one statement. If any handler raises, that
+        transaction rolls back (nothing of it persists) and the batch is replayed on the careful path: a
+        savepoint, retries and dead-lettering per message, committed in chunks of `savepoints` events."""
+        try:
+            async with sessions() as session, session.begin():
+                counts = await self.apply(guard_session(session), items)
+            into.merge(counts)
+        except HandlerFailed:
+            await self.apply_careful(sessions, items, budget_s, into)
+        # Parked events whose gap this batch closed and that its transaction(s) left for later.
+        into.merge(await self.release_pending(sessions))
 
     async def apply(
         self, session: AsyncSession, items: Sequence[Parsed], *, attempt: int = 1, release: bool = True
@@ -249,9 +265,9 @@ class ApplyPipeline:
         attempt = 0
         try:
             async for state in AsyncRetrying(
-                stop=stop_after_attempt(r.max_attempts) | _PastDeadline(deadline),
+                stop=stop_after_attempt(r.max_attempts) | PastDeadline(deadline),
                 wait=wait_exponential_jitter(multiplier=r.initial_s, max=r.max_s, jitter=r.initial_s),
-                retry=retry_if_exception(_worth_retrying),
+                retry=retry_if_exception(worth_retrying),
                 reraise=True,
             ):
                 with state:
@@ -364,26 +380,12 @@ class ApplyPipeline:
             raise HandlerFailed(exc) from exc
 
 
-class _PastDeadline(stop_base):
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.monotonic() >= self.deadline
-
-
 def _guarded(items: Sequence[Parsed]) -> list[Aggregate]:
     return [
         (p.event.topic, p.event.subject)
         for p in items
         if p.event and p.event.subject and p.event.version is not None and p.route and p.route.version_guard
     ]
-
-
-def _worth_retrying(exc: BaseException) -> bool:
-    if isinstance(exc, DatabaseLost):
-        return False
-    return not (isinstance(exc, HandlerFailed) and isinstance(exc.cause, Reject))
 
 
 def _connection_lost(session: AsyncSession) -> bool:

@@ -3,12 +3,15 @@ handler's failure, the retry policy."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 from typing import Any
 
 from aiokafka import ConsumerRecord
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
 
-from outbox.consumer.handlers import Route
+from outbox.consumer.handlers import Reject, Route
 from outbox.envelope import ReceivedEvent
 
 
@@ -59,3 +62,17 @@ class RetryPolicy:
 
 class DatabaseLost(Exception):
     """The connection itself failed: retrying inside this transaction cannot help."""
+
+
+class PastDeadline(stop_base):
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    if isinstance(exc, DatabaseLost):
+        return False
+    return not (isinstance(exc, HandlerFailed) and isinstance(exc.cause, Reject))

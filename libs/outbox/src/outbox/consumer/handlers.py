@@ -160,11 +160,11 @@ class Route:
         ctx: EventContext[Any] | BatchContext[Any]
         if self.batch:
             ctx = BatchContext(events, session, consumer, attempt, payloads)
-            await cast(BatchHandler[Any], self.handler)(ctx)
+            await cast("BatchHandler[Any]", self.handler)(ctx)
         else:
             [event], [payload] = events, payloads
             ctx = EventContext(event, session, consumer, attempt, payload)
-            await cast(Handler[Any], self.handler)(ctx)
+            await cast("Handler[Any]", self.handler)(ctx)
         if ctx.emitted:
             if writer is None:
                 raise RuntimeError(

@@ -23,10 +23,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from outbox.consumer.apply import ApplyPipeline, RetryPolicy
-from outbox.consumer.apply_types import ConsumerStats, HandlerFailed
+from outbox.consumer.apply_types import ConsumerStats
 from outbox.consumer.dead_letters import DeadLetterSender
 from outbox.consumer.dead_letters import dead_letter_topic as dead_letter_topic_of
-from outbox.consumer.handlers import BatchContext, EventContext, EventSink, Reject, guard_session
+from outbox.consumer.handlers import BatchContext, EventContext, EventSink, Reject
 from outbox.consumer.inbox import InboxStore
 from outbox.consumer.ports import DeadLetters, Inbox
 from outbox.consumer.retention import expire_parked, prune_versions
@@ -312,18 +312,9 @@ class IdempotentConsumer(HandlerRegistry):
             log.warning("consumer %s: offset commit lost to a rebalance (%s)", self.name, exc)
 
     async def _process_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """Fast path first: the whole batch in one transaction without savepoints, inbox rows in one
-        statement. If any handler raises, that transaction rolls back (nothing of it persists) and the batch
-        is replayed on the careful path: a savepoint, retries and dead-lettering per message, committed in
-        chunks of `careful_chunk` events."""
         pipeline = self._pipeline
         assert pipeline is not None, "IdempotentConsumer.start() not called"
         parsed = [self.parse(record) for record in records]
-        try:
-            async with self.sessions() as session, session.begin():
-                counts = await pipeline.apply(guard_session(session), parsed)
-            self.stats.merge(counts)
-        except HandlerFailed:
-            await pipeline.apply_careful(self.sessions, parsed, self.settings.careful_budget_s, self.stats)
-        # Parked events whose gap this batch closed and that its transaction(s) left for later.
-        self.stats.merge(await pipeline.release_pending(self.sessions))
+        await pipeline.process(
+            self.sessions, parsed, budget_s=self.settings.careful_budget_s, into=self.stats
+        )

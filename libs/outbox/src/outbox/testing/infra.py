@@ -1,4 +1,4 @@
-"""Helpers for tests of code built on the outbox (real broker, no mocks)."""
+"""Helpers for tests of code built on the outbox against the real broker and PostgreSQL (no mocks)."""
 
 from __future__ import annotations
 
