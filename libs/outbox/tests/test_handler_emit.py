@@ -46,12 +46,14 @@ def emitter(sessions: async_sessionmaker[AsyncSession]) -> tuple[IdempotentConsu
 
 
 async def deliver(
-    consumer: IdempotentConsumer, sessions: async_sessionmaker[AsyncSession], *orders: Order
+    consumer: IdempotentConsumer, sessions: async_sessionmaker[AsyncSession], *orders: Order | Event
 ) -> tuple[ConsumerStats, MemoryDeadLetters]:
     harness = HandlerHarness(consumer)  # only to make the records the writer and relay would
     records = [
         harness.record(
-            Event(topic="orders", type="orders.placed", aggregate_id=o.order_id, data=o.model_dump())
+            o
+            if isinstance(o, Event)
+            else Event(topic="orders", type="orders.placed", aggregate_id=o.order_id, data=o.model_dump())
         )
         for o in orders
     ]
@@ -102,3 +104,25 @@ async def test_a_failing_handler_rolls_back_its_effect_and_its_events(
         engine, "SELECT aggregate_id, outcome FROM inbox WHERE consumer = 'emitter' ORDER BY 2"
     )
     assert outcomes == [(flaky, "applied"), (refused, "dead")]
+
+
+async def test_a_payload_that_does_not_fit_is_dead_lettered_and_its_batch_commits_without_it(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    consumer, attempts = emitter(sessions)
+    good = uuid.uuid4().hex
+    unfit = Event(topic="orders", type="orders.placed", aggregate_id="unfit", data={"fail": 3})
+    stats, letters = await deliver(consumer, sessions, unfit, Order(order_id=good))
+    assert (stats.applied, stats.dead_lettered, stats.retries, attempts) == (1, 1, 0, [1])  # the fast path
+    [letter] = letters.letters
+    assert letter.reason == (
+        "malformed: orders.placed payload does not fit Order: order_id: Field required; "
+        "fail: Input should be a valid string"
+    )
+    outcomes = await rows(
+        engine, "SELECT aggregate_id, outcome FROM inbox WHERE consumer = 'emitter' ORDER BY 2"
+    )
+    assert outcomes == [(good, "applied"), ("unfit", "dead")]
+    assert await rows(engine, "SELECT aggregate_id FROM outbox WHERE event_type = 'invoices.due'") == [
+        (good,)
+    ]
