@@ -4,7 +4,7 @@ PY_BOOT ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: reconcile rebuild-index setup stack migrate run test test-fast e2e chaos bench bench-peers consistency audit lint fmt down status e2e-docker
+.PHONY: catalogue reconcile rebuild-index setup stack migrate run stop restart ps mail test test-fast e2e chaos bench bench-api bench-peers consistency audit lint fmt down status e2e-docker
 
 $(CURDIR)/.tools/bin/uv:
 	$(PY_BOOT) -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -23,10 +23,27 @@ stack: setup
 migrate: stack
 	$(RUN) python scripts/migrate.py
 
-run: migrate  ## the stack, the gateway on :8000, Prometheus on :9090, every service, relay and consumer (Ctrl-C stops them)
+# Every process records its spans into one file, size-capped with rotated backups (libs/outbox span_file.py:
+# OTEL_SPANS_FILE_MAX_BYTES, OTEL_SPANS_FILE_BACKUPS); `outbox trace` reads it. OTEL_SPANS_FILE= turns it off.
+SPANS_FILE_DEFAULT = $${STACK_DIR:-$(CURDIR)/.stack}/spans.jsonl
+run: migrate  ## the stack, the gateway on :8000, Prometheus on :9090, every service, relay and consumer (Ctrl-C stops them); ONLY=a,b: those Procfile names only
 	$(RUN) python scripts/gateway.py ensure
 	$(RUN) python scripts/prometheus.py ensure
-	$(RUN) python scripts/run.py Procfile
+	OTEL_SPANS_FILE="$${OTEL_SPANS_FILE-$(SPANS_FILE_DEFAULT)}" $(RUN) python scripts/run.py Procfile $(if $(ONLY),--only $(ONLY))
+
+# Talk to the running `make run` (scripts/run.py's control socket under .stack/run/): standard library only,
+# so no setup step and no uv; the rest keeps running.
+stop:  ## P=name[,name]: stop those Procfile processes (on purpose: the others keep running)
+	@$(PY_BOOT) scripts/run.py stop $(P)
+
+restart:  ## P=name[,name]: stop (if running) and start again, from the Procfile's current line
+	@$(PY_BOOT) scripts/run.py restart $(P)
+
+ps:  ## what `make run` runs: each Procfile process, running (pid) or stopped
+	@$(PY_BOOT) scripts/run.py status
+
+mail:  ## the latest mail the local SMTP sink caught (.stack/mail/); TO=address: the latest to that address
+	@$(PY_BOOT) scripts/mail_sink.py --latest $(if $(TO),--to '$(TO)')
 
 test: stack  ## the whole suite: unit, integration, e2e and chaos, against real PostgreSQL, broker, Redis
 	$(RUN) pytest
@@ -38,7 +55,10 @@ e2e: stack
 	$(RUN) pytest tests/e2e
 
 bench: stack  ## relay drain rate and commit->applied latency -> bench/results/latest.json
-	$(RUN) python bench/run.py
+	$(RUN) python -m bench.run
+
+bench-api: setup  ## per-route request cost vs a bare FastAPI app, enable -> searchable (needs `make run` up) -> bench/results/api.json
+	$(RUN) python -m bench.api
 
 bench-peers: stack  ## libs/outbox vs faststream-outbox, same PostgreSQL and broker -> bench/results/peers.json
 	$(RUN) --group peers python -m bench.peers.run
@@ -81,6 +101,9 @@ consistency: stack  ## the seed's dual write vs the outbox under the same crashe
 
 reconcile: setup  ## does the search index agree with console? REPAIR=1 re-announces drifted documents
 	$(RUN) python scripts/projection.py reconcile $(if $(REPAIR),--repair)
+
+catalogue: setup  ## regenerate the event catalogue (docs/events: AsyncAPI 3.0 + a JSON Schema per event type) from libs/contracts
+	$(RUN) python scripts/catalogue.py
 
 rebuild-index: setup  ## rebuild the indexer's projection from console's current state (resumable)
 	$(RUN) python scripts/projection.py rebuild

@@ -41,6 +41,8 @@ PASSWORDS = (
     *(f"redis_{s}_password" for s in SERVICES),
     *(password_secret(p) for p in (ADMIN, *PRINCIPALS)),
     "kafka_keystore_password",
+    # The mail sender's SMTP password: a random placeholder until you write the SMTP server's own there.
+    "mailer_smtp_password",
 )
 REDIS_ACL = "redis-users.acl"
 KAFKA_CA, KAFKA_CA_KEY, KAFKA_KEYSTORE = "kafka-ca.pem", "kafka-ca.key", "kafka-broker.p12"

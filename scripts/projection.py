@@ -3,133 +3,29 @@
     python scripts/projection.py reconcile [--repair] [--settle S] [--wait S]
     python scripts/projection.py rebuild [--chunk N] [--pause S] [--restart] [--wait S]
 
-Console's documents (id, version, enabled, archived; a deleted document is absent) are compared with the
-indexer's `indexed_documents` through read-only transactions on each database. Drift kinds: `missing`
-(console has it, the index does not), `stale version` (the index holds an older version), `wrong
-searchability` (same version, searchable differs), `orphaned` (the index serves a document console no
-longer has). Drift must survive a second look `--settle` seconds later with console unchanged, so a change
-still in flight through relay and consumer is not reported.
-
-Repairs go through the normal path only: console re-announces documents through its own outbox
-(console/snapshots.py: `console.document.snapshot`, same version, applied by the indexer when its version is
-not newer) and the indexer's consumer applies them; neither service's database is written by the other.
-
-`rebuild` re-snapshots every document in id order, a chunk per console transaction with the cursor row
-(`snapshot_runs`) advanced in the same transaction, so a rerun after a crash resumes where it stopped;
-then announces the orphans and waits until no drift remains. Snapshots carry new event ids (the indexer's
-inbox never calls them duplicates) and console's current version, never lower than any version the
-indexer's guard rows (`consumer_versions`) hold, whatever backup the indexer came back from.
+This script only drives the services' own code and prints: console.reconcile compares console's documents
+with what the index holds (indexer.documents.service.held), each read in a read-only transaction of its own
+database, and repairs or rebuilds the index the normal way, by console re-announcing documents through its
+outbox (console.snapshots) for the indexer's consumer to apply. The drift kinds, the second look `--settle`
+seconds later and the resumable rebuild are described there.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-from console import snapshots
+from console import reconcile
+from console.reconcile import Drift
 from console.settings import Settings as ConsoleSettings
+from indexer.documents.service import held
 from indexer.settings import Settings as IndexerSettings
 from outbox import OutboxWriter
 from servicekit.db import Database
-
-RUN_NAME = "rebuild-index"
-
-
-@dataclass(frozen=True, slots=True)
-class ConsoleDoc:
-    version: int
-    searchable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class IndexDoc:
-    version: int
-    searchable: bool
-    deleted: bool
-    identity: snapshots.Absent
-
-
-@dataclass(frozen=True, slots=True)
-class Drift:
-    document_id: uuid.UUID
-    kind: str
-    console: str
-    index: str
-    console_version: int | None
-
-
-async def read_console(
-    engine: AsyncEngine, ids: Sequence[uuid.UUID] | None = None
-) -> dict[uuid.UUID, ConsoleDoc]:
-    sql = "SELECT id, version, enabled AND NOT archived FROM documents"
-    async with engine.connect() as conn:
-        await conn.execute(text("SET TRANSACTION READ ONLY"))
-        rows = await conn.execute(
-            text(sql + (" WHERE id = ANY(:ids)" if ids is not None else "")), {"ids": ids}
-        )
-        return {r[0]: ConsoleDoc(r[1], r[2]) for r in rows}
-
-
-async def read_index(
-    engine: AsyncEngine, ids: Sequence[uuid.UUID] | None = None
-) -> dict[uuid.UUID, IndexDoc]:
-    sql = (
-        "SELECT id, version, enabled AND NOT archived AND NOT deleted, deleted, dataset_id, workspace_id, "
-        "owner_account_id, name FROM indexed_documents"
-    )
-    async with engine.connect() as conn:
-        await conn.execute(text("SET TRANSACTION READ ONLY"))
-        rows = await conn.execute(
-            text(sql + (" WHERE id = ANY(:ids)" if ids is not None else "")), {"ids": ids}
-        )
-        return {
-            r[0]: IndexDoc(r[1], r[2], r[3], snapshots.Absent(r[0], r[1], r[4], r[5], r[6], r[7]))
-            for r in rows
-        }
-
-
-def compare(console: dict[uuid.UUID, ConsoleDoc], index: dict[uuid.UUID, IndexDoc]) -> list[Drift]:
-    """Console is read before the index: an index ahead of console's read is a later change, not drift."""
-    drift: list[Drift] = []
-    for doc_id, c in console.items():
-        wanted = f"v{c.version} {'searchable' if c.searchable else 'hidden'}"
-        i = index.get(doc_id)
-        if i is None or i.deleted:
-            drift.append(Drift(doc_id, "missing", wanted, "deleted" if i else "-", c.version))
-        elif i.version < c.version:
-            drift.append(Drift(doc_id, "stale version", wanted, f"v{i.version}", c.version))
-        elif i.version == c.version and i.searchable != c.searchable:
-            shown = "searchable" if i.searchable else "hidden"
-            drift.append(Drift(doc_id, "wrong searchability", wanted, f"v{i.version} {shown}", c.version))
-    for doc_id, i in index.items():
-        if doc_id not in console and not i.deleted:
-            drift.append(Drift(doc_id, "orphaned", "-", f"v{i.version}", None))
-    return sorted(drift, key=lambda d: (d.kind, str(d.document_id)))
-
-
-async def confirmed_drift(console: AsyncEngine, index: AsyncEngine, settle_s: float) -> list[Drift]:
-    """Drift seen twice, `settle_s` apart, with console's version unchanged between the looks."""
-    first = compare(await read_console(console), await read_index(index))
-    if not first or settle_s <= 0:
-        return first
-    await asyncio.sleep(settle_s)
-    ids = [d.document_id for d in first]
-    again = {
-        d.document_id: d for d in compare(await read_console(console, ids), await read_index(index, ids))
-    }
-    return [
-        again[d.document_id]
-        for d in first
-        if d.document_id in again and again[d.document_id].console_version == d.console_version
-    ]
 
 
 def print_drift(drift: Sequence[Drift]) -> None:
@@ -143,34 +39,6 @@ def print_drift(drift: Sequence[Drift]) -> None:
     for d in drift:
         counts[d.kind] = counts.get(d.kind, 0) + 1
     print(f"{len(drift)} drifted: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
-
-
-async def repair(db: Database, index: AsyncEngine, drift: Sequence[Drift]) -> int:
-    """Console re-announces each drifted document (orphans: their deletion) through its outbox."""
-    orphans = [d.document_id for d in drift if d.kind == "orphaned"]
-    present = [d.document_id for d in drift if d.kind != "orphaned"]
-    absent = [i.identity for i in (await read_index(index, orphans)).values()] if orphans else []
-    async with db.unit_of_work() as uow:
-        count = await snapshots.announce(uow, present)
-        return count + await snapshots.announce_absent(uow, absent)
-
-
-async def wait_converged(
-    console: AsyncEngine,
-    index: AsyncEngine,
-    *,
-    settle_s: float,
-    wait_s: float,
-    report: Callable[[int], None] | None = None,
-) -> list[Drift]:
-    deadline = time.monotonic() + wait_s
-    while True:
-        drift = await confirmed_drift(console, index, settle_s)
-        if report is not None:
-            report(len(drift))
-        if not drift or time.monotonic() > deadline:
-            return drift
-        await asyncio.sleep(0.5)
 
 
 class ProgressView:
@@ -223,16 +91,14 @@ class ProgressView:
             self.bar.stop()
 
 
-async def rebuild(db: Database, index: AsyncEngine, args: argparse.Namespace) -> list[Drift]:
-    async with db.sessions() as session, session.begin():
-        progress = await snapshots.start_run(session, RUN_NAME, restart=args.restart)
+async def rebuild(db: Database, read_index: reconcile.ReadIndex, args: argparse.Namespace) -> list[Drift]:
+    progress = await reconcile.start_rebuild(db, restart=args.restart)
     if progress.announced:
-        print(f"resuming {RUN_NAME}: {progress.announced} documents already announced", flush=True)
+        print(f"resuming {reconcile.RUN_NAME}: {progress.announced} documents already announced", flush=True)
     view = ProgressView(progress.total, progress.announced)
     try:
         while True:
-            async with db.unit_of_work() as uow:
-                progress = await snapshots.snapshot_next(uow, RUN_NAME, args.chunk)
+            progress = await reconcile.rebuild_next(db, args.chunk)
             view.update(progress.announced, progress.total)
             if progress.finished:
                 break
@@ -240,45 +106,37 @@ async def rebuild(db: Database, index: AsyncEngine, args: argparse.Namespace) ->
                 await asyncio.sleep(args.pause)
     finally:
         view.close()
-    console_ids = set(await read_console(db.engine))
-    orphans = [
-        i.identity
-        for doc_id, i in (await read_index(index)).items()
-        if doc_id not in console_ids and not i.deleted
-    ]
-    if orphans:
-        async with db.unit_of_work() as uow:
-            print(f"announced the deletion of {await snapshots.announce_absent(uow, orphans)} orphans")
+    if orphans := await reconcile.announce_orphans(db, read_index):
+        print(f"announced the deletion of {orphans} orphans")
     print("waiting for the indexer to apply the snapshots...", flush=True)
-    drift = await wait_converged(
-        db.engine,
-        index,
+    drift = await reconcile.wait_converged(
+        db,
+        read_index,
         settle_s=args.settle,
         wait_s=args.wait,
         report=lambda n: print(f"  {n} still differ", flush=True),
     )
     if not drift:
-        async with db.sessions() as session, session.begin():
-            await snapshots.finish_run(session, RUN_NAME)
+        await reconcile.finish_rebuild(db)
     return drift
 
 
 async def main_async(args: argparse.Namespace) -> int:
     db = Database(args.console_url, OutboxWriter(source="console"), pool_size=2)
-    index = create_async_engine(args.indexer_url, pool_size=2)
+    index = Database(args.indexer_url, OutboxWriter(source="indexer"), pool_size=2)  # only read
+    read_index: reconcile.ReadIndex = functools.partial(held, index)
     try:
         if args.command == "rebuild":
-            drift = await rebuild(db, index, args)
+            drift = await rebuild(db, read_index, args)
             print_drift(drift)
             return 1 if drift else 0
-        drift = await confirmed_drift(db.engine, index, args.settle)
+        drift = await reconcile.confirmed_drift(db, read_index, args.settle)
         print_drift(drift)
         if not drift or not args.repair:
             return 1 if drift else 0
-        print(
-            f"repair: console re-announced {await repair(db, index, drift)} documents; waiting for the index"
-        )
-        remaining = await wait_converged(db.engine, index, settle_s=args.settle, wait_s=args.wait)
+        repaired = await reconcile.repair(db, read_index, drift)
+        print(f"repair: console re-announced {repaired} documents; waiting for the index")
+        remaining = await reconcile.wait_converged(db, read_index, settle_s=args.settle, wait_s=args.wait)
         print_drift(remaining)
         return 1 if remaining else 0
     finally:

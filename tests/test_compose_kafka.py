@@ -162,6 +162,7 @@ def test_every_client_uses_sasl_ssl_as_its_own_principal_and_every_broker_denies
         "indexer-relay": "indexer-relay",
         "console-consumer": "console-consumer",
         "indexer-consumer": "indexer-consumer",
+        "auth-mailer": "mailer",
     }
     assert "KAFKA_BOOTSTRAP" not in services["auth"]["environment"]  # auth's API never talks to Kafka
     assert {

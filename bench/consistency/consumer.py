@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from bench.consistency.common import APPLY_SQL, kill_self_once
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer
 
-# Small group timeouts so a killed member is replaced quickly; request timeout > session/2 (BROKER.md).
+# Small group timeouts so a killed member is replaced quickly; request timeout > session/2 (docs/broker.md).
 GROUP: dict[str, Any] = {
     "session_timeout_ms": 6000,
     "heartbeat_interval_ms": 500,

@@ -34,8 +34,8 @@ from faststream_outbox import OutboxBroker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from bench.common import machine
 from bench.peers.fso_relay import TABLE, table
-from bench.run import machine
 from outbox import Event, OutboxWriter, create_tables
 from outbox.kafka import bootstrap_from_env, ensure_topics
 from testsupport import ServiceProcess, recreate_database

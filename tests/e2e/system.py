@@ -121,7 +121,7 @@ def _common_env(infra: Infra, bootstrap: str, spans_file: Path, redis_prefix: st
         **infra.env(),
         "KAFKA_BOOTSTRAP": bootstrap,
         "OTEL_SPANS_FILE": str(spans_file),
-        # Small group timeouts: a SIGKILLed member's partitions move within seconds (BROKER.md).
+        # Small group timeouts: a SIGKILLed member's partitions move within seconds (docs/broker.md).
         "OUTBOX_CONSUMER_SESSION_TIMEOUT_MS": "6000",
         "AUTH_REDIS_URL": infra.redis_url,
         "AUTH_REDIS_PREFIX": redis_prefix,

@@ -7,7 +7,7 @@ Everything on 127.0.0.1; the system has its own durable broker behind a TCP prox
 consumer connection goes through the proxy.
 
 The durable broker is Tansu on s3 storage (a local moto server), and its fetches slow down with history
-(issue 27; measured on a 2-core host, ../shared/BROKER.md terms):
+(issue 27; measured on a 2-core host, docs/broker.md terms):
 - every fetch LISTs each requested partition's record objects (`GET /bucket?list-type=2&prefix=
   .../partitions/N/records/`, no start-after: moto's log of one chaos run holds ~1,300 such lists), so a
   fetch costs moto O(batches ever written to the partition): 5 ms at 13 objects, 26 ms at 125, 95 ms at

@@ -59,6 +59,13 @@ def upstream_app() -> FastAPI:
     async def datasets() -> dict[str, list[str]]:
         return {"datasets": []}
 
+    # What every service answers (servicekit.request_trace): the trace its server span belongs to.
+    @app.get("/console/api/traced")
+    async def traced() -> JSONResponse:
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        headers = {"traceresponse": f"00-{trace_id}-00f067aa0ba902b7-01", "X-Trace-Id": trace_id}
+        return JSONResponse({"traced": True}, headers=headers)
+
     @app.get("/console/api/boom")
     async def boom() -> JSONResponse:
         return JSONResponse({"error": {"code": "internal", "message": "the service's own 500"}}, 500)
@@ -324,3 +331,19 @@ def test_the_access_log_has_the_path_never_the_query_string(gw: Gateway) -> None
     line = gw.log_line(request_id)
     assert line["uri"] == "/indexer/api/search", line
     assert secret not in gw.access_log.read_text(errors="replace")
+
+
+# --- the trace id of the service's answer: passed to the client, written into the access log -------------
+
+
+def test_the_services_trace_id_reaches_the_client_and_the_access_log(gw: Gateway) -> None:
+    request_id = unique_id()
+    answer = httpx.get(f"{gw.url}/console/api/traced", headers={"X-Request-ID": request_id})
+    assert answer.status_code == 200
+    assert answer.headers["x-trace-id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert answer.headers["traceresponse"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    line = gw.log_line(request_id)
+    assert (line["request_id"], line["trace_id"]) == (request_id, "4bf92f3577b34da6a3ce929d0e0e4736")
+    untraced = unique_id()
+    assert httpx.get(f"{gw.url}/auth/api/me", headers={"X-Request-ID": untraced}).status_code == 502
+    assert gw.log_line(untraced)["trace_id"] == ""  # no service answered: no trace to name

@@ -108,7 +108,7 @@ async def test_relay_and_consumer_metrics_move_with_events(
 
 
 async def test_group_lag_uses_the_fetch_highwater(bootstrap: str) -> None:
-    """Records produced in one batch: the broker's end_offsets may say 1 (BROKER.md); the probe says 10."""
+    """Records produced in one batch: the broker's end_offsets may say 1 (docs/broker.md); the probe says 10."""
     topic = wire(f"lag.{uuid.uuid4().hex[:8]}")
     await ensure_topics(bootstrap, [topic], partitions=1)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)

@@ -10,4 +10,7 @@ consumers register them as their handlers' `payload=` models (`ctx.payload`, val
 runs), so a field renamed or retyped on one side fails `mypy --strict` on the other. Payloads are JSON with the
 field names below; `version` in a payload is the aggregate version the event carries
 (`ce_aggregateversion`), which the outbox writer also adds to the data when a payload leaves it out.
+
+`contracts.catalogue` renders them as the event catalogue in docs/events/ (an AsyncAPI 3.0 document and a
+JSON Schema per event type): `make catalogue` after changing a contract.
 """

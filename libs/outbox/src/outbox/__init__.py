@@ -1,13 +1,22 @@
 """kafka-txoutbox: transactional outbox for SQLAlchemy 2 + PostgreSQL, relayed to Kafka, consumed idempotently.
 
-Public API:
+Public API (`from outbox import …`):
     Event, OutboxWriter                   record events in the caller's transaction
+    EventTooLarge                         an event over the broker's message size, refused at `add`
     Relay, RelaySettings                  publish outbox rows to Kafka in per-aggregate order
-    IdempotentConsumer, ConsumerSettings, EventContext, ReceivedEvent
-                                          apply each event once in effect (inbox + effect in one transaction)
-    Reject, Outcome                       a handler's "never retry this"; what became of a delivered event
+    IdempotentConsumer, ConsumerSettings  apply each event once in effect (inbox + effect in one transaction)
+    EventContext, BatchContext            what a handler (one event) or a batch handler (a run of events) gets
+    ReceivedEvent, MalformedMessage       a delivered event; a record that is not one (dead-lettered)
+    Reject, HandlerCommitted, Outcome     a handler's "never retry this"; a handler that tried to commit;
+                                          what became of a delivered event
     metadata, create_tables               the library's tables, for each service's Alembic migrations
+    outbox_table, inbox_table, consumer_versions_table
+                                          the tables themselves, for tests and tools
     setup_tracing                         OTEL_* configured tracing for a process
+
+Also public: `outbox.kafka` (bootstrap, topic prefix, topic creation), `outbox.telemetry` (tracing, metrics,
+logs), `outbox.migrations` (the schema steps) and `outbox.testing`. The layout by role (relay/, consumer/,
+ops/, telemetry/, kafka/) is described in ARCHITECTURE.md.
 """
 
 from __future__ import annotations

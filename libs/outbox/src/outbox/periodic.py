@@ -7,21 +7,23 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from outbox.log_throttle import LogThrottle
+
 
 async def every(
     interval_s: float,
     chore: Callable[[], Awaitable[object]],
     *,
     stopping: asyncio.Event,
-    log: logging.Logger,
+    log: LogThrottle,
     failed: str,
 ) -> None:
     """Run `chore` now and every `interval_s` until `stopping` is set. A failure is logged as
-    "<failed> (<error>); will retry" and the loop goes on; a stop interrupts the wait at once."""
+    "<failed> (<error>); will retry" (at most once per interval: `LogThrottle`) and the loop goes on; a stop interrupts the wait at once."""
     while not stopping.is_set():
         try:
             await chore()
         except Exception as exc:
-            log.warning("%s (%s); will retry", failed, exc)
+            log.log(logging.WARNING, failed, "%s (%s); will retry", failed, exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval_s)

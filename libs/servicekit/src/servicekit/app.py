@@ -23,6 +23,7 @@ from servicekit.metrics import MetricsSources
 from servicekit.nul import NulRejectMiddleware
 from servicekit.openapi import install_error_contract
 from servicekit.readiness import readiness
+from servicekit.request_trace import AccessLogMiddleware, install_trace_headers, route_uvicorn_logs
 
 
 def instrument_clients() -> None:
@@ -54,11 +55,14 @@ def create_service_app(
     instrument_clients()
     if not logging.getLogger().handlers:  # a service that configured its own logging (auth) keeps it
         configure_logging(name)
+    route_uvicorn_logs()
+    install_trace_headers()
     setup_metrics(name)
     app = FastAPI(title=name, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(NulRejectMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)  # outermost: size before content
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)  # size before content
+    app.add_middleware(AccessLogMiddleware)  # outermost: logs the other middlewares' refusals too
     for router in routers:
         app.include_router(router)
     install_error_contract(app)

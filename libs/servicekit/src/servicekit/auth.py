@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -35,6 +36,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -49,6 +51,12 @@ STATE_KEY = "token_verifier"
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "aud", "iss")
 
 
+def local_jwks_url() -> str:
+    """Auth's JWKS on this machine, at AUTH_PORT (8001): moving auth's port moves the URL with it. Anywhere
+    auth is another host (compose, a cluster), AUTH_JWKS_URL names it."""
+    return f"http://127.0.0.1:{os.environ.get('AUTH_PORT') or '8001'}/auth/.well-known/jwks.json"
+
+
 class AuthSettings(RedisUrlSettings):
     """The verifier's view of auth; the same AUTH_* names the auth service itself reads. AUTH_REDIS_URL names
     the verifier's own Redis user (read-only on the deny list where Redis has ACLs), AUTH_REDIS_PASSWORD its
@@ -56,7 +64,7 @@ class AuthSettings(RedisUrlSettings):
 
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
 
-    jwks_url: str = "http://127.0.0.1:8001/auth/.well-known/jwks.json"
+    jwks_url: str = Field(default_factory=local_jwks_url)
     jwt_audience: str = "outbox-reference"
     jwt_issuer: str = "auth"
     redis_prefix: str = "auth:"

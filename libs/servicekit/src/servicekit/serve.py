@@ -5,6 +5,9 @@ FORWARDED_ALLOW_IPS lists the addresses whose X-Forwarded-For is believed (the g
 `make run` sets 127.0.0.2, where nginx connects from). Unset or empty: nobody's, so a client that talks to a
 service directly is always seen at its connection's address. (uvicorn's own default would trust loopback,
 where local clients come from too.)
+
+uvicorn's access log is off: servicekit.request_trace logs each request instead, in the process's format
+(JSON with LOG_FORMAT=json) and with its request id and trace id.
 """
 
 from __future__ import annotations
@@ -23,4 +26,5 @@ def serve(factory: str, *, host: str, port: int) -> None:
         port=port,
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
+        access_log=False,
     )

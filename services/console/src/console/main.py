@@ -6,10 +6,9 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from console.consumer import TOPICS
 from console.datasets.endpoints import router as datasets_router
 from console.documents.endpoints import router as documents_router
-from console.settings import Settings, get_settings
+from console.settings import TOPICS, Settings, get_settings
 from servicekit import idempotency
 from servicekit.app import create_database_service_app
 

@@ -7,7 +7,11 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from contracts import auth, indexer
 from servicekit.settings import ServiceSettings, local_database_url
+
+# The topics console.consumer subscribes to; main.py's /metrics reports the group's lag on them.
+TOPICS = (auth.ACCOUNT_TOPIC, indexer.TOPIC)
 
 
 class Settings(ServiceSettings):

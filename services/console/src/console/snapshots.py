@@ -1,5 +1,5 @@
 """Console re-announces documents through its own outbox: the repair path of `make reconcile` and
-`make rebuild-index` (scripts/projection.py). Nothing here changes a document or its version.
+`make rebuild-index` (console.reconcile). Nothing here changes a document or its version.
 
 - `announce(ids)`: a `console.document.snapshot` event with each document's current state and version,
   recorded under a share lock so no change of that document commits between the read and the event
@@ -15,45 +15,31 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from console.documents import repository
 from console.documents.events import document_event
-from console.models import Document, SnapshotRun, Workspace, utcnow
+from console.models import Document, SnapshotRun, utcnow
 from contracts.console import DocumentEventType, DocumentState
 from outbox import Event
 from servicekit.db import UnitOfWork
 
 
-@dataclass(frozen=True, slots=True)
-class Absent:
+class Absent(Protocol):
     """What the index holds for a document console no longer has (identity fields only)."""
 
-    document_id: uuid.UUID
-    version: int
-    dataset_id: uuid.UUID
-    workspace_id: uuid.UUID
-    owner_account_id: str
-    name: str
-
-
-async def _locked_with_owner(
-    session: AsyncSession,
-    *,
-    ids: Sequence[uuid.UUID] | None = None,
-    after: uuid.UUID | None = None,
-    limit: int = 0,
-) -> list[tuple[Document, str]]:
-    stmt = select(Document, Workspace.owner_account_id).join(Workspace, Workspace.id == Document.workspace_id)
-    if ids is not None:
-        stmt = stmt.where(Document.id.in_(ids))
-    if after is not None:
-        stmt = stmt.where(Document.id > after)
-    stmt = stmt.order_by(Document.id).with_for_update(read=True, of=Document)
-    if limit:
-        stmt = stmt.limit(limit)
-    return [(doc, owner) for doc, owner in (await session.execute(stmt)).all()]
+    @property
+    def document_id(self) -> uuid.UUID: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def dataset_id(self) -> uuid.UUID: ...
+    @property
+    def workspace_id(self) -> uuid.UUID: ...
+    @property
+    def owner_account_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
 
 
 def _snapshots(rows: Sequence[tuple[Document, str]]) -> list[Event]:
@@ -62,22 +48,14 @@ def _snapshots(rows: Sequence[tuple[Document, str]]) -> list[Event]:
 
 async def announce(uow: UnitOfWork, ids: Sequence[uuid.UUID]) -> int:
     """Snapshot events for those of `ids` console has; returns how many."""
-    events = _snapshots(await _locked_with_owner(uow.session, ids=sorted(set(ids))))
-    uow.emit(*events)
-    return len(events)
+    rows = await repository.with_owners(uow.session, ids=sorted(set(ids)), lock="share")
+    uow.emit(*_snapshots(rows))
+    return len(rows)
 
 
 async def announce_absent(uow: UnitOfWork, items: Sequence[Absent]) -> int:
     """Deleted-state snapshots for documents console does not have (re-checked here); returns how many."""
-    present = set(
-        (
-            await uow.session.execute(
-                select(Document.id).where(Document.id.in_([i.document_id for i in items]))
-            )
-        )
-        .scalars()
-        .all()
-    )
+    present = await repository.existing_ids(uow.session, [i.document_id for i in items])
     events = [
         DocumentState(
             document_id=item.document_id,
@@ -105,40 +83,37 @@ class Progress:
     finished: bool
 
 
-async def start_run(session: AsyncSession, name: str, *, restart: bool) -> Progress:
+async def start_run(uow: UnitOfWork, name: str, *, restart: bool) -> Progress:
     """Resume the run `name` (or start it; a finished run, or `restart`, starts over)."""
-    run = await session.get(SnapshotRun, name, with_for_update=True)
+    session = uow.session
+    run = await repository.snapshot_run(session, name, lock="update")
     if run is None:
         run = SnapshotRun(name=name, after_id=None, announced=0, started_at=utcnow())
         session.add(run)
     elif restart or run.finished_at is not None:
         run.after_id, run.announced, run.started_at, run.finished_at = None, 0, utcnow(), None
     await session.flush()
-    return Progress(run.announced, await _total(session), finished=False)
+    return Progress(run.announced, await repository.count(session), finished=False)
 
 
 async def snapshot_next(uow: UnitOfWork, name: str, limit: int) -> Progress:
     """Announce the next `limit` documents after the run's cursor and advance it, in this transaction."""
     session = uow.session
-    run = await session.get(SnapshotRun, name, with_for_update=True)
+    run = await repository.snapshot_run(session, name, lock="update")
     if run is None:
         raise LookupError(f"no snapshot run {name!r}: start it first")
-    rows = await _locked_with_owner(session, after=run.after_id, limit=limit)
+    rows = await repository.with_owners(session, after=run.after_id, limit=limit, lock="share")
     uow.emit(*_snapshots(rows))
     if rows:
         run.after_id = rows[-1][0].id
         run.announced += len(rows)
     finished = len(rows) < limit
     await session.flush()
-    return Progress(run.announced, await _total(session), finished=finished)
+    return Progress(run.announced, await repository.count(session), finished=finished)
 
 
-async def finish_run(session: AsyncSession, name: str) -> None:
-    run = await session.get(SnapshotRun, name, with_for_update=True)
+async def finish_run(uow: UnitOfWork, name: str) -> None:
+    run = await repository.snapshot_run(uow.session, name, lock="update")
     if run is not None:
         run.finished_at = utcnow()
-        await session.flush()
-
-
-async def _total(session: AsyncSession) -> int:
-    return int((await session.execute(select(func.count()).select_from(Document))).scalar_one())
+        await uow.session.flush()

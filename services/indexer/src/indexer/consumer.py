@@ -14,12 +14,10 @@ from typing import Protocol
 
 from contracts.console import TOPIC, DocumentEventType, DocumentState
 from indexer.indexing import service
-from indexer.settings import Settings, get_settings
+from indexer.settings import TOPICS, Settings, get_settings
 from outbox import ConsumerSettings, EventContext, IdempotentConsumer, OutboxWriter
 from servicekit.consumer_process import run_consumer
 from servicekit.db import Database
-
-TOPICS = (TOPIC,)
 
 
 class Apply(Protocol):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from indexer.consumer import TOPICS
 from indexer.documents.endpoints import router as documents_router
 from indexer.search.endpoints import router as search_router
-from indexer.settings import Settings, get_settings
+from indexer.settings import TOPICS, Settings, get_settings
 from servicekit.app import create_database_service_app
 
 

@@ -7,7 +7,11 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from contracts import console
 from servicekit.settings import ServiceSettings, local_database_url
+
+# The topics indexer.consumer subscribes to; main.py's /metrics reports the group's lag on them.
+TOPICS = (console.TOPIC,)
 
 
 class Settings(ServiceSettings):

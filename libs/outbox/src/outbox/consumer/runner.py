@@ -34,6 +34,7 @@ from outbox.consumer.routing import HandlerRegistry
 from outbox.consumer.settings import CONSUMER_ENV, ConsumerSettings
 from outbox.kafka import clients as kafka_clients
 from outbox.kafka import ensure_topics, start_producer
+from outbox.log_throttle import LogThrottle
 from outbox.periodic import every
 from outbox.telemetry.heartbeat import Heartbeat
 from outbox.telemetry.metrics import consumer_metrics, observe_consumer_lag
@@ -88,6 +89,7 @@ class IdempotentConsumer(HandlerRegistry):
         )
         self.stats = ConsumerStats()
         self.inbox = InboxStore(name)
+        self.outage_log = LogThrottle(log)
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -177,7 +179,7 @@ class IdempotentConsumer(HandlerRegistry):
             self.settings.inbox_prune_interval_s,
             self.prune,
             stopping=self._stopping,
-            log=log,
+            log=self.outage_log,
             failed=f"consumer {self.name}: pruning failed",
         )
 
@@ -205,7 +207,7 @@ class IdempotentConsumer(HandlerRegistry):
             self.settings.park_sweep_interval_s,
             self.release_parked,
             stopping=self._stopping,
-            log=log,
+            log=self.outage_log,
             failed=f"consumer {self.name}: releasing parked events failed",
         )
 
@@ -266,7 +268,9 @@ class IdempotentConsumer(HandlerRegistry):
                     # The transaction failed as a whole (database unreachable, say): nothing was committed.
                     # Rewind so the same records come again, back off, go on.
                     self.stats.batch_failures += 1
-                    log.exception(
+                    self.outage_log.log(
+                        logging.ERROR,
+                        "batch",
                         "consumer %s: batch of %s failed; retrying in %.2fs",
                         self.name,
                         ", ".join(
@@ -274,12 +278,14 @@ class IdempotentConsumer(HandlerRegistry):
                             for tp, r in batches.items()
                         ),
                         backoff,
+                        exc_info=True,
                     )
                     self._rewind(consumer, batches)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.settings.outage_backoff_max_s)
                     continue
                 backoff = self.settings.retry_initial_s
+                self.outage_log.recovered("batch", "consumer %s: applying again", self.name)
                 if committing is not None:
                     await committing
                 offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}

@@ -8,7 +8,8 @@
     outbox redrive --database-url URL [--id N ...] [--reorder | --force] [--yes]
     outbox skip-gap --database-url URL --consumer NAME --topic T --aggregate ID [--yes]   (a consumer's database)
     outbox why     AGGREGATE_ID|EVENT_ID --database-url URL [--topic T] [--consumer-db URL ...] [--json]
-    outbox trace   SPANS_FILE [--trace-id ID] [--last N]
+    outbox trace   [SPANS_FILE] [--trace-id ID] [--request-id ID] [--service S] [--name TEXT] [--since WHEN]
+                   [--until WHEN] [--idle] [--last N]   (WHEN: 15m, 2h, 1d ago, or an ISO timestamp)
 
 The database URL may also come from OUTBOX_DATABASE_URL, its password apart from OUTBOX_DATABASE_PASSWORD
 (each also as a file: OUTBOX_DATABASE_URL_FILE, OUTBOX_DATABASE_PASSWORD_FILE); the broker from KAFKA_BOOTSTRAP.
@@ -28,6 +29,7 @@ from typing import Any
 
 from outbox.database_url import psycopg_url
 from outbox.env_settings import SettingError, env_or_file, with_password
+from outbox.ops import trace_view
 from outbox.telemetry.heartbeat import heartbeat_age
 
 # Every other import happens in the command that needs it: `outbox health` is a probe run every few seconds
@@ -133,10 +135,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a consumer's database: its inbox row, applied version and parked events (repeatable)",
     )
     explain.add_argument("--json", action="store_true")
-    view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees")
-    view.add_argument("spans_file", type=Path)
-    view.add_argument("--trace-id")
-    view.add_argument("--last", type=int, default=5)
+    view = sub.add_parser("trace", help="print traces from an OTEL_SPANS_FILE as trees, filtered")
+    trace_view.add_arguments(view)
     return parser
 
 
@@ -232,11 +232,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"healthy: heartbeat {age:.1f}s old")
         return 0
+    if args.command == "trace":  # reads a file: none of the imports below
+        return trace_view.main(args)
     from aiokafka.errors import KafkaConnectionError
 
     from outbox.kafka import bootstrap_from_env
     from outbox.kafka.connection import KafkaConnection, KafkaSettingError
-    from outbox.ops import dlq, observe, trace_view, why
+    from outbox.ops import dlq, observe, why
     from outbox.telemetry.logs import configure_logging
 
     configure_logging(f"outbox-{args.command}")
@@ -246,11 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         except KafkaSettingError as exc:
             print(f"outbox {args.command}: {exc}", file=sys.stderr)
             return 2
-    if args.command == "trace":
-        print(
-            trace_view.render(trace_view.load_spans(args.spans_file), trace_id=args.trace_id, last=args.last)
-        )
-        return 0
     if args.command == "dlq":
         try:
             result = asyncio.run(

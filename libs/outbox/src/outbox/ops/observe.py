@@ -1,7 +1,7 @@
 """Figures read from outside the relay and the consumers: an outbox's backlog, a consumer group's lag.
 
 Lag = the partition's highwater minus the group's committed offset. The highwater comes from a fetch
-response, not from ListOffsets(latest): some brokers (Tansu, see ../shared/BROKER.md) answer the latter
+response, not from ListOffsets(latest): some brokers (Tansu, see docs/broker.md) answer the latter
 with the first offset of the last batch + 1, which under-reports lag whenever batches hold several records.
 """
 

@@ -5,14 +5,17 @@ publishing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.log_throttle import LogThrottle
 from outbox.periodic import every
 from outbox.relay.settings import RelaySettings, RelayStats
+from outbox.relay.shares import ShareLeases
 from outbox.relay.store import OutboxStore, Retention
 
 log = logging.getLogger("outbox.relay")
@@ -28,6 +31,8 @@ class RelayHousekeeping:
     _wake: asyncio.Event
     _analyzed_at: float
     _analyze_refusal_logged: bool
+    outage_log: LogThrottle
+    leases: ShareLeases | None
 
     async def refresh_statistics(self) -> None:
         """ANALYZE the outbox when its planner figures are stale: more rows changed since the last ANALYZE
@@ -53,8 +58,12 @@ class RelayHousekeeping:
                     self.name,
                 )
         except Exception as exc:  # not fatal: e.g. a database outage
-            log.warning(
-                "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog", self.name, exc
+            self.outage_log.log(
+                logging.WARNING,
+                "analyze",
+                "relay %s: ANALYZE outbox failed (%s); claims may be slow on a backlog",
+                self.name,
+                exc,
             )
 
     # -- wake-ups and housekeeping ------------------------------------------------------------------------
@@ -62,7 +71,7 @@ class RelayHousekeeping:
         """LISTEN for writers' commits; reconnects with backoff. Polling still covers any missed wake-up."""
         channel = self.settings.notify_channel
         assert channel is not None
-        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn = self.libpq_dsn()
         delay = 0.1
         while not self._stopping.is_set():
             try:
@@ -72,16 +81,37 @@ class RelayHousekeeping:
                     async for _ in conn.notifies():
                         self._wake.set()
             except (psycopg.Error, OSError) as exc:
-                log.warning("relay %s: LISTEN connection lost (%s); polling meanwhile", self.name, exc)
+                self.outage_log.log(
+                    logging.WARNING,
+                    "listen",
+                    "relay %s: LISTEN connection lost (%s); polling meanwhile",
+                    self.name,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def libpq_dsn(self) -> str:
+        """The engine's database as a libpq URL, for the relay's own psycopg connections."""
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def _share_loop(self) -> None:
+        """Rebalance this relay's shares (`shares.py`); a share taken wakes the publish loop at once."""
+        leases = self.leases
+        assert leases is not None
+        while not self._stopping.is_set():
+            before = leases.held
+            if not (await leases.rebalance()) <= before:
+                self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.share_rebalance_s)
 
     async def _cleanup_loop(self) -> None:
         await every(
             self.settings.cleanup_interval_s,
             self.cleanup_published,
             stopping=self._stopping,
-            log=log,
+            log=self.outage_log,
             failed=f"relay {self.name}: retention cleanup failed",
         )
 

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from outbox.database_url import psycopg_url
+from outbox.log_throttle import LogThrottle
 from outbox.relay.failures import (
     DatabaseUnavailable,
     TransientPublishError,
@@ -42,6 +43,7 @@ from outbox.relay.failures import (
 from outbox.relay.housekeeping import RelayHousekeeping
 from outbox.relay.pipeline import PublishPipeline
 from outbox.relay.settings import RelaySettings, RelayStats
+from outbox.relay.shares import ShareLeases
 from outbox.relay.steps import BatchSteps
 from outbox.telemetry.heartbeat import Heartbeat
 
@@ -63,6 +65,7 @@ class Relay(RelayHousekeeping, BatchSteps):
         BatchSteps.__init__(self, engine, settings, name)
         self._owns_engine = isinstance(database, str)
         self._wake = asyncio.Event()
+        self.outage_log = LogThrottle(log)  # a line per outage retry would bury the rest of the log
         self._analyzed_at = -float("inf")
         self._analyze_refusal_logged = False
         self._heartbeat = Heartbeat(None)
@@ -74,6 +77,8 @@ class Relay(RelayHousekeeping, BatchSteps):
         self._wake.set()
 
     async def close(self) -> None:
+        if self.leases is not None:
+            await self.leases.close()
         if self.publisher is not None:
             await self.publisher.producer.stop()
             self.publisher = None
@@ -85,7 +90,12 @@ class Relay(RelayHousekeeping, BatchSteps):
             await self.start()
         except KafkaError as exc:  # e.g. refused credentials: the publish loop retries with backoff
             log.error("relay %s: cannot start a producer: %s", self.name, exc)
+        if self.settings.shares > 0:
+            self.leases = ShareLeases(self.libpq_dsn(), self.settings.shares, self.name)
+            await self.leases.rebalance()
         background = [asyncio.create_task(self._cleanup_loop(), name="outbox-cleanup")]
+        if self.leases is not None:
+            background.append(asyncio.create_task(self._share_loop(), name="outbox-shares"))
         if self.settings.notify_channel:
             background.append(asyncio.create_task(self._listen_loop(), name="outbox-listen"))
         try:
@@ -146,13 +156,17 @@ class Relay(RelayHousekeeping, BatchSteps):
                     # A claim that met a topic not created yet left its rows pending (`send`): create it
                     # and claim them again now, not a poll later.
                     if not self.wants_topics() or self._stopping.is_set():
+                        if attempt.retry_state.attempt_number > 1:
+                            self.outage_log.recovered("publish", "relay %s: publishing again", self.name)
                         return claimed
         return 0  # pragma: no cover - AsyncRetrying either returns or raises
 
     def _log_outage(self, retry_state: Any) -> None:
         self.stats.outages += 1
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        log.warning(
+        self.outage_log.log(
+            logging.WARNING,
+            "publish",
             "relay %s: rows not published (%s: %s); retry %d in %.2fs, they stay pending",
             self.name,
             type(exc).__name__,

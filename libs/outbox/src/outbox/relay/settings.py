@@ -18,6 +18,11 @@ class RelaySettings:
     # Under a backlog, claim the next batch while this one is sent, and send it while this one commits
     # (`relay.pipeline`: same order and delivery guarantees, up to three transactions open instead of one).
     claim_ahead: bool = True
+    # Several relays on one outbox split its aggregates into this many shares, each relay publishing its
+    # own (`relay.shares`: advisory locks, rebalanced every `share_rebalance_s`); 0: every relay claims from
+    # every aggregate (order still holds, but relays hold each other's aggregates back).
+    shares: int = 64
+    share_rebalance_s: float = 1.0
     # Non-retriable publish failures of one row before it is dead-lettered (kept in the table, dead_at set).
     max_attempts: int = 5
     # A dead-lettered row holds its aggregate's later rows back until it is redriven (strict order, at the

@@ -24,6 +24,7 @@ from outbox.relay.failures import (
 )
 from outbox.relay.publisher import BatchPublisher
 from outbox.relay.settings import RelaySettings, RelayStats
+from outbox.relay.shares import ShareLeases
 from outbox.relay.store import ClaimedRow, OutboxStore
 from outbox.telemetry.metrics import relay_metrics
 
@@ -42,6 +43,8 @@ class BatchSteps:
         self._starting = asyncio.Lock()
         self._known_topics: set[str] = set()
         self._wanted_topics: set[str] = set()  # met in a claim, created before the next one
+        # Set by `Relay.run()` when settings.shares > 0; a relay driven step by step claims from every share.
+        self.leases: ShareLeases | None = None
         s = settings
         # One for the relay's lifetime: a broker that refused the idempotent producer is not asked again.
         self._producers = Producers(
@@ -81,8 +84,17 @@ class BatchSteps:
             return await self.ready_publisher()
 
     async def claim(self, conn: AsyncConnection, in_flight: Sequence[int] = ()) -> list[ClaimedRow]:
+        shares = None
+        if self.leases is not None:
+            if not self.leases.held:
+                return []  # another relay publishes every share for now
+            shares = (self.leases.total, sorted(self.leases.held))
         rows = await self.store.claim(
-            conn, self.settings.batch_size, block_on_dead=self.settings.block_on_dead, in_flight=in_flight
+            conn,
+            self.settings.batch_size,
+            block_on_dead=self.settings.block_on_dead,
+            in_flight=in_flight,
+            shares=shares,
         )
         if rows:
             relay_metrics().claimed(self.name, len(rows))

@@ -15,6 +15,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox.relay.retention import OutboxRetention, Retention
+from outbox.relay.shares import SHARE_OF
 
 __all__ = ["ClaimedRow", "OutboxStore", "Retention"]
 
@@ -54,7 +55,7 @@ _CLAIM = """
         SELECT id, event_id, topic, event_type, source, aggregate_id, aggregate_version, prev_version, payload,
                trace_context, occurred_at, attempts, available_at
         FROM outbox o
-        WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now()
+        WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= now() {shares}
           AND NOT EXISTS (
               SELECT 1 FROM blocked b
               WHERE b.topic = o.topic AND b.aggregate_id = o.aggregate_id AND b.from_id < o.id
@@ -152,10 +153,11 @@ class ClaimedRow(NamedTuple):
         return self.wait == 2
 
 
-def _claim(dead: str) -> TextClause:
+def _claim(dead: str, shares: str = "") -> TextClause:
     return text(
         _CLAIM.format(
             dead=dead,
+            shares=shares,
             first_row_gap=_GAP_PROBE.format(lower=""),
             later_row_gap=_GAP_PROBE.format(lower="AND p.id > s.prev_id"),
             behind_later=_LATER_PROBE,
@@ -163,10 +165,16 @@ def _claim(dead: str) -> TextClause:
     )
 
 
-_CLAIM_PASSING_DEAD = _claim("")
-_CLAIM_BLOCKING_DEAD = _claim(
+_BLOCKING_DEAD = (
     "UNION ALL SELECT topic, aggregate_id, id FROM outbox WHERE dead_at IS NOT NULL AND published_at IS NULL"
 )
+# With shares (several relays splitting the aggregates, `shares.py`): only rows of this relay's shares.
+_IN_SHARES = "AND " + SHARE_OF.format(column="o.aggregate_id", total=":share_total") + " = ANY(:shares)"
+_CLAIMS = {
+    (block_on_dead, sharing): _claim(_BLOCKING_DEAD if block_on_dead else "", _IN_SHARES if sharing else "")
+    for block_on_dead in (False, True)
+    for sharing in (False, True)
+}
 
 # Stale: more rows inserted, updated or deleted since the last ANALYZE than half of what it counted (an
 # outbox never analyzed counts -1 rows: then 1,000 changes). Counters from the statistics system, no scan.
@@ -209,13 +217,22 @@ class OutboxStore:
 
     @staticmethod
     async def claim(
-        conn: AsyncConnection, limit: int, *, block_on_dead: bool = False, in_flight: Sequence[int] = ()
+        conn: AsyncConnection,
+        limit: int,
+        *,
+        block_on_dead: bool = False,
+        in_flight: Sequence[int] = (),
+        shares: tuple[int, Sequence[int]] | None = None,
     ) -> list[ClaimedRow]:
         """Up to `limit` publishable rows, in ready order, with their gap flags (rows `in_flight` in this
-        relay's uncommitted batches do not count as gaps)."""
-        statement = _CLAIM_BLOCKING_DEAD if block_on_dead else _CLAIM_PASSING_DEAD
+        relay's uncommitted batches do not count as gaps); with `shares` = (total, held), only rows of
+        aggregates in the held shares."""
+        params: dict[str, Any] = {"limit": limit, "in_flight": list(in_flight)}
+        if shares is not None:
+            params["share_total"], held = shares
+            params["shares"] = list(held)
         make = ClaimedRow._make
-        result = await conn.execute(statement, {"limit": limit, "in_flight": list(in_flight)})
+        result = await conn.execute(_CLAIMS[block_on_dead, shares is not None], params)
         return [make(row) for row in result]
 
     @staticmethod

@@ -65,6 +65,7 @@ def configure_logging(service: str, *, level: str | None = None) -> None:
     handler.addFilter(TraceContextFilter())
     if fmt == "json":
         try:
+            from pythonjsonlogger.core import RESERVED_ATTRS
             from pythonjsonlogger.json import JsonFormatter
         except ImportError as exc:
             raise RuntimeError(
@@ -75,6 +76,9 @@ def configure_logging(service: str, *, level: str | None = None) -> None:
                 JSON_FIELDS,
                 rename_fields={"levelname": "level", "name": "logger"},
                 static_fields={"service": service},
+                # a record's extras become fields (servicekit's access log: request_id, status, ...);
+                # the text format's trace suffix is not one of them
+                reserved_attrs=[*RESERVED_ATTRS, "trace_suffix", "taskName", "color_message"],
             )
         )
     else:

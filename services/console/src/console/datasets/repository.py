@@ -9,19 +9,16 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from console.locking import Lock, with_lock
 from console.models import Dataset, Document
 
 
 async def get(
-    session: AsyncSession, workspace_id: uuid.UUID, dataset_id: uuid.UUID, *, lock: str | None = None
+    session: AsyncSession, workspace_id: uuid.UUID, dataset_id: uuid.UUID, *, lock: Lock | None = None
 ) -> Dataset | None:
-    """`lock`: None, "share" (adding documents) or "update" (changing or deleting the dataset)."""
+    """`lock`: "share" when adding documents, "update" when changing or deleting the dataset."""
     stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.workspace_id == workspace_id)
-    if lock == "share":
-        stmt = stmt.with_for_update(read=True)
-    elif lock == "update":
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (await session.execute(with_lock(stmt, lock))).scalar_one_or_none()
 
 
 async def name_taken(

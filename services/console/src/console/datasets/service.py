@@ -10,6 +10,7 @@ from console.datasets import repository
 from console.datasets.schemas import DatasetCreate, DatasetUpdate
 from console.documents import repository as documents
 from console.documents.service import delete_locked
+from console.locking import Lock
 from console.models import Dataset, Workspace, utcnow
 from servicekit.db import UnitOfWork
 from servicekit.errors import Conflict, NotFound
@@ -50,7 +51,7 @@ async def create(uow: UnitOfWork, workspace: Workspace, body: DatasetCreate) -> 
 
 
 async def _get(
-    uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID, *, lock: str | None = None
+    uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID, *, lock: Lock | None = None
 ) -> Dataset:
     dataset = await repository.get(uow.session, workspace.id, dataset_id, lock=lock)
     if dataset is None:
@@ -88,5 +89,5 @@ async def delete(uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID) -
     """Deletes the dataset and its documents; each document emits `deleted` so the index drops it."""
     # FOR UPDATE on the dataset waits for document inserts (FOR SHARE) in flight, so none is left behind.
     dataset = await _get(uow, workspace, dataset_id, lock="update")
-    await delete_locked(uow, workspace, await documents.lock_all_in_dataset(uow.session, dataset.id))
+    await delete_locked(uow, workspace, await documents.in_dataset(uow.session, dataset.id, lock="update"))
     await repository.delete_row(uow.session, dataset.id)

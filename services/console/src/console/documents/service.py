@@ -11,6 +11,7 @@ from console.documents import repository
 from console.documents.events import DocumentEventType, document_event
 from console.documents.schemas import DocumentCreate, DocumentUpdate, StatusFilter
 from console.documents.transitions import StatusAction, apply_action
+from console.locking import Lock
 from console.models import Dataset, Document, IndexingStatus, Workspace, utcnow
 from servicekit.db import UnitOfWork
 from servicekit.errors import Conflict, NotFound
@@ -18,7 +19,7 @@ from servicekit.pagination import PageParams
 
 
 async def _dataset(
-    uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID, *, lock: str | None = None
+    uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID, *, lock: Lock | None = None
 ) -> Dataset:
     dataset = await datasets.get(uow.session, workspace.id, dataset_id, lock=lock)
     if dataset is None:
@@ -30,7 +31,7 @@ async def _locked(
     uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID, document_id: uuid.UUID
 ) -> Document:
     await _dataset(uow, workspace, dataset_id)
-    document = await repository.get(uow.session, workspace.id, dataset_id, document_id, for_update=True)
+    document = await repository.get(uow.session, workspace.id, dataset_id, document_id, lock="update")
     if document is None:
         raise NotFound(f"document {document_id} not found")
     return document
@@ -121,7 +122,7 @@ async def change_status(
     """Dify's batch status action: all or nothing (any unknown id or refused transition changes nothing)."""
     await _dataset(uow, workspace, dataset_id)
     wanted = sorted(set(document_ids))
-    documents = await repository.lock_many(uow.session, workspace.id, dataset_id, wanted)
+    documents = await repository.get_many(uow.session, workspace.id, dataset_id, wanted, lock="update")
     missing = set(wanted) - {d.id for d in documents}
     if missing:
         raise NotFound(f"documents not found: {', '.join(sorted(map(str, missing)))}")

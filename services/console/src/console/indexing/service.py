@@ -42,7 +42,7 @@ _RANK = {
 async def apply_report(session: AsyncSession, report: Report, version: int) -> bool:
     """True when the report (on document `version`) changed the document's status."""
     new_status = _STATUS_OF_REPORT[report.TYPE]
-    document = await repository.lock_by_id(session, report.document_id)
+    document = await repository.get_by_id(session, report.document_id, lock="update")
     if document is None:
         return False  # deleted since
     if report.dataset_id != document.dataset_id or (

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from indexer.models import IndexedDocument
@@ -19,3 +20,18 @@ async def get_live(
         IndexedDocument.deleted.is_(False),
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def all_documents(
+    session: AsyncSession, ids: Sequence[uuid.UUID] | None = None
+) -> list[IndexedDocument]:
+    """Every indexed document of `ids` (all when None), tombstones included, any owner."""
+    stmt = select(IndexedDocument)
+    if ids is not None:
+        stmt = stmt.where(IndexedDocument.id.in_(ids))
+    return list((await session.execute(stmt)).scalars())
+
+
+async def read_only(session: AsyncSession) -> None:
+    """Make the session's transaction read-only (first statement of the transaction)."""
+    await session.execute(text("SET TRANSACTION READ ONLY"))
