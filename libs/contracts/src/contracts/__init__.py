@@ -4,9 +4,10 @@
 - `contracts.console`: topic `console.document` (the document's full state on every change).
 - `contracts.indexer`: topic `indexer.document` (indexing reports about one document version).
 
-Each module holds the topic names, the event type strings and a pydantic model per payload. Producers
-build their events from these models (`to_event`), consumers parse `ctx.event.data` with the same models,
-so a field renamed or retyped on one side fails `mypy --strict` on the other. Payloads are JSON with the
+Each module holds the topic names, the event type strings and a pydantic model per payload (all on
+`base.Payload`: topic, key field, `event()`). Producers build their events from these models (`to_event`),
+consumers register them as their handlers' `payload=` models (`ctx.payload`, validated before the handler
+runs), so a field renamed or retyped on one side fails `mypy --strict` on the other. Payloads are JSON with the
 field names below; `version` in a payload is the aggregate version the event carries
 (`ce_aggregateversion`), which the outbox writer also adds to the data when a payload leaves it out.
 

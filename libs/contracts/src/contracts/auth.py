@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
-
+from contracts.base import Payload
 from outbox import Event
 
 ACCOUNT_TOPIC = "auth.account"
@@ -25,22 +24,16 @@ MAIL_TOPIC = "auth.mail"
 SECRET_FIELDS = ("code",)
 
 
-class AccountEvent(BaseModel):
+class AccountEvent(Payload):
     TOPIC: ClassVar[str] = ACCOUNT_TOPIC
-    TYPE: ClassVar[str]
+    KEY: ClassVar[str] = "account_id"
 
     account_id: uuid.UUID
     email: str
     version: int
 
     def to_event(self) -> Event:
-        return Event(
-            topic=self.TOPIC,
-            type=self.TYPE,
-            aggregate_id=str(self.account_id),
-            data=self.model_dump(mode="json"),
-            version=self.version,
-        )
+        return self.event(version=self.version)
 
 
 class AccountRegistered(AccountEvent):
@@ -55,21 +48,16 @@ class PasswordChanged(AccountEvent):
     reason: str
 
 
-class MailEvent(BaseModel):
+class MailEvent(Payload):
     TOPIC: ClassVar[str] = MAIL_TOPIC
-    TYPE: ClassVar[str]
+    KEY: ClassVar[str] = "account_id"
 
     account_id: uuid.UUID
     email: str
     name: str
 
     def to_event(self) -> Event:
-        return Event(
-            topic=self.TOPIC,
-            type=self.TYPE,
-            aggregate_id=str(self.account_id),
-            data=self.model_dump(mode="json"),
-        )
+        return self.event()
 
 
 class PasswordResetCode(MailEvent):

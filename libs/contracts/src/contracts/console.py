@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from contracts.base import Payload
 from outbox import Event
 
 TOPIC = "console.document"
@@ -29,9 +31,11 @@ class DocumentEventType(StrEnum):
     SNAPSHOT = "console.document.snapshot"
 
 
-class DocumentState(BaseModel):
+class DocumentState(Payload):
     """The payload of every `console.document.*` event. Consumers ignore fields they do not know."""
 
+    TOPIC: ClassVar[str] = TOPIC
+    KEY: ClassVar[str] = "document_id"
     model_config = ConfigDict(extra="ignore")
 
     document_id: uuid.UUID
@@ -49,11 +53,6 @@ class DocumentState(BaseModel):
     def to_event(self, event_type: DocumentEventType) -> Event:
         # A snapshot is the whole state and follows no particular event: standalone (no previous version),
         # so a gap-aware consumer applies it whatever it applied before.
-        return Event(
-            topic=TOPIC,
-            type=event_type.value,
-            aggregate_id=str(self.document_id),
-            version=self.version,
-            data=self.model_dump(mode="json"),
-            standalone=event_type is DocumentEventType.SNAPSHOT,
+        return self.event(
+            event_type.value, version=self.version, standalone=event_type is DocumentEventType.SNAPSHOT
         )

@@ -11,8 +11,7 @@ import uuid
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import BaseModel
-
+from contracts.base import Payload
 from outbox import Event
 
 TOPIC = "indexer.document"
@@ -24,9 +23,11 @@ class ReportType(StrEnum):
     INDEX_FAILED = "indexer.document.index_failed"
 
 
-class Report(BaseModel):
+class Report(Payload):
     """Common to every report. The version travels in the envelope (and the writer copies it into the data)."""
 
+    TOPIC: ClassVar[str] = TOPIC
+    KEY: ClassVar[str] = "document_id"
     TYPE: ClassVar[ReportType]
 
     document_id: uuid.UUID
@@ -36,13 +37,7 @@ class Report(BaseModel):
     workspace_id: uuid.UUID | None = None
 
     def to_event(self, version: int) -> Event:
-        return Event(
-            topic=TOPIC,
-            type=self.TYPE.value,
-            aggregate_id=str(self.document_id),
-            version=version,
-            data=self.model_dump(mode="json", exclude_none=True),
-        )
+        return self.event(version=version, exclude_none=True)
 
 
 class DocumentIndexing(Report):

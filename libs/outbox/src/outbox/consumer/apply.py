@@ -14,48 +14,41 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from tenacity.stop import stop_base
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from outbox.consumer.apply_types import ConsumerStats, HandlerFailed, Parsed
-from outbox.consumer.dead_letters import DeadLetterSender
-from outbox.consumer.handlers import Outcome, Reject, Route, guard_session
-from outbox.consumer.inbox import InboxStore
+from outbox.consumer.apply_types import (
+    ConsumerStats,
+    DatabaseLost,
+    HandlerFailed,
+    Parsed,
+    PastDeadline,
+    RetryPolicy,
+    worth_retrying,
+)
+from outbox.consumer.handlers import EventSink, Outcome, Reject, Route, guard_session
 from outbox.consumer.parking import Aggregate, ParkedRelease
+from outbox.consumer.ports import DeadLetters, Inbox
 from outbox.envelope import ReceivedEvent
 from outbox.telemetry.tracing import MESSAGING_BATCH_MESSAGE_COUNT, context_from, process_attributes, tracer
-from outbox.writer import OutboxWriter
+
+__all__ = ["ApplyPipeline", "DatabaseLost", "RetryPolicy"]
 
 log = logging.getLogger("outbox.consumer")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int
-    initial_s: float
-    max_s: float
 
 
 class ApplyPipeline:
     def __init__(
         self,
         consumer: str,
-        inbox: InboxStore,
-        dead_letters: DeadLetterSender,
+        inbox: Inbox,
+        dead_letters: DeadLetters,
         retry: RetryPolicy,
-        writer: OutboxWriter | None,
+        writer: EventSink | None,
         parse: Callable[[ConsumerRecord[bytes, bytes]], Parsed],
         *,
         release_round: int = 500,
@@ -78,6 +71,27 @@ class ApplyPipeline:
     @property
     def parked_keys(self) -> set[Aggregate]:
         return self.parking.keys
+
+    async def process(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        items: Sequence[Parsed],
+        *,
+        budget_s: float,
+        into: ConsumerStats,
+    ) -> None:
+        """One fetched batch, counted `into` as its transactions commit. Fast path first: the whole batch in
+        one transaction without savepoints, inbox rows in one statement. If any handler raises, that
+        transaction rolls back (nothing of it persists) and the batch is replayed on the careful path: a
+        savepoint, retries and dead-lettering per message, committed in chunks of `savepoints` events."""
+        try:
+            async with sessions() as session, session.begin():
+                counts = await self.apply(guard_session(session), items)
+            into.merge(counts)
+        except HandlerFailed:
+            await self.apply_careful(sessions, items, budget_s, into)
+        # Parked events whose gap this batch closed and that its transaction(s) left for later.
+        into.merge(await self.release_pending(sessions))
 
     async def apply(
         self, session: AsyncSession, items: Sequence[Parsed], *, attempt: int = 1, release: bool = True
@@ -148,7 +162,7 @@ class ApplyPipeline:
         stale: list[uuid.UUID] = []
         parked: list[Parsed] = []
         advanced: set[Aggregate] = set()
-        group: tuple[Route, list[ReceivedEvent]] | None = None  # consecutive events for one batch handler
+        group: tuple[Route, list[Parsed]] | None = None  # consecutive events for one batch handler
         for item in routed:
             event, route = item.event, item.route
             assert event is not None and route is not None
@@ -176,12 +190,12 @@ class ApplyPipeline:
                         await self._call_group(session, group, attempt)
                         group = None
                     group = group or (route, [])
-                    group[1].append(event)
+                    group[1].append(item)
                     continue
                 if group:
                     await self._call_group(session, group, attempt)
                     group = None
-                await self._call(session, route, [event], span, attempt)
+                await self._call(session, route, [item], span, attempt)
         if group:
             await self._call_group(session, group, attempt)
         if verdicts is None and judged:  # only events passed over: no guarded one to run the guard under
@@ -251,9 +265,9 @@ class ApplyPipeline:
         attempt = 0
         try:
             async for state in AsyncRetrying(
-                stop=stop_after_attempt(r.max_attempts) | _PastDeadline(deadline),
+                stop=stop_after_attempt(r.max_attempts) | PastDeadline(deadline),
                 wait=wait_exponential_jitter(multiplier=r.initial_s, max=r.max_s, jitter=r.initial_s),
-                retry=retry_if_exception(_worth_retrying),
+                retry=retry_if_exception(worth_retrying),
                 reraise=True,
             ):
                 with state:
@@ -336,9 +350,10 @@ class ApplyPipeline:
         )
 
     async def _call_group(
-        self, session: AsyncSession, group: tuple[Route, list[ReceivedEvent]], attempt: int
+        self, session: AsyncSession, group: tuple[Route, list[Parsed]], attempt: int
     ) -> None:
-        route, events = group
+        route, items = group
+        events = [p.event for p in items if p.event is not None]
         # One span for the call, linked to every event's trace (a span has one parent, a batch many).
         links = [Link(trace.get_current_span(context_from(e.headers)).get_span_context()) for e in events]
         span = tracer().start_span(
@@ -352,29 +367,17 @@ class ApplyPipeline:
             },
         )
         with trace.use_span(span, end_on_exit=True):
-            await self._call(session, route, events, span, attempt)
+            await self._call(session, route, items, span, attempt)
 
     async def _call(
-        self, session: AsyncSession, route: Route, events: list[ReceivedEvent], span: Span, attempt: int
+        self, session: AsyncSession, route: Route, items: list[Parsed], span: Span, attempt: int
     ) -> None:
         try:
-            await route.call(session, self.consumer, list(events), attempt, self.writer)
+            await route.call(session, self.consumer, items, attempt, self.writer)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise HandlerFailed(exc) from exc
-
-
-class DatabaseLost(Exception):
-    """The connection itself failed: retrying inside this transaction cannot help."""
-
-
-class _PastDeadline(stop_base):
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.monotonic() >= self.deadline
 
 
 def _guarded(items: Sequence[Parsed]) -> list[Aggregate]:
@@ -383,12 +386,6 @@ def _guarded(items: Sequence[Parsed]) -> list[Aggregate]:
         for p in items
         if p.event and p.event.subject and p.event.version is not None and p.route and p.route.version_guard
     ]
-
-
-def _worth_retrying(exc: BaseException) -> bool:
-    if isinstance(exc, DatabaseLost):
-        return False
-    return not (isinstance(exc, HandlerFailed) and isinstance(exc.cause, Reject))
 
 
 def _connection_lost(session: AsyncSession) -> bool:

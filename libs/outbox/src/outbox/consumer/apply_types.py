@@ -1,13 +1,17 @@
 """What the apply pipeline and its parked-release loops pass around: a decoded record, the counts, a
-handler's failure."""
+handler's failure, the retry policy."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
+from typing import Any
 
 from aiokafka import ConsumerRecord
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
 
-from outbox.consumer.handlers import Route
+from outbox.consumer.handlers import Reject, Route
 from outbox.envelope import ReceivedEvent
 
 
@@ -38,6 +42,7 @@ class Parsed:
     route: Route | None
     problem: str | None  # set: dead-letter this record with this reason
     redriven: bool = False  # an operator's redrive from the dead-letter topic: a new attempt
+    payload: Any = None  # the handler's payload (validated by its `payload=` model), set by the consumer
 
 
 class HandlerFailed(Exception):
@@ -46,3 +51,28 @@ class HandlerFailed(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    initial_s: float
+    max_s: float
+
+
+class DatabaseLost(Exception):
+    """The connection itself failed: retrying inside this transaction cannot help."""
+
+
+class PastDeadline(stop_base):
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    if isinstance(exc, DatabaseLost):
+        return False
+    return not (isinstance(exc, HandlerFailed) and isinstance(exc.cause, Reject))

@@ -4,24 +4,51 @@ Handlers change state through `ctx.session` and never end its transaction: the i
 batch commit with their effects, after every handler ran. A handler that commits would make those inbox
 rows permanent before later handlers ran, and a later failure or crash would lose their events; so
 `commit` and `rollback` on a handler's session raise `HandlerCommitted` (a `Reject`).
+
+A handler registered with `payload=Model` (a pydantic model, or any class with `model_validate`) gets
+`ctx.payload` already validated: a record whose data does not validate is dead-lettered as malformed when it
+is decoded, like a record that is not JSON, and never reaches the handler. Follow-up events go through
+`ctx.emit(...)`: written to the consumer's outbox (`IdempotentConsumer(writer=)`) in the effect's transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outbox.envelope import Event, ReceivedEvent
 
 if TYPE_CHECKING:
-    from outbox.writer import OutboxWriter
+    from typing_extensions import TypeVar as DefaultTypeVar
 
-Handler = Callable[["EventContext"], Awaitable[None]]
-BatchHandler = Callable[["BatchContext"], Awaitable[None]]
+    from outbox.consumer.apply_types import Parsed
+
+    # What a handler's context carries as `payload`: the registered model, else the event's JSON object.
+    P = DefaultTypeVar("P", default=dict[str, Any], covariant=True)
+else:  # the default only matters to type checkers (typing.TypeVar takes none before Python 3.13)
+    P = TypeVar("P", covariant=True)
+
+M = TypeVar("M")
+Handler = Callable[["EventContext[M]"], Awaitable[None]]
+BatchHandler = Callable[["BatchContext[M]"], Awaitable[None]]
+
+
+class PayloadModel(Protocol):
+    """What `payload=` takes: a class that validates a JSON object into an instance (pydantic's BaseModel),
+    raising ValueError (pydantic's ValidationError is one) when it does not fit."""
+
+    @classmethod
+    def model_validate(cls, obj: Any, /) -> Self: ...
+
+
+class EventSink(Protocol):
+    """Where `ctx.emit` writes: an `OutboxWriter` (the consumer's own outbox), or a test's in-memory one."""
+
+    async def add(self, session: AsyncSession, *events: Event) -> None: ...
 
 
 class Outcome(StrEnum):
@@ -63,63 +90,85 @@ def guard_session(session: AsyncSession) -> AsyncSession:
     return session
 
 
-async def _emit(writer: OutboxWriter | None, session: AsyncSession, events: tuple[Event, ...]) -> None:
-    if writer is None:
-        raise RuntimeError("emit() needs IdempotentConsumer(..., writer=OutboxWriter(source=...))")
-    await writer.add(session, *events)
+@dataclass(frozen=True, slots=True)
+class EventContext(Generic[P]):
+    """One event, its payload and the session of the transaction that also holds its inbox row.
 
-
-@dataclass(slots=True)
-class EventContext:
-    """One event and the session of the transaction that also holds its inbox row."""
+    `payload` is the event's data validated by the handler's `payload=` model (`EventContext[Model]`), or
+    the data itself (a dict) for a handler registered without one."""
 
     event: ReceivedEvent
     session: AsyncSession
     consumer: str
     attempt: int
-    writer: OutboxWriter | None = None
+    payload: P
+    emitted: list[Event] = field(default_factory=list)
 
-    async def emit(self, *events: Event) -> None:
-        """Record follow-up events in this consumer's outbox, in the same transaction as the effect."""
-        await _emit(self.writer, self.session, events)
+    def emit(self, *events: Event) -> None:
+        """Record follow-up events: written to this consumer's outbox in the transaction of the effect as the
+        handler returns (a handler that raises emits nothing). Like a service's `UnitOfWork.emit`, so a
+        service function that takes a unit of work (`session` + `emit`) can take the context."""
+        self.emitted.extend(events)
 
 
-@dataclass(slots=True)
-class BatchContext:
-    """Consecutive fresh events of a batch handler's types (in delivery order, stale ones already dropped)
-    and the session of the transaction that holds their inbox rows. On the careful path (after a failure)
-    it is called with one event at a time, inside that event's savepoint."""
+@dataclass(frozen=True, slots=True)
+class BatchContext(Generic[P]):
+    """Consecutive fresh events of a batch handler's types (in delivery order, stale ones already dropped),
+    their payloads (`payloads[i]` is `events[i]`'s, as for `EventContext.payload`) and the session of the
+    transaction that holds their inbox rows. On the careful path (after a failure) it is called with one
+    event at a time, inside that event's savepoint."""
 
     events: list[ReceivedEvent]
     session: AsyncSession
     consumer: str
     attempt: int
-    writer: OutboxWriter | None = None
+    payloads: list[P]
+    emitted: list[Event] = field(default_factory=list)
 
-    async def emit(self, *events: Event) -> None:
-        await _emit(self.writer, self.session, events)
+    def emit(self, *events: Event) -> None:
+        """As `EventContext.emit`."""
+        self.emitted.extend(events)
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     pattern: str
-    handler: Handler | BatchHandler
+    handler: Handler[Any] | BatchHandler[Any]
     version_guard: bool
     batch: bool = False
     # Park an event whose previous version (`ce_prevversion`) was not applied yet, instead of applying it.
     gap_aware: bool = False
+    payload: type[PayloadModel] | None = None
+
+    def validate(self, event: ReceivedEvent) -> Any:
+        """The handler's payload for `event`; raises ValueError when it does not fit the model."""
+        return event.data if self.payload is None else self.payload.model_validate(event.data)
 
     async def call(
         self,
         session: AsyncSession,
         consumer: str,
-        events: list[ReceivedEvent],
+        items: Sequence[Parsed],
         attempt: int,
-        writer: OutboxWriter | None,
+        writer: EventSink | None,
     ) -> None:
+        events = [cast(ReceivedEvent, p.event) for p in items]
+        payloads = [
+            p.payload if p.payload is not None else self.validate(e)
+            for p, e in zip(items, events, strict=True)
+        ]
+        ctx: EventContext[Any] | BatchContext[Any]
         if self.batch:
-            batch_handler = cast(BatchHandler, self.handler)
-            await batch_handler(BatchContext(events, session, consumer, attempt, writer))
+            ctx = BatchContext(events, session, consumer, attempt, payloads)
+            await cast("BatchHandler[Any]", self.handler)(ctx)
         else:
-            [event] = events
-            await cast(Handler, self.handler)(EventContext(event, session, consumer, attempt, writer))
+            [event], [payload] = events, payloads
+            ctx = EventContext(event, session, consumer, attempt, payload)
+            await cast("Handler[Any]", self.handler)(ctx)
+        if ctx.emitted:
+            if writer is None:
+                raise RuntimeError(
+                    f"the handler for {self.pattern!r} emitted events, which needs "
+                    "IdempotentConsumer(..., writer=OutboxWriter(source=...))"
+                )
+            await writer.add(session, *ctx.emitted)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from outbox.consumer.apply_types import ConsumerStats, HandlerFailed, Parsed
 from outbox.consumer.handlers import Outcome, guard_session
-from outbox.consumer.inbox import InboxStore
+from outbox.consumer.ports import Inbox
 
 log = logging.getLogger("outbox.consumer")
 
@@ -33,7 +33,7 @@ class Applier(Protocol):
     """What the release loops need of the apply pipeline."""
 
     consumer: str
-    inbox: InboxStore
+    inbox: Inbox
 
     def parse(self, record: ConsumerRecord[bytes, bytes]) -> Parsed: ...
 

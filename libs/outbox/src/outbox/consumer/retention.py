@@ -21,10 +21,9 @@ from typing import Any, Protocol, cast
 from sqlalchemy import CursorResult, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from outbox.consumer.dead_letters import DeadLetterSender
 from outbox.consumer.handlers import Outcome
-from outbox.consumer.inbox import InboxStore
 from outbox.consumer.parking import record_from
+from outbox.consumer.ports import DeadLetters, Inbox
 
 log = logging.getLogger("outbox.consumer")
 
@@ -111,8 +110,8 @@ async def prune_versions(
 
 
 class _Pipeline(Protocol):
-    inbox: InboxStore
-    dead_letters: DeadLetterSender
+    inbox: Inbox
+    dead_letters: DeadLetters
 
 
 async def expire_parked(

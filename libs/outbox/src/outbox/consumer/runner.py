@@ -14,39 +14,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from outbox.consumer.apply import ApplyPipeline, RetryPolicy
-from outbox.consumer.apply_types import ConsumerStats, HandlerFailed, Parsed
-from outbox.consumer.dead_letters import REDRIVE_HEADER, DeadLetterSender
+from outbox.consumer.apply_types import ConsumerStats
+from outbox.consumer.dead_letters import DeadLetterSender
 from outbox.consumer.dead_letters import dead_letter_topic as dead_letter_topic_of
-from outbox.consumer.handlers import (
-    BatchContext,
-    BatchHandler,
-    EventContext,
-    Handler,
-    Reject,
-    Route,
-    guard_session,
-)
+from outbox.consumer.handlers import BatchContext, EventContext, EventSink, Reject
 from outbox.consumer.inbox import InboxStore
+from outbox.consumer.ports import DeadLetters, Inbox
 from outbox.consumer.retention import expire_parked, prune_versions
+from outbox.consumer.routing import HandlerRegistry
 from outbox.consumer.settings import CONSUMER_ENV, ConsumerSettings
-from outbox.envelope import MalformedMessage, decode_record
 from outbox.kafka import clients as kafka_clients
 from outbox.kafka import ensure_topics, start_producer
 from outbox.log_throttle import LogThrottle
 from outbox.periodic import every
 from outbox.telemetry.heartbeat import Heartbeat
 from outbox.telemetry.metrics import consumer_metrics, observe_consumer_lag
-from outbox.writer import OutboxWriter
 
 __all__ = [
     "CONSUMER_ENV",
@@ -61,14 +52,16 @@ __all__ = [
 log = logging.getLogger("outbox.consumer")
 
 
-class IdempotentConsumer:
+class IdempotentConsumer(HandlerRegistry):
     """A consumer group member that applies events through registered handlers, exactly once in effect.
 
     `name` is both the Kafka consumer group and the inbox key. Handlers register per CloudEvents type
-    (`fnmatch` patterns allowed, e.g. `console.document.*`). With `version_guard`, an event whose aggregate
-    version is lower than the highest this consumer applied for that aggregate (its subject) is recorded
-    as stale and skipped (equal versions pass: several event types may share one version). With `writer`,
-    handlers record follow-up events through `ctx.emit(...)` in the same transaction as their effect.
+    (`fnmatch` patterns allowed, e.g. `console.document.*`), with a pydantic `payload=` model to get the
+    data validated (`HandlerRegistry.handler`). With `version_guard`, an event whose aggregate version is
+    lower than the highest this consumer applied for that aggregate (its subject) is recorded as stale and
+    skipped (equal versions pass: several event types may share one version). With `writer` (an
+    `OutboxWriter`), handlers record follow-up events with `ctx.emit(...)`: written to this service's outbox
+    in the same transaction as their effect, the one way a handler emits.
     """
 
     def __init__(
@@ -79,12 +72,13 @@ class IdempotentConsumer:
         settings: ConsumerSettings | None = None,
         *,
         dead_letter_topic: str | None = None,
-        writer: OutboxWriter | None = None,
+        writer: EventSink | None = None,
     ) -> None:
+        self.settings = settings or ConsumerSettings.from_env()
+        super().__init__(self.settings.topic_prefix)
         self.name = name
         self.topics = list(topics)
         self.sessions = session_factory
-        self.settings = settings or ConsumerSettings.from_env()
         self.writer = writer
         # On the wire: the prefixed names. Handlers see logical topics (prefix stripped).
         self.wire_topics = [self.settings.topic_prefix + t for t in self.topics]
@@ -96,74 +90,42 @@ class IdempotentConsumer:
         self.stats = ConsumerStats()
         self.inbox = InboxStore(name)
         self.outage_log = LogThrottle(log)
-        self._routes: list[Route] = []
-        self._ignored: list[str] = []
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._pipeline: ApplyPipeline | None = None
 
-    # -- registration -------------------------------------------------------------------------------------
-    def handler(
-        self, *types: str, version_guard: bool = True, gap_aware: bool = False
-    ) -> Callable[[Handler], Handler]:
-        """Register a handler for `types`. `gap_aware` (with the version guard): an event whose previous
-        version (`ce_prevversion`, set by OutboxWriter) this consumer has not applied is parked, not
-        applied, and applied as soon as that version is: each aggregate's versions in order, none skipped.
-        Every event type of those aggregates must then reach a guarded handler of this consumer (an event
-        it never applies leaves its successors parked); that is why it is opt-in."""
-
-        def register(fn: Handler) -> Handler:
-            for t in types:
-                self._routes.append(Route(t, fn, version_guard, gap_aware=gap_aware and version_guard))
-            return fn
-
-        return register
-
-    def batch_handler(
-        self, *types: str, version_guard: bool = True, gap_aware: bool = False
-    ) -> Callable[[BatchHandler], BatchHandler]:
-        """Register a handler that applies many events per call (bulk SQL): the same guarantees, a fraction
-        of the round trips. Consecutive events routed to it within one fetched batch come in one call."""
-
-        def register(fn: BatchHandler) -> BatchHandler:
-            for t in types:
-                self._routes.append(
-                    Route(t, fn, version_guard, batch=True, gap_aware=gap_aware and version_guard)
-                )
-            return fn
-
-        return register
-
-    def ignore(self, *types: str) -> None:
-        """Types this consumer deliberately skips (recorded in the inbox, not dead-lettered)."""
-        self._ignored.extend(types)
-
-    def _route(self, event_type: str) -> Route | None:
-        for route in self._routes:
-            if route.pattern == event_type or fnmatch.fnmatchcase(event_type, route.pattern):
-                return route
-        return None
-
-    def _is_ignored(self, event_type: str) -> bool:
-        return any(fnmatch.fnmatchcase(event_type, p) for p in self._ignored)
+    def pipeline(
+        self,
+        inbox: Inbox,
+        dead_letters: DeadLetters,
+        writer: EventSink | None,
+        retry: RetryPolicy | None = None,
+    ) -> ApplyPipeline:
+        """The apply pipeline of this consumer's handlers over these stores (`outbox.testing` builds its
+        harness with this, over in-memory ones)."""
+        s = self.settings
+        pipeline = ApplyPipeline(
+            self.name,
+            inbox,
+            dead_letters,
+            retry or RetryPolicy(s.max_attempts, s.retry_initial_s, s.retry_max_s),
+            writer,
+            self.parse,
+            release_round=s.max_batch,
+            savepoints=s.careful_chunk,
+        )
+        pipeline.tracks_gaps = self.gap_aware
+        return pipeline
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
         await ensure_topics(s.bootstrap, [*self.wire_topics, self.dead_letter_topic])
         self._producer = await start_producer(s.bootstrap, idempotent=True)
-        self._pipeline = ApplyPipeline(
-            self.name,
-            self.inbox,
-            DeadLetterSender(self._producer, self.dead_letter_topic, self.name),
-            RetryPolicy(s.max_attempts, s.retry_initial_s, s.retry_max_s),
-            self.writer,
-            self._parse,
-            release_round=s.max_batch,
-            savepoints=s.careful_chunk,
+        self._pipeline = self.pipeline(
+            self.inbox, DeadLetterSender(self._producer, self.dead_letter_topic, self.name), self.writer
         )
-        self._pipeline.tracks_gaps = any(route.gap_aware for route in self._routes)
         self._consumer = kafka_clients.KafkaConsumer(
             *self.wire_topics,
             bootstrap_servers=s.bootstrap,
@@ -200,7 +162,7 @@ class IdempotentConsumer:
         ):
             return
         background = [asyncio.create_task(self._prune_loop(), name="outbox-inbox-prune")]
-        if any(route.gap_aware for route in self._routes):
+        if self.gap_aware:
             background.append(asyncio.create_task(self._park_loop(), name="outbox-parked-sweep"))
         try:
             await self._loop()
@@ -356,35 +318,9 @@ class IdempotentConsumer:
             log.warning("consumer %s: offset commit lost to a rebalance (%s)", self.name, exc)
 
     async def _process_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """Fast path first: the whole batch in one transaction without savepoints, inbox rows in one
-        statement. If any handler raises, that transaction rolls back (nothing of it persists) and the batch
-        is replayed on the careful path: a savepoint, retries and dead-lettering per message, committed in
-        chunks of `careful_chunk` events."""
         pipeline = self._pipeline
         assert pipeline is not None, "IdempotentConsumer.start() not called"
-        parsed = [self._parse(record) for record in records]
-        try:
-            async with self.sessions() as session, session.begin():
-                counts = await pipeline.apply(guard_session(session), parsed)
-            self.stats.merge(counts)
-        except HandlerFailed:
-            await pipeline.apply_careful(self.sessions, parsed, self.settings.careful_budget_s, self.stats)
-        # Parked events whose gap this batch closed and that its transaction(s) left for later.
-        self.stats.merge(await pipeline.release_pending(self.sessions))
-
-    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Parsed:
-        try:
-            event = decode_record(
-                topic=record.topic.removeprefix(self.settings.topic_prefix),
-                partition=record.partition,
-                offset=record.offset,
-                headers=record.headers,
-                value=record.value,
-            )
-        except MalformedMessage as exc:
-            return Parsed(record, None, None, f"malformed: {exc}")
-        route = self._route(event.type)
-        redriven = any(key == REDRIVE_HEADER for key, _ in record.headers or ())
-        if route is None and not self._is_ignored(event.type):
-            return Parsed(record, event, None, f"no handler for event type {event.type!r}", redriven)
-        return Parsed(record, event, route, None, redriven)
+        parsed = [self.parse(record) for record in records]
+        await pipeline.process(
+            self.sessions, parsed, budget_s=self.settings.careful_budget_s, into=self.stats
+        )

@@ -16,6 +16,7 @@ to `console.document` at all is the broker's ACL: see ARCHITECTURE.md.)
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +26,6 @@ from indexer.indexing import repository
 from indexer.indexing.segmentation import split, text_sha256
 from indexer.models import IndexedDocument, utcnow
 from outbox import Event, Reject
-from servicekit.db import UnitOfWork
 
 NO_TEXT_REASON = "the document has no indexable text"
 
@@ -35,6 +35,16 @@ class TenancyMismatch(Reject):
     applied, dead-lettered at once (no retries: it cannot become right), like console's reports."""
 
 
+class Changes(Protocol):
+    """A unit of work: the session of the transaction, and `emit` for the reports that commit with it. The
+    consumer's `EventContext` is one (the message's transaction); so is servicekit's `UnitOfWork`."""
+
+    @property
+    def session(self) -> AsyncSession: ...
+
+    def emit(self, *events: Event) -> None: ...
+
+
 class Outcome(StrEnum):
     STALE = "stale"
     REMOVED = "removed"
@@ -42,7 +52,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
-async def apply(uow: UnitOfWork, state: DocumentState, *, snapshot: bool = False) -> Outcome:
+async def apply(uow: Changes, state: DocumentState, *, snapshot: bool = False) -> Outcome:
     """`snapshot`: console re-announced its current state without a change (reconcile, rebuild-index):
     applied when the index's version is not newer, so an index that lost or botched that version recovers."""
     session = uow.session

@@ -1,4 +1,4 @@
-"""Helpers for tests of code built on the outbox (real broker, no mocks)."""
+"""Helpers for tests of code built on the outbox against the real broker and PostgreSQL (no mocks)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ _RECORD_EFFECT = text(
 )
 
 
-async def record_effect(ctx: EventContext) -> None:
+async def record_effect(ctx: EventContext[Any]) -> None:
     """A handler whose effect is one row in `effects` (no unique key: applying twice shows as two rows)."""
     await ctx.session.execute(
         _RECORD_EFFECT, {"c": ctx.consumer, "e": ctx.event.id, "a": ctx.event.subject, "v": ctx.event.version}
@@ -89,7 +89,7 @@ _RECORD_EFFECTS = text(
 )
 
 
-async def record_effects(ctx: BatchContext) -> None:
+async def record_effects(ctx: BatchContext[Any]) -> None:
     """The batch-handler form of `record_effect`: one statement for the whole run of events."""
     await ctx.session.execute(
         _RECORD_EFFECTS,
