@@ -1,5 +1,5 @@
-"""The request context every service runs its use cases through (servicekit.request_context) and the unit
-of work a consumer joins (Database.joined), against a real PostgreSQL database."""
+"""The request context every service runs its use cases through (servicekit.request_context), against a real
+PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -81,14 +81,3 @@ async def test_a_deadlock_victim_runs_again_from_scratch(db: Database) -> None:
     assert await RequestContext(db, retry_deadlocks=True).run(victim_once) == "done"
     notes, types = await _state(db)
     assert attempts == 2 and "d1" not in notes and "d2" in notes and "kit.note.d1" not in types
-
-
-async def test_a_joined_unit_of_work_writes_its_events_into_the_owners_transaction(db: Database) -> None:
-    async with db.sessions() as session:  # the owner's transaction (a consumer's message)
-        async with db.joined(session) as uow:
-            await _write(uow, "e")
-        count = await session.execute(text("SELECT count(*) FROM outbox WHERE aggregate_id = 'e'"))
-        assert count.scalar() == 1  # written into it, not committed by it
-        await session.rollback()  # the owner decides: nothing of it remains
-    notes, types = await _state(db)
-    assert "e" not in notes and "kit.note.e" not in types

@@ -85,13 +85,5 @@ class Database:
                 raise
             await uow.commit()
 
-    @asynccontextmanager
-    async def joined(self, session: AsyncSession) -> AsyncIterator[UnitOfWork]:
-        """A unit of work inside a transaction someone else owns (a consumer's message, whose inbox row
-        shares it): the events recorded with `emit` are written into it at the end; the owner commits."""
-        uow = UnitOfWork(session, self.writer)
-        yield uow
-        await uow.flush_events()
-
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -25,8 +25,6 @@ from outbox.envelope import Event, ReceivedEvent
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as DefaultTypeVar
 
-    from outbox.consumer.apply_types import Parsed
-
     # What a handler's context carries as `payload`: the registered model, else the event's JSON object.
     P = DefaultTypeVar("P", default=dict[str, Any], covariant=True)
 else:  # the default only matters to type checkers (typing.TypeVar takes none before Python 3.13)
@@ -130,6 +128,15 @@ class BatchContext(Generic[P]):
         self.emitted.extend(events)
 
 
+class Delivered(Protocol):
+    """What a route is called with: a decoded record (`apply_types.Parsed`) and its validated payload."""
+
+    @property
+    def event(self) -> ReceivedEvent | None: ...
+    @property
+    def payload(self) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     pattern: str
@@ -148,7 +155,7 @@ class Route:
         self,
         session: AsyncSession,
         consumer: str,
-        items: Sequence[Parsed],
+        items: Sequence[Delivered],
         attempt: int,
         writer: EventSink | None,
     ) -> None:
