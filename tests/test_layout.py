@@ -1,6 +1,7 @@
 """The code's shape, checked against what the docs say about it (issue 23): no import cycle in libs/, no module
 past ~400 lines, every library module named in ARCHITECTURE.md's layout (and nothing named that is not
-there), the package docstring listing every public name, and no document pointing outside the repository."""
+there), the package docstring listing every public name, the library README's settings tables matching the
+dataclasses, and no document pointing outside the repository."""
 
 from __future__ import annotations
 
@@ -172,3 +173,48 @@ def test_no_document_points_outside_the_repository() -> None:
         if match
     }
     assert outside == {}
+
+
+def _documented_settings(kind: str) -> dict[str, tuple[str, str]]:
+    """The library README's `| <kind> | variable | default | ... |` table: field -> (variable, default)."""
+    text = (ROOT / "libs/outbox/README.md").read_text()
+    start = text.index(f"| {kind} | variable | default |")
+    rows: dict[str, tuple[str, str]] = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        field, variable, default = (cell.strip().strip("`") for cell in line.strip("|").split("|")[:3])
+        rows[field] = (variable, default)
+    return rows
+
+
+def test_the_library_readme_lists_every_setting_with_its_variable_and_default() -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    from outbox import ConsumerSettings, RelaySettings
+    from outbox.consumer.settings import CONSUMER_ENV
+    from outbox.env_settings import env_name
+    from outbox.relay.settings import RELAY_ENV
+
+    for kind, cls, prefix, names in (
+        ("relay", RelaySettings, "OUTBOX_RELAY_", RELAY_ENV),
+        ("consumer", ConsumerSettings, "OUTBOX_CONSUMER_", CONSUMER_ENV),
+    ):
+        documented = _documented_settings(kind)
+        fields = dataclasses.fields(cls)
+        assert sorted(documented) == sorted(f.name for f in fields), kind
+        for f in fields:
+            variable, default = documented[f.name]
+            assert variable == env_name(prefix, f.name, names), f.name
+            if f.default is dataclasses.MISSING:
+                continue  # read from the environment at construction (bootstrap, prefix)
+            value = f.default
+            expected = (
+                f"{value.total_seconds() / 3600:g}"
+                if isinstance(value, timedelta)
+                else "none"
+                if value is None
+                else str(value)
+            )
+            assert default == expected, f"{kind} {f.name}: README says {default}, the code {expected}"
