@@ -1,11 +1,11 @@
-"""The one "every N seconds until stopped" loop the relay's and the consumer's background chores share."""
+"""The relay's and the consumer's background chores: the one "every N seconds until stopped" loop, and their stop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from outbox.log_throttle import LogThrottle
 
@@ -27,3 +27,12 @@ async def every(
             log.log(logging.WARNING, failed, "%s (%s); will retry", failed, exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval_s)
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Stop a process's background chores (cancelled, then awaited so none outlives the call)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -35,7 +35,7 @@ from outbox.consumer.settings import CONSUMER_ENV, ConsumerSettings
 from outbox.kafka import clients as kafka_clients
 from outbox.kafka import ensure_topics, start_producer
 from outbox.log_throttle import LogThrottle
-from outbox.periodic import every
+from outbox.periodic import cancel_and_wait, every
 from outbox.telemetry.heartbeat import Heartbeat
 from outbox.telemetry.metrics import consumer_metrics, observe_consumer_lag
 
@@ -167,11 +167,7 @@ class IdempotentConsumer(HandlerRegistry):
         try:
             await self._loop()
         finally:
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(background)
             await self.close()
 
     async def _prune_loop(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from outbox.ops.status import CONSUMERS
 from outbox.ops.why_render import next_step, render
 
 __all__ = ["Kind", "explain", "render"]
@@ -83,18 +84,8 @@ _READS = text(
     "SELECT g, t FROM unnest(CAST(:groups AS text[])) g, unnest(CAST(:topics AS text[])) t "
     "WHERE EXISTS (SELECT 1 FROM consumer_versions v WHERE v.consumer = g AND v.topic = t) ORDER BY g, t"
 )
-# The database's consumer groups without scanning the inbox: a skip scan over its key (consumer, event_id).
-_GROUPS = text(
-    """
-    WITH RECURSIVE c AS (
-        (SELECT consumer FROM inbox ORDER BY consumer LIMIT 1)
-        UNION ALL
-        SELECT (SELECT i.consumer FROM inbox i WHERE i.consumer > c.consumer ORDER BY i.consumer LIMIT 1)
-        FROM c WHERE c.consumer IS NOT NULL
-    )
-    SELECT consumer FROM c WHERE consumer IS NOT NULL
-    """
-)
+# The database's consumer groups without scanning the inbox (`status.CONSUMERS`: a skip scan).
+_GROUPS = text(CONSUMERS)
 
 
 def as_event_id(target: str) -> str | None:

@@ -36,6 +36,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from outbox.database_url import psycopg_url
 from outbox.log_throttle import LogThrottle
+from outbox.periodic import cancel_and_wait
 from outbox.relay.failures import (
     DatabaseUnavailable,
     TransientPublishError,
@@ -101,11 +102,7 @@ class Relay(RelayHousekeeping, BatchSteps):
         try:
             await self._publish_loop()
         finally:
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(background)
             await self.close()
         log.info("relay %s stopped: %s", self.name, self.stats)
 
