@@ -46,7 +46,7 @@ mail:  ## the latest mail the local SMTP sink caught (.stack/mail/); TO=address:
 	@$(PY_BOOT) scripts/mail_sink.py --latest $(if $(TO),--to '$(TO)')
 
 test: stack  ## the whole suite: unit, integration, e2e and chaos, against real PostgreSQL, broker, Redis
-	$(RUN) pytest
+	$(RUN) pytest --durations=15
 
 test-fast: stack
 	$(RUN) pytest -m "not slow"
