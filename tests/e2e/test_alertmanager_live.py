@@ -3,8 +3,8 @@
 Alertmanager running deploy/alertmanager/alertmanager.yml, whose placeholder webhook URL is pointed at a
 receiver of the test's (and its group_wait cut to 1 s; nothing else changed). A relay and a consumer
 target that nothing serves make OutboxProcessDown fire; the webhook receives it in Alertmanager's format,
-routed to the `webhook` receiver, with the rule's labels. An API target whose outbox backlog is old makes
-OutboxOldestPendingTooOld fire for the same service as the down relay: Alertmanager holds it back (the
+routed to the `webhook` receiver, with the rule's labels. Then an API target's outbox backlog grows old and
+OutboxOldestPendingTooOld fires for the same service as the down relay: Alertmanager holds it back (the
 inhibit rule: the down process is the cause) instead of notifying it.
 """
 
@@ -34,12 +34,15 @@ pytestmark = [pytest.mark.e2e]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-def stale_api() -> ThreadingHTTPServer:
-    """An API's /metrics whose outbox has waited 500 s (alert: 120 s)."""
+def stale_api(stale: threading.Event) -> ThreadingHTTPServer:
+    """An API's /metrics whose outbox has waited 500 s (alert: 120 s) once `stale` is set, 0 s before: the
+    inhibition holds back what arrives while its cause is firing, so the test makes the cause fire first
+    (both at once would race: the backlog alert may reach Alertmanager a moment before the down alert)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b'outbox_pending_oldest_age_seconds{outbox_database="auth"} 500\n'
+            age = b"500" if stale.is_set() else b"0"
+            body = b'outbox_pending_oldest_age_seconds{outbox_database="auth"} ' + age + b"\n"
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
@@ -100,7 +103,8 @@ def test_a_firing_rule_reaches_the_webhook_through_alertmanager(tmp_path: Path) 
     alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     assert alertmanager, "prometheus-alertmanager installed without its binary"
     server, received = webhook()
-    api = stale_api()
+    stale = threading.Event()
+    api = stale_api(stale)
     am_port, prom_port = free_port(), free_port()
 
     config = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
@@ -147,6 +151,7 @@ def test_a_firing_rule_reaches_the_webhook_through_alertmanager(tmp_path: Path) 
                 )
 
             poll_until(notified, timeout=60, what="OutboxProcessDown at the webhook")
+            stale.set()  # now the backlog grows old behind the down relay
 
             def suppressed() -> bool:
                 r = httpx.get(f"http://127.0.0.1:{am_port}/api/v2/alerts", timeout=5)
