@@ -5,7 +5,6 @@ publishing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -99,12 +98,19 @@ class RelayHousekeeping:
         """Rebalance this relay's shares (`shares.py`); a share taken wakes the publish loop at once."""
         leases = self.leases
         assert leases is not None
-        while not self._stopping.is_set():
+
+        async def rebalance() -> None:
             before = leases.held
             if not (await leases.rebalance()) <= before:
                 self._wake.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.share_rebalance_s)
+
+        await every(
+            self.settings.share_rebalance_s,
+            rebalance,
+            stopping=self._stopping,
+            log=self.outage_log,
+            failed=f"relay {self.name}: rebalancing shares failed",
+        )
 
     async def _cleanup_loop(self) -> None:
         await every(
