@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -68,28 +67,33 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 
 async def applied_up_to(
     engine: AsyncEngine,
-    run_consumer: Callable[[IdempotentConsumer], None],
     sessions: async_sessionmaker[AsyncSession],
     group: str,
     topic: str,
     aggregate: str,
     version: int,
 ) -> IdempotentConsumer:
-    """A real consumer group applies the aggregate up to `version`, then stops (its consumer "went down")."""
+    """A real consumer group applies the aggregate up to `version`, then stops (its consumer "went down").
+
+    The stop is awaited: a consumer asked to stop still finishes the fetch in hand, and on a slow host that
+    fetch can hold the versions the test writes next."""
     consumer = IdempotentConsumer(group, [topic], sessions, SETTINGS)
 
     @consumer.handler(f"{topic}.*")
     async def apply(ctx: EventContext) -> None:
         await record_effect(ctx)
 
-    run_consumer(consumer)
+    running = asyncio.create_task(consumer.run())
 
     async def reached() -> bool:
         sql = "SELECT version FROM consumer_versions WHERE consumer = :g AND aggregate_id = :a"
         return await scalar(engine, sql, g=group, a=aggregate) == version
 
-    await wait_until(reached, timeout=60, what=f"{group} applied v{version}")
-    consumer.stop()
+    try:
+        await wait_until(reached, timeout=60, what=f"{group} applied v{version}")
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(running, 30)
     return consumer
 
 
@@ -100,12 +104,11 @@ async def test_why_an_aggregate_uuid_shows_head_each_waiting_row_and_each_groups
     topic: str,
     bootstrap: str,
     database_url: str,
-    run_consumer: Callable[[IdempotentConsumer], None],
 ) -> None:
     doc, group = str(uuid.uuid4()), f"g-{uuid.uuid4().hex[:8]}"
     await write(sessions, writer, ev(topic, doc, 1), ev(topic, doc, 2))
     await drain_outbox(engine, bootstrap)
-    await applied_up_to(engine, run_consumer, sessions, group, topic, doc, 2)
+    await applied_up_to(engine, sessions, group, topic, doc, 2)
     await write(sessions, writer, ev(topic, doc, 3), ev(topic, doc, 4), ev(topic, doc, 5))
     async with engine.begin() as conn:  # what a relay leaves after failures: v3 dead, v4 in backoff
         await conn.execute(
@@ -178,12 +181,11 @@ async def test_why_names_the_group_behind_and_where_an_event_is_for_each_group(
     topic: str,
     bootstrap: str,
     database_url: str,
-    run_consumer: Callable[[IdempotentConsumer], None],
 ) -> None:
     doc, group = str(uuid.uuid4()), f"indexer-{uuid.uuid4().hex[:6]}"
     await write(sessions, writer, ev(topic, doc, 1))
     await drain_outbox(engine, bootstrap)
-    await applied_up_to(engine, run_consumer, sessions, group, topic, doc, 1)
+    await applied_up_to(engine, sessions, group, topic, doc, 1)
     await write(sessions, writer, ev(topic, doc, 2), ev(topic, doc, 3))
     await drain_outbox(engine, bootstrap)  # published, but the group's consumer is down
 
@@ -272,12 +274,11 @@ async def test_status_max_lag_exits_1_past_it_and_an_unreachable_broker_is_one_l
     topic: str,
     bootstrap: str,
     database_url: str,
-    run_consumer: Callable[[IdempotentConsumer], None],
 ) -> None:
     doc, group = str(uuid.uuid4()), f"g-{uuid.uuid4().hex[:8]}"
     await write(sessions, writer, ev(topic, doc, 1))
     await drain_outbox(engine, bootstrap)
-    await applied_up_to(engine, run_consumer, sessions, group, topic, doc, 1)
+    await applied_up_to(engine, sessions, group, topic, doc, 1)
     await write(sessions, writer, ev(topic, doc, 2), ev(topic, doc, 3))
     await drain_outbox(engine, bootstrap)  # 2 records the stopped group has not consumed
 
