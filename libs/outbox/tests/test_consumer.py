@@ -4,6 +4,7 @@ messages, handler failures, and a SIGKILL in the middle of a batch."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,8 @@ from outbox import (
     EventContext,
     IdempotentConsumer,
     OutboxWriter,
+    Relay,
+    RelaySettings,
 )
 from outbox.envelope import encode_headers
 from outbox.testing import drain_outbox, headers_of, read_topic, record_effect, wire
@@ -328,6 +331,44 @@ async def test_batch_handler_applies_runs_of_events_in_one_call_and_isolates_a_p
     assert calls.count(1) >= 1  # after the failure, the careful path called it one event at a time
     dead = await read_topic(bootstrap, consumer.dead_letter_topic, expect=1, timeout=15)
     assert headers_of(dead[0])["ce_id"] == str(events[12].id)
+
+
+async def test_batch_linger_applies_a_trickle_of_events_in_one_transaction(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+    run_consumer: Callable[[IdempotentConsumer], None],
+) -> None:
+    """Six events committed 80 ms apart and published as they come: without a linger each fetch would be
+    its own transaction; with `batch_linger_ms` the first fetch waits and takes the other five with it."""
+    relay = Relay(engine, RelaySettings(bootstrap=bootstrap, idle_poll_max_s=0.05))
+    relaying = asyncio.create_task(relay.run())
+    consumer = IdempotentConsumer(
+        f"g-{uuid.uuid4().hex[:8]}", [topic], sessions, dataclasses.replace(FAST, batch_linger_ms=2500)
+    )
+    calls: list[list[int | None]] = []
+
+    @consumer.batch_handler(f"{topic}.*")
+    async def apply_all(ctx: BatchContext) -> None:
+        calls.append([e.version for e in ctx.events])
+
+    def event(version: int) -> Event:
+        return Event(topic=topic, type=f"{topic}.changed", aggregate_id="a", data={}, version=version)
+
+    try:
+        await write(sessions, writer, event(1))
+        run_consumer(consumer)
+        await wait_until(lambda: _at_least(consumer, "applied", 1), timeout=60, what="the first event")
+        for version in range(2, 8):
+            await write(sessions, writer, event(version))
+            await asyncio.sleep(0.08)
+        await wait_until(lambda: _at_least(consumer, "applied", 7), timeout=30, what="the trickle applied")
+    finally:
+        relay.stop()
+        await asyncio.wait_for(relaying, 30)
+    assert calls == [[1], [2, 3, 4, 5, 6, 7]]
 
 
 async def test_records_postgresql_cannot_store_are_dead_lettered_one_by_one(

@@ -256,6 +256,7 @@ class IdempotentConsumer(HandlerRegistry):
                 batches = {tp: records for tp, records in fetched.items() if records}
                 if not batches:
                     continue
+                await self._linger(consumer, batches)
                 started = time.monotonic()
                 try:
                     # One transaction and one offset commit for everything fetched, across partitions.
@@ -291,6 +292,20 @@ class IdempotentConsumer(HandlerRegistry):
         finally:
             if committing is not None:
                 await committing
+
+    async def _linger(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """`batch_linger_ms`: add what arrives within the linger to a short batch (after each partition's
+        records, so every partition stays in offset order)."""
+        room = self.settings.max_batch - sum(len(records) for records in batches.values())
+        deadline = time.monotonic() + self.settings.batch_linger_ms / 1000
+        # A poll hands out one prefetched response at a time: poll until the linger is over.
+        while room > 0 and (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+            more = await consumer.getmany(timeout_ms=left_ms, max_records=room)
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+                room -= len(records)
 
     def _rewind(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
