@@ -42,16 +42,26 @@ HANDLERS = {
 
 
 async def bench_latency(
-    *, rate: int, notify: bool = True, handler: str = "batch-guarded", seconds: float = SECONDS
+    *,
+    rate: int,
+    notify: bool = True,
+    handler: str = "batch-guarded",
+    seconds: float = SECONDS,
+    linger_ms: int = 0,
 ) -> dict[str, Any]:
+    """`linger_ms`: the relay's claim linger and the consumer's batch linger (fewer, larger transactions)."""
     url, engine = await fresh_database("outbox_bench_latency")
     topic = f"bench.latency.{uuid.uuid4().hex[:8]}"
     group = f"bench-{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap_from_env(), [topic])
     channel_env = {} if notify else {"OUTBOX_NOTIFY_CHANNEL": ""}
-    relay_proc = relay(url, "bench-latency-relay", **channel_env).start()
+    relay_proc = relay(
+        url, "bench-latency-relay", OUTBOX_RELAY_CLAIM_LINGER_MS=str(linger_ms), **channel_env
+    ).start()
     consumer = process(
-        "bench-consumer", [sys.executable, str(EFFECT_CONSUMER), url, group, topic, "0", handler]
+        "bench-consumer",
+        [sys.executable, str(EFFECT_CONSUMER), url, group, topic, "0", handler],
+        OUTBOX_CONSUMER_BATCH_LINGER_MS=str(linger_ms),
     ).start()
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     # Warm-up: the consumer has joined its group and applies events.
@@ -122,6 +132,7 @@ async def bench_latency(
         "applied": applied,
         "caught_up_s_after_last_write": caught_up_s,
         "wakeup": "notify+poll" if notify else "poll",
+        "linger_ms": linger_ms,
         "consumer_handler": HANDLERS[handler],
         "load_generator": f"psycopg, {load.processes} processes x {load.connections} connections",
     }

@@ -129,6 +129,39 @@ async def test_notify_wakes_the_relay_without_waiting_for_the_poll(
         await asyncio.wait_for(task, 30)
 
 
+async def test_claim_linger_publishes_a_trickle_of_commits_in_one_claim(
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    writer: OutboxWriter,
+    topic: str,
+    bootstrap: str,
+) -> None:
+    """Five commits 100 ms apart: woken by the first, the relay waits its linger and claims all five in one
+    transaction (one `published_at`); without the linger the first would go alone."""
+    settings = RelaySettings(
+        bootstrap=bootstrap, idle_poll_min_s=30.0, idle_poll_max_s=30.0, claim_linger_ms=2000
+    )
+    relay = Relay(engine, settings)
+    task = asyncio.create_task(relay.run())
+    aggregate = str(uuid.uuid4())
+    try:
+        await asyncio.sleep(0.5)  # started, found nothing, asleep on its 30 s poll
+        for version in range(1, 6):
+            async with sessions() as session, session.begin():
+                await writer.add(
+                    session, Event(topic=topic, type="t.x", aggregate_id=aggregate, data={}, version=version)
+                )
+            await asyncio.sleep(0.1)
+        records = await read_topic(bootstrap, wire(topic), expect=5, timeout=15)
+        assert [int(headers_of(r)["ce_aggregateversion"]) for r in records] == [1, 2, 3, 4, 5]
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 30)
+    async with engine.connect() as conn:
+        claims = (await conn.execute(text("SELECT count(DISTINCT published_at) FROM outbox"))).scalar_one()
+    assert claims == 1
+
+
 async def test_retention_cleanup_deletes_only_old_published_rows_in_batches(
     sessions: async_sessionmaker[AsyncSession],
     engine: AsyncEngine,

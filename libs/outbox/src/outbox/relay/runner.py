@@ -125,6 +125,8 @@ class Relay(RelayHousekeeping, BatchSteps):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), idle)
             idle = min(idle * 2, s.idle_poll_max_s)
+            if s.claim_linger_ms > 0 and self._wake.is_set():
+                await asyncio.sleep(s.claim_linger_ms / 1000)  # woken by a commit: let others join it
 
     async def publish_batch_with_retries(self) -> int:
         """One batch (a run of them, claimed ahead under a backlog: `pipeline`); broker or database

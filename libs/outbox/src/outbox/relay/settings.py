@@ -31,6 +31,10 @@ class RelaySettings:
     row_backoff_initial_s: float = 0.5
     row_backoff_max_s: float = 60.0
     idle_poll_min_s: float = 0.001
+    # After a short claim, wait this long past the next wake-up before claiming: the commits of that time
+    # go in one claim (fewer, larger transactions; CPU per event falls) for up to this much latency. Under a
+    # backlog (full claims) it never waits. 0: claim at once.
+    claim_linger_ms: int = 0
     idle_poll_max_s: float = 0.5
     notify_channel: str | None = DEFAULT_NOTIFY_CHANNEL
     retention: timedelta = timedelta(days=7)
