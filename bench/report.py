@@ -20,6 +20,7 @@ def print_table(result: dict[str, Any]) -> None:
     labelled += [
         ("poll only", result["latency_poll_only"]),
         ("per-event handler", result["latency_per_event_handler"]),
+        (f"linger {result['latency_linger']['linger_ms']} ms", result["latency_linger"]),
     ]
     for label, run in labelled:
         _row(f"achieved rate ({label}, events/s)", run["rate_events_per_s"])

@@ -7,7 +7,8 @@
    generator (bench/load.py: several processes, up to ~10k events/s), published by a relay process and
    applied by an idempotent consumer process; commit -> applied percentiles and CPU µs per event by part
    (relay, consumer, PostgreSQL, broker; bench/cpu.py). The highest rate kept with p99 <= 100 ms is
-   reported. Also: polling only, and a per-event handler, at 1,000 events/s.
+   reported. Also: polling only, a per-event handler, and both lingers (the relay's claim linger and the
+   consumer's batch linger, BENCH_LINGER_MS, default 10) at 1,000 events/s.
 3. Consumer scale-out: a backlog on the topic consumed by one consumer process, then by two in one group.
 4. Writer cost: 8 tasks for 5 s, each transaction inserts a domain row, with and without one OutboxWriter
    event (SQLAlchemy + psycopg, the services' path), alternated 3 times; tx/s both ways.
@@ -15,7 +16,7 @@
 Results go to bench/results/latest.json and a table on stdout. Run it on an otherwise quiet machine (the
 CPU figures count the whole PostgreSQL server). Environment knobs: BENCH_DRAIN_EVENTS, BENCH_RATE,
 BENCH_RATES (default "2000,5000,10000"), BENCH_SECONDS, BENCH_AGGREGATES, BENCH_SCALE_EVENTS, BENCH_RELAYS
-(default "1,2,4").
+(default "1,2,4"), BENCH_LINGER_MS.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bench.throughput import bench_consumer_scale_out, bench_drain, bench_writer
 
 EXTRA_RATES = [int(r) for r in os.environ.get("BENCH_RATES", "2000,5000,10000").split(",") if r]
 RELAYS = [int(n) for n in os.environ.get("BENCH_RELAYS", "1,2,4").split(",") if n]
+LINGER_MS = int(os.environ.get("BENCH_LINGER_MS", "10"))
 
 
 async def main() -> None:
@@ -50,6 +52,8 @@ async def main() -> None:
     poll = await bench_latency(rate=RATE, notify=False)
     print(f"[bench] latency: {RATE}/s for {SECONDS}s with NOTIFY, a per-event handler ...", flush=True)
     per_event = await bench_latency(rate=RATE, handler="per-event-guarded")
+    print(f"[bench] latency and CPU: {RATE}/s for {SECONDS}s, relay and consumer linger {LINGER_MS} ms ...")
+    lingering = await bench_latency(rate=RATE, linger_ms=LINGER_MS)
     print(f"[bench] consumer scale-out: {SCALE_EVENTS} events, 1 then 2 consumer processes ...", flush=True)
     scale = [await bench_consumer_scale_out(1), await bench_consumer_scale_out(2)]
     print("[bench] writer cost: domain row with and without an event ...", flush=True)
@@ -69,6 +73,7 @@ async def main() -> None:
         "latency_by_rate": rates,
         "latency_poll_only": poll,
         "latency_per_event_handler": per_event,
+        "latency_linger": lingering,
         "consumer_scale_out": scale,
         "writer_cost": writer_cost,
         "machine": machine(),
