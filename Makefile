@@ -4,7 +4,7 @@ PY_BOOT ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: catalogue reconcile rebuild-index setup stack migrate run stop restart ps mail test test-fast e2e chaos bench bench-api bench-peers consistency audit lint fmt down status e2e-docker
+.PHONY: catalogue reconcile rebuild-index setup stack migrate run stop restart ps mail test test-fast e2e chaos bench bench-micro bench-api bench-peers consistency audit lint fmt down status e2e-docker
 
 $(CURDIR)/.tools/bin/uv:
 	$(PY_BOOT) -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -56,6 +56,9 @@ e2e: stack
 
 bench: stack  ## relay drain rate and commit->applied latency -> bench/results/latest.json
 	$(RUN) python -m bench.run
+
+bench-micro: stack  ## the unit costs behind CPU per event: a statement through SQLAlchemy vs the driver, an offset commit, an idle consumer -> bench/results/micro.json
+	$(RUN) python -m bench.micro
 
 bench-api: setup  ## per-route request cost vs a bare FastAPI app, enable -> searchable (needs `make run` up) -> bench/results/api.json
 	$(RUN) python -m bench.api
