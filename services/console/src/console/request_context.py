@@ -81,11 +81,11 @@ def _response(status_code: int, body: str, *, replayed: bool) -> Response:
     return Response(content=body, status_code=status_code, media_type="application/json", headers=headers)
 
 
-def read_context(request: Request, db: DatabaseDep, account: CurrentAccountDep) -> RequestContext:
+async def read_context(request: Request, db: DatabaseDep, account: CurrentAccountDep) -> RequestContext:
     return RequestContext(request, db, account, None)
 
 
-def write_context(
+async def write_context(
     request: Request,
     db: DatabaseDep,
     account: CurrentAccountDep,
