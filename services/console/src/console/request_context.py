@@ -38,7 +38,7 @@ class RequestContext(UnitOfWorkContext):
         )
 
     async def _workspace(self, uow: UnitOfWork) -> Workspace:
-        return await ensure_workspace(uow.session, str(self.account.id), self.account.email)
+        return await ensure_workspace(uow.session, str(self.account.id), self.account.email, cached=True)
 
     async def read(self, fn: Callable[[UnitOfWork, Workspace], Awaitable[T]]) -> T:
         async def use_case(uow: UnitOfWork) -> T:

@@ -21,6 +21,18 @@ async def get(
     return (await session.execute(with_lock(stmt, lock))).scalar_one_or_none()
 
 
+async def get_with_count(
+    session: AsyncSession, workspace_id: uuid.UUID, dataset_id: uuid.UUID
+) -> tuple[Dataset, int] | None:
+    """The dataset and its document count in one statement (what `get` then `document_counts` read)."""
+    count = (
+        select(func.count()).select_from(Document).where(Document.dataset_id == Dataset.id).scalar_subquery()
+    )
+    stmt = select(Dataset, count).where(Dataset.id == dataset_id, Dataset.workspace_id == workspace_id)
+    row = (await session.execute(stmt)).tuples().first()
+    return (row[0], row[1]) if row is not None else None
+
+
 async def name_taken(
     session: AsyncSession, workspace_id: uuid.UUID, name: str, *, other_than: uuid.UUID | None = None
 ) -> bool:
