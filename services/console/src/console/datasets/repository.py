@@ -29,7 +29,7 @@ async def get_with_count(
         select(func.count()).select_from(Document).where(Document.dataset_id == Dataset.id).scalar_subquery()
     )
     stmt = select(Dataset, count).where(Dataset.id == dataset_id, Dataset.workspace_id == workspace_id)
-    row = (await session.execute(stmt)).tuples().first()
+    row = (await session.execute(stmt)).first()  # a Row unpacks as a tuple (Result.tuples() is deprecated)
     return (row[0], row[1]) if row is not None else None
 
 
