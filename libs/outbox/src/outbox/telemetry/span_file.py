@@ -78,9 +78,9 @@ class JsonLinesSpanExporter(SpanExporter):
             lock_fd = self._held(self._lock_path, "_lock_fd")
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
-                if self._max_bytes:
-                    self._rotate_if_full(len(data))
                 fd = self._held(self._path, "_fd")
+                if self._max_bytes and self._rotate_if_full(os.fstat(fd).st_size, len(data)):
+                    fd = self._held(self._path, "_fd")
                 view = memoryview(data)
                 while view:  # O_APPEND: each write lands at the end, whoever wrote before
                     view = view[os.write(fd, view) :]
@@ -104,21 +104,19 @@ class JsonLinesSpanExporter(SpanExporter):
         setattr(self, attr, fd)
         return fd
 
-    def _rotate_if_full(self, adding: int) -> None:
-        try:
-            size = self._path.stat().st_size
-        except FileNotFoundError:
-            return
+    def _rotate_if_full(self, size: int, adding: int) -> bool:
+        """Rotate when `adding` bytes would take the file (now `size` bytes) past the cap; True if rotated."""
         if size == 0 or size + adding <= self._max_bytes:
-            return
+            return False
         if self._backups == 0:
             self._path.unlink()
-            return
+            return True
         for n in range(self._backups - 1, 0, -1):
             older = self._path.with_name(f"{self._path.name}.{n}")
             if older.exists():
                 older.replace(self._path.with_name(f"{self._path.name}.{n + 1}"))
         self._path.replace(self._path.with_name(f"{self._path.name}.1"))
+        return True
 
     def shutdown(self) -> None:
         with self._lock:
