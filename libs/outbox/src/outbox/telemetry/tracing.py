@@ -109,7 +109,7 @@ def setup_tracing(service_name: str) -> None:
     try:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     except ImportError as exc:
         raise RuntimeError(
             "OTEL_* asks for spans to be exported but the OpenTelemetry SDK is missing: "
@@ -138,10 +138,12 @@ def setup_tracing(service_name: str) -> None:
         # ended in the last OTEL_SPANS_FILE_DELAY_MS (200) in one locked write, instead of a lock, a stat and
         # a write per span on the thread that ended it. Flushed at exit; a process killed outright loses
         # at most that last fraction of a second of spans. The queue is large so bursts are not dropped.
-        delay_ms = float(os.environ.get("OTEL_SPANS_FILE_DELAY_MS", "") or 200)
+        # OTEL_SPANS_FILE_DELAY_MS=0: each span written as it ends, on the thread that ended it.
+        exporter = JsonLinesSpanExporter(spans_file)
+        delay_ms = float(os.environ.get("OTEL_SPANS_FILE_DELAY_MS", "").strip() or 200)
         provider.add_span_processor(
-            BatchSpanProcessor(
-                JsonLinesSpanExporter(spans_file), schedule_delay_millis=delay_ms, max_queue_size=65_536
-            )
+            BatchSpanProcessor(exporter, schedule_delay_millis=delay_ms, max_queue_size=65_536)
+            if delay_ms > 0
+            else SimpleSpanProcessor(exporter)
         )
     trace.set_tracer_provider(provider)
