@@ -40,6 +40,7 @@ assert isinstance(trace.get_tracer_provider(), TracerProvider)
 assert isinstance(metrics.get_meter_provider(), MeterProvider)
 with trace.get_tracer("t").start_as_current_span("one"):
     pass
+trace.get_tracer_provider().force_flush()  # spans reach the file in batches (OTEL_SPANS_FILE_DELAY_MS)
 print("otel ok", os.path.getsize(os.environ["OTEL_SPANS_FILE"]) > 0)
 """
 

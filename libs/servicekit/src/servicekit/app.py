@@ -82,7 +82,11 @@ def create_service_app(
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    # The server span and its children (SQL, Redis, HTTP clients, outbox events); not the ASGI layer's
+    # `http receive` / `http send` spans (three more per request, carrying nothing the server span lacks).
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+    )
     return app
 
 

@@ -49,6 +49,7 @@ log = logging.getLogger("servicekit.auth")
 ALGORITHM = "EdDSA"
 STATE_KEY = "token_verifier"
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "aud", "iss")
+VERIFIED_CACHE_SIZE = 4096  # tokens per process whose signature need not be checked again
 
 
 def local_jwks_url() -> str:
@@ -244,6 +245,10 @@ class TokenVerifier:
         self.issuer = issuer
         self.leeway = leeway_seconds
         self.max_lifetime = max_lifetime_seconds
+        # Tokens whose signature and claims already checked out, by the token itself, with the key that
+        # verified them: a client sends the same token with every request until it expires, and the
+        # signature check and claim parsing are most of a verification's CPU. Bounded (oldest out first).
+        self._verified: dict[str, tuple[Ed25519PublicKey, VerifiedToken]] = {}
 
     @classmethod
     @asynccontextmanager
@@ -275,7 +280,28 @@ class TokenVerifier:
                 await redis.aclose()
 
     async def verify(self, token: str) -> VerifiedToken:
-        """The verified token, or Unauthorized. Messages say what failed, never echo the token."""
+        """The verified token, or Unauthorized. Messages say what failed, never echo the token.
+
+        A token verified before skips the signature check while it is unexpired (PyJWT's rule, with the
+        same leeway) and its key is still the one the key source serves for its `kid` (a key withdrawn from
+        the JWKS is no longer trusted here either); the deny list is asked every time."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            key, verified = cached
+            if time.time() < verified.expires_at + self.leeway and await self.keys.get(verified.kid) is key:
+                if await self.revocations.is_revoked(verified.jti, verified.session_id):
+                    raise Unauthorized("token revoked")
+                return verified
+            del self._verified[token]
+        verified, key = await self._verify_signed(token)
+        if await self.revocations.is_revoked(verified.jti, verified.session_id):
+            raise Unauthorized("token revoked")
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (key, verified)
+        return verified
+
+    async def _verify_signed(self, token: str) -> tuple[VerifiedToken, Ed25519PublicKey]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -298,9 +324,7 @@ class TokenVerifier:
         sid = claims.get("sid")
         if not isinstance(jti, str) or (sid is not None and not isinstance(sid, str)):
             raise Unauthorized("token identifiers are invalid")
-        if await self.revocations.is_revoked(jti, sid):
-            raise Unauthorized("token revoked")
-        return VerifiedToken(
+        verified = VerifiedToken(
             account=account,
             jti=jti,
             session_id=sid,
@@ -308,6 +332,7 @@ class TokenVerifier:
             issued_at=int(claims["iat"]),
             expires_at=int(claims["exp"]),
         )
+        return verified, key
 
     def _decode(self, token: str, key: Ed25519PublicKey) -> dict[str, Any]:
         try:

@@ -33,7 +33,19 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
         SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, skip_dep_check=True)
+        _no_connect_spans()
     return engine
+
+
+def _no_connect_spans() -> None:
+    """Instrumenting also wraps every `Engine.connect` in a `connect` span: one more span per transaction
+    (a pool checkout, not a connection being opened), carrying only the server's address and database name,
+    which each statement's span carries too. Unwrapped: the statements' spans stay, with the same parent."""
+    from opentelemetry.instrumentation.utils import unwrap
+    from sqlalchemy.engine.base import Engine
+
+    if hasattr(Engine.connect, "__wrapped__"):
+        unwrap(Engine, "connect")
 
 
 class UnitOfWork:

@@ -42,17 +42,17 @@ class State(TypedDict):
     resources: Resources
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.state.resources
     return resources
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     db: Database = request.state.db
     return db
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     # Behind the gateway, uvicorn's proxy-headers support has already applied X-Forwarded-For
     # (trusted only from FORWARDED_ALLOW_IPS, default 127.0.0.1).
     return request.client.host if request.client else "unknown"

@@ -25,7 +25,7 @@ class RequestContext(UnitOfWorkContext):
         self.resources = resources
 
 
-def request_context(db: DatabaseDep, resources: ResourcesDep) -> RequestContext:
+async def request_context(db: DatabaseDep, resources: ResourcesDep) -> RequestContext:
     return RequestContext(db, resources)
 
 

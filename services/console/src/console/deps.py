@@ -14,7 +14,7 @@ __all__ = ["Account", "CurrentAccountDep", "DatabaseDep"]
 CurrentAccountDep = CurrentAccount
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     db: Database = request.state.db
     return db
 

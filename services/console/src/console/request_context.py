@@ -14,10 +14,11 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
 
-from console.deps import Account, CurrentAccountDep, DatabaseDep
+from console.deps import Account
 from console.models import Workspace
 from console.workspaces.service import ensure_workspace
 from servicekit import idempotency
+from servicekit.auth import CurrentToken
 from servicekit.db import Database, UnitOfWork
 from servicekit.request_context import RequestContext as UnitOfWorkContext
 
@@ -38,7 +39,7 @@ class RequestContext(UnitOfWorkContext):
         )
 
     async def _workspace(self, uow: UnitOfWork) -> Workspace:
-        return await ensure_workspace(uow.session, str(self.account.id), self.account.email)
+        return await ensure_workspace(uow.session, str(self.account.id), self.account.email, cached=True)
 
     async def read(self, fn: Callable[[UnitOfWork, Workspace], Awaitable[T]]) -> T:
         async def use_case(uow: UnitOfWork) -> T:
@@ -81,14 +82,15 @@ def _response(status_code: int, body: str, *, replayed: bool) -> Response:
     return Response(content=body, status_code=status_code, media_type="application/json", headers=headers)
 
 
-def read_context(request: Request, db: DatabaseDep, account: CurrentAccountDep) -> RequestContext:
-    return RequestContext(request, db, account, None)
+# The verified token and the request directly (not through DatabaseDep and CurrentAccountDep): each
+# dependency FastAPI solves is work on every request, and these two only read request.state and the token.
+async def read_context(request: Request, token: CurrentToken) -> RequestContext:
+    return RequestContext(request, _database(request), token.account, None)
 
 
-def write_context(
+async def write_context(
     request: Request,
-    db: DatabaseDep,
-    account: CurrentAccountDep,
+    token: CurrentToken,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -97,7 +99,12 @@ def write_context(
         ),
     ] = None,
 ) -> RequestContext:
-    return RequestContext(request, db, account, idempotency_key)
+    return RequestContext(request, _database(request), token.account, idempotency_key)
+
+
+def _database(request: Request) -> Database:
+    db: Database = request.state.db
+    return db
 
 
 ReadDep = Annotated[RequestContext, Depends(read_context)]

@@ -13,7 +13,7 @@ from servicekit.request_context import RequestContext
 CurrentAccountDep = CurrentAccount
 
 
-def request_context(request: Request) -> RequestContext:
+async def request_context(request: Request) -> RequestContext:
     """The indexer's endpoints only read; its writes come from console's events (indexer.consumer)."""
     db: Database = request.state.db
     return RequestContext(db)

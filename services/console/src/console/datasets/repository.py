@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +19,23 @@ async def get(
     """`lock`: "share" when adding documents, "update" when changing or deleting the dataset."""
     stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.workspace_id == workspace_id)
     return (await session.execute(with_lock(stmt, lock))).scalar_one_or_none()
+
+
+# Built once: composing the statement (operators, the count function, the select) was a sizeable part of
+# the request's CPU; the values are bound at execution.
+_GET_WITH_COUNT = select(
+    Dataset,
+    select(func.count()).select_from(Document).where(Document.dataset_id == Dataset.id).scalar_subquery(),
+).where(Dataset.id == bindparam("dataset_id"), Dataset.workspace_id == bindparam("workspace_id"))
+
+
+async def get_with_count(
+    session: AsyncSession, workspace_id: uuid.UUID, dataset_id: uuid.UUID
+) -> tuple[Dataset, int] | None:
+    """The dataset and its document count in one statement (what `get` then `document_counts` read)."""
+    params = {"dataset_id": dataset_id, "workspace_id": workspace_id}
+    row = (await session.execute(_GET_WITH_COUNT, params)).first()  # a Row unpacks as a tuple
+    return (row[0], row[1]) if row is not None else None
 
 
 async def name_taken(

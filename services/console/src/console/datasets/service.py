@@ -60,7 +60,10 @@ async def _get(
 
 
 async def get(uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID) -> DatasetView:
-    return await _view(uow, await _get(uow, workspace, dataset_id))
+    found = await repository.get_with_count(uow.session, workspace.id, dataset_id)
+    if found is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return DatasetView(*found)
 
 
 async def list_page(uow: UnitOfWork, workspace: Workspace, page: PageParams) -> tuple[list[DatasetView], int]:
