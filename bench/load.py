@@ -1,11 +1,8 @@
 """The load generator: offers a steady event rate into an outbox, up to ~10k events/s on 2 cores.
 
-It is not the system under test, so it is cheap: plain psycopg, several processes with several connections
-each, and, past ~200 transactions/s per connection, several events per transaction (as a service committing
-a bulk change would). Each transaction is one statement in autocommit (the rows as arrays, and the NOTIFY
-OutboxWriter sends when wake-ups are on): one round trip where BEGIN, INSERT, NOTIFY, COMMIT took four, so
-the generator takes less of the two cores the system under test needs. What the services' writer costs is
-measured apart (`bench_writer_cost`).
+It is not the system under test, so it is cheap: plain psycopg (the same INSERT as OutboxWriter, NOTIFY
+per transaction when wake-ups are on), several processes with several connections each, and, past ~200
+transactions/s per connection, several events per transaction (as a service committing a bulk change would).
 Each event's commit time (wall clock, taken right after COMMIT returns) goes to a file per process, for
 commit -> applied latency.
 """
@@ -27,11 +24,8 @@ from psycopg.types.json import Jsonb
 
 INSERT = (
     "INSERT INTO outbox (event_id, topic, event_type, source, aggregate_id, aggregate_version, payload, occurred_at) "
-    "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::jsonb[], "
-    "%s::timestamptz[])"
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
-# A data-modifying CTE runs to completion even when the outer query does not read it.
-INSERT_AND_NOTIFY = f"WITH written AS ({INSERT}) SELECT pg_notify('outbox_pending', '')"
 MAX_TX_PER_CONNECTION = 200
 
 
@@ -81,18 +75,28 @@ async def _worker(load: Load, worker: int, ready: Any) -> str:
             if delay > 0:
                 await asyncio.sleep(delay)
             now = datetime.now(UTC)
-            ids = [uuid.uuid4() for _ in chunk]
-            columns = (
-                ids,
-                [load.topic] * len(chunk),
-                ["bench.document.enabled"] * len(chunk),
-                ["bench"] * len(chunk),
-                [f"doc-{i % load.aggregates}" for i in chunk],
-                chunk,
-                [Jsonb({"i": i, "version": i}) for i in chunk],
-                [now] * len(chunk),
-            )
-            await conn.execute(INSERT_AND_NOTIFY if load.notify else INSERT, columns)
+            rows = []
+            ids = []
+            for i in chunk:
+                event_id = uuid.uuid4()
+                ids.append(event_id)
+                rows.append(
+                    (
+                        event_id,
+                        load.topic,
+                        "bench.document.enabled",
+                        "bench",
+                        f"doc-{i % load.aggregates}",
+                        i,
+                        Jsonb({"i": i, "version": i}),
+                        now,
+                    )
+                )
+            async with conn.transaction():
+                async with conn.cursor() as cur:
+                    await cur.executemany(INSERT, rows)
+                if load.notify:
+                    await conn.execute("SELECT pg_notify('outbox_pending', '')")
             committed = time.time()
             lines.extend(f"{event_id} {committed:.6f}\n" for event_id in ids)
 
