@@ -73,6 +73,20 @@ async def sql_costs(url: str) -> dict[str, float]:
     return figures
 
 
+async def _started_consumer(bootstrap: str, topic: str, **settings: Any) -> AIOKafkaConsumer:
+    """A consumer of `topic` in a group of its own, from the start, committing only when told."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=topic,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **settings,
+    )
+    await consumer.start()
+    return consumer
+
+
 async def offset_commit_cost(bootstrap: str) -> dict[str, float]:
     topic = f"bench.micro.{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap, [topic])
@@ -80,14 +94,7 @@ async def offset_commit_cost(bootstrap: str) -> dict[str, float]:
     await producer.start()
     await producer.send_and_wait(topic, b"x", partition=0)
     await producer.stop()
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=topic,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
+    consumer = await _started_consumer(bootstrap, topic)
     try:
         while not await consumer.getmany(timeout_ms=1000):
             pass
@@ -106,15 +113,7 @@ async def offset_commit_cost(bootstrap: str) -> dict[str, float]:
 async def idle_consumer_cost(bootstrap: str, fetch_max_wait_ms: int) -> dict[str, float]:
     topic = f"bench.micro.idle.{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap, [topic])
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=topic,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=fetch_max_wait_ms,
-    )
-    await consumer.start()
+    consumer = await _started_consumer(bootstrap, topic, fetch_max_wait_ms=fetch_max_wait_ms)
     try:
         await consumer.getmany(timeout_ms=2000)  # joined, positions reset
         broker, started, wall = broker_cpu_s(), time.process_time(), time.monotonic()
