@@ -23,7 +23,9 @@ RESULTS = ROOT / "bench" / "results"
 LOGS = ROOT / ".stack" / "bench-logs"
 EFFECT_CONSUMER = ROOT / "libs" / "outbox" / "tests" / "apps" / "effect_consumer.py"
 
-DRAIN_EVENTS = int(os.environ.get("BENCH_DRAIN_EVENTS", "50000"))
+# Long enough for several relays to settle their shares: a 50k backlog drains in ~2 s here, about the time
+# the leases take to move to a second relay (`share_rebalance_s`), and two relays then measured 0.9x one.
+DRAIN_EVENTS = int(os.environ.get("BENCH_DRAIN_EVENTS", "200000"))
 RATE = int(os.environ.get("BENCH_RATE", "1000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
 AGGREGATES = int(os.environ.get("BENCH_AGGREGATES", "1000"))

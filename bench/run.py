@@ -1,6 +1,6 @@
 """`make bench`: what one event costs and how fast the outbox goes, on real PostgreSQL and the real broker.
 
-1. Drain: a backlog of N outbox rows (default 50,000 over 1,000 aggregates) published by one relay process,
+1. Drain: a backlog of N outbox rows (default 200,000 over 1,000 aggregates) published by one relay process,
    then two, then four; events/s = rows after the first batch / (last batch's commit - first batch's
    commit); the topic is then read back: every event exactly once, each aggregate's versions in order.
 2. Latency and CPU: a steady offered rate (1,000 events/s for 20 s, then BENCH_RATES) from the load
