@@ -14,7 +14,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
 
-from console.deps import Account
+from console.deps import Account, get_database
 from console.models import Workspace
 from console.workspaces.service import ensure_workspace
 from servicekit import idempotency
@@ -85,7 +85,7 @@ def _response(status_code: int, body: str, *, replayed: bool) -> Response:
 # The verified token and the request directly (not through DatabaseDep and CurrentAccountDep): each
 # dependency FastAPI solves is work on every request, and these two only read request.state and the token.
 async def read_context(request: Request, token: CurrentToken) -> RequestContext:
-    return RequestContext(request, _database(request), token.account, None)
+    return RequestContext(request, await get_database(request), token.account, None)
 
 
 async def write_context(
@@ -99,12 +99,7 @@ async def write_context(
         ),
     ] = None,
 ) -> RequestContext:
-    return RequestContext(request, _database(request), token.account, idempotency_key)
-
-
-def _database(request: Request) -> Database:
-    db: Database = request.state.db
-    return db
+    return RequestContext(request, await get_database(request), token.account, idempotency_key)
 
 
 ReadDep = Annotated[RequestContext, Depends(read_context)]

@@ -17,6 +17,10 @@ from servicekit.errors import Conflict, NotFound
 from servicekit.pagination import PageParams
 
 
+def _not_found(dataset_id: uuid.UUID) -> NotFound:
+    return NotFound(f"dataset {dataset_id} not found")
+
+
 def _name_conflict(name: str) -> Conflict:
     return Conflict(f"a dataset named {name!r} already exists in this workspace")
 
@@ -55,14 +59,14 @@ async def _get(
 ) -> Dataset:
     dataset = await repository.get(uow.session, workspace.id, dataset_id, lock=lock)
     if dataset is None:
-        raise NotFound(f"dataset {dataset_id} not found")
+        raise _not_found(dataset_id)
     return dataset
 
 
 async def get(uow: UnitOfWork, workspace: Workspace, dataset_id: uuid.UUID) -> DatasetView:
     found = await repository.get_with_count(uow.session, workspace.id, dataset_id)
     if found is None:
-        raise NotFound(f"dataset {dataset_id} not found")
+        raise _not_found(dataset_id)
     return DatasetView(*found)
 
 
