@@ -26,7 +26,8 @@ DEFAULT_MAX_BYTES = 10_000_000
 DEFAULT_BACKUPS = 3
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """A whole number of 0 or more from the environment (`default` when unset); a clear error otherwise."""
     raw = os.environ.get(name, "").strip()
     try:
         value = int(raw) if raw else default
@@ -43,9 +44,9 @@ class JsonLinesSpanExporter(SpanExporter):
     def __init__(self, path: str, *, max_bytes: int | None = None, backups: int | None = None) -> None:
         self._path = Path(path)
         self._max_bytes = (
-            _env_int("OTEL_SPANS_FILE_MAX_BYTES", DEFAULT_MAX_BYTES) if max_bytes is None else max_bytes
+            env_int("OTEL_SPANS_FILE_MAX_BYTES", DEFAULT_MAX_BYTES) if max_bytes is None else max_bytes
         )
-        self._backups = _env_int("OTEL_SPANS_FILE_BACKUPS", DEFAULT_BACKUPS) if backups is None else backups
+        self._backups = env_int("OTEL_SPANS_FILE_BACKUPS", DEFAULT_BACKUPS) if backups is None else backups
         self._lock = threading.Lock()
         self._lock_path = self._path.with_name(self._path.name + ".lock")
         self._fd: int | None = None  # the spans file and its lock file, opened at the first export

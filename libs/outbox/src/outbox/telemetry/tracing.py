@@ -132,7 +132,7 @@ def setup_tracing(service_name: str) -> None:
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if spans_file:
-        from outbox.telemetry.span_file import JsonLinesSpanExporter
+        from outbox.telemetry.span_file import JsonLinesSpanExporter, env_int
 
         # Batched off the request path: a span's end only queues it, and a background thread writes what
         # ended in the last OTEL_SPANS_FILE_DELAY_MS (200) in one locked write, instead of a lock, a stat and
@@ -140,7 +140,7 @@ def setup_tracing(service_name: str) -> None:
         # at most that last fraction of a second of spans. The queue is large so bursts are not dropped.
         # OTEL_SPANS_FILE_DELAY_MS=0: each span written as it ends, on the thread that ended it.
         exporter = JsonLinesSpanExporter(spans_file)
-        delay_ms = float(os.environ.get("OTEL_SPANS_FILE_DELAY_MS", "").strip() or 200)
+        delay_ms = env_int("OTEL_SPANS_FILE_DELAY_MS", 200)
         provider.add_span_processor(
             BatchSpanProcessor(exporter, schedule_delay_millis=delay_ms, max_queue_size=65_536)
             if delay_ms > 0
