@@ -61,12 +61,14 @@ def render(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)\}", substitute, template)
 
 
-def ensure() -> None:
-    if nginx_binary():
-        return
+def ensure_binary() -> str:
+    """The path of nginx, installing Debian's package when root with apt-get; else RuntimeError naming how."""
+    found = nginx_binary()
+    if found:
+        return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        sys.exit(
-            "[gateway] nginx is not installed. Install it (Debian/Ubuntu: `sudo apt-get install nginx`; "
+        raise RuntimeError(
+            "nginx is not installed. Install it (Debian/Ubuntu: `sudo apt-get install nginx`; "
             "macOS: `brew install nginx`) and run `make run` again."
         )
     print("[gateway] installing Debian's nginx (it is not started as a system service)", flush=True)
@@ -83,6 +85,17 @@ def ensure() -> None:
     finally:
         if added_policy:
             POLICY.unlink()
+    found = nginx_binary()
+    if found is None:
+        raise RuntimeError("nginx was installed but is not on PATH nor at /usr/sbin/nginx")
+    return found
+
+
+def ensure() -> None:
+    try:
+        ensure_binary()
+    except RuntimeError as exc:
+        sys.exit(f"[gateway] {exc}")
 
 
 def nginx_binary() -> str | None:

@@ -115,10 +115,10 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    if gateway.nginx_binary() is None:
-        pytest.fail(
-            "nginx is missing: `python scripts/gateway.py ensure` (as root) or install Debian's nginx"
-        )
+    try:  # installs Debian's nginx when root, as `make run` does: the suite may run before any `make run`
+        gateway.ensure_binary()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     base = tmp_path_factory.mktemp("gateway")
     upstream_port, gateway_port = free_port(), free_port()
     server = uvicorn.Server(
