@@ -1,5 +1,6 @@
 """kafka-txoutbox as a user gets it: the built wheel installs into a clean virtual environment and imports,
-with only the OpenTelemetry API by default and the SDK/exporters with the `otel` extra."""
+with only the OpenTelemetry API by default and the SDK/exporters with the `otel` extra; its public names
+(`outbox.__all__`, `outbox.testing`) are all there and resolve."""
 
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ setup_tracing("wheel-test")  # nothing configured: a no-op, no SDK needed
 from outbox.telemetry.metrics import setup_metrics
 setup_metrics("wheel-test")  # the SDK is missing: instruments stay no-ops, nothing raises
 assert not any(name.startswith("opentelemetry.sdk") for name in sys.modules), "the SDK was imported"
+# The public API as it stood before the library's re-layout (issue 23): it may grow, never shrink.
+PINNED = {
+    "BatchContext", "ConsumerSettings", "Event", "EventContext", "EventTooLarge", "HandlerCommitted",
+    "IdempotentConsumer", "MalformedMessage", "OutboxWriter", "Outcome", "ReceivedEvent", "Reject", "Relay",
+    "RelaySettings", "consumer_versions_table", "create_tables", "inbox_table", "metadata", "outbox_table",
+    "setup_tracing",
+}
+assert PINNED <= set(outbox.__all__), sorted(PINNED - set(outbox.__all__))
+assert all(getattr(outbox, name) is not None for name in outbox.__all__)
+import outbox.testing, outbox.kafka, outbox.migrations, outbox.telemetry.tracing
+assert all(getattr(outbox.testing, name) is not None for name in outbox.testing.__all__)
 try:
     import opentelemetry.sdk
 except ImportError:
