@@ -39,7 +39,6 @@ BACKLOG = """
         min(p.available_at) FILTER (WHERE p.available_at <= now()) AS oldest_due,
         (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead,
         (SELECT max(published_at) FROM outbox WHERE published_at IS NOT NULL) AS last_published_at,
-        (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'outbox'::regclass) AS estimated_rows,
         now() AS now
     FROM pending p LEFT JOIN held h ON h.topic = p.topic AND h.aggregate_id = p.aggregate_id
     """
@@ -67,7 +66,6 @@ class Backlog:
     backoff: int
     dead: int
     oldest_due_age_s: float
-    estimated_rows: int
     last_published_at: Any
 
     @property
@@ -96,6 +94,5 @@ class Backlog:
             backoff=get("backoff"),
             dead=get("dead"),
             oldest_due_age_s=max(age, 0.0),
-            estimated_rows=get("estimated_rows"),
             last_published_at=get("last_published_at"),
         )

@@ -7,15 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.ops.admin_store import OutboxAdmin
-from outbox.ops.lag import Lag, LagUnknown, group_lag, groups_lag, lag_report
-from outbox.ops.status import CONSUMERS
-from outbox.ops.status import render as render_status
+from outbox.ops.lag import Lag, LagUnknown, group_lag
 
 if TYPE_CHECKING:  # OpenTelemetry's metrics SDK only for the scrape, not for `outbox status`
     from outbox.telemetry.metrics import BacklogSnapshot
@@ -24,13 +21,8 @@ __all__ = [
     "CachedGroupLag",
     "Lag",
     "LagUnknown",
-    "consumer_lag_report",
     "group_lag",
-    "groups_lag",
-    "inbox_consumers",
-    "lag_report",
     "read_backlog",
-    "render_status",
 ]
 
 
@@ -63,21 +55,3 @@ class CachedGroupLag:
                     self._value = None  # absent rather than stale
                 self._at = time.monotonic()
             return self._value
-
-
-_CONSUMERS = text(CONSUMERS)
-
-
-async def inbox_consumers(engine: AsyncEngine) -> list[str]:
-    """The consumer groups that applied events into this database (its inbox's `consumer` values)."""
-    async with engine.connect() as conn:
-        return [row[0] for row in await conn.execute(_CONSUMERS)]
-
-
-async def consumer_lag_report(
-    engine: AsyncEngine, bootstrap: str, groups: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """Per consumer group of this database: total lag and lag per topic-partition (None when unknown)."""
-    names = list(groups or await inbox_consumers(engine))
-    groups_report: dict[str, Any] = (await lag_report(bootstrap, names))["consumer_groups"]
-    return groups_report
