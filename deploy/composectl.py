@@ -81,6 +81,7 @@ METRICS_PORTS = {
     "indexer-relay": 29103,
     "console-consumer": 29112,
     "indexer-consumer": 29113,
+    "auth-mailer": 29114,
 }
 TRACE_CHAIN = ("console", "console-relay", "indexer-consumer", "indexer-relay", "console-consumer")
 
@@ -387,6 +388,17 @@ def state_of(container: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def limits_missing(container: dict[str, Any]) -> list[str]:
+    """What of compose.yml's limits the engine did not apply to this container: a memory and a CPU limit,
+    json-file logs rotated by size and count."""
+    host = container["HostConfig"]
+    logs = host.get("LogConfig") or {}
+    missing = [] if host.get("Memory") else ["memory limit"]
+    missing += [] if host.get("NanoCpus") or host.get("CpuQuota") else ["cpu limit"]
+    rotated = logs.get("Type") == "json-file" and {"max-size", "max-file"} <= set(logs.get("Config") or {})
+    return missing + ([] if rotated else ["rotated json-file logs"])
+
+
 def wait_healthy(env: dict[str, str], timeout: float) -> list[tuple[str, str]]:
     deadline = time.monotonic() + timeout
     while True:
@@ -575,7 +587,27 @@ def smoke(args: argparse.Namespace) -> int:
                     ok = False
                 results.append((ok, f"{service} serves /metrics on {port}"))
 
-            states = [state_of(c) for c in containers(env)]
+            running = containers(env)
+            unlimited = {
+                c["Name"].lstrip("/"): m
+                for c in running
+                if c["State"]["Status"] == "running" and (m := limits_missing(c))
+            }
+            results.append(
+                (
+                    not unlimited,
+                    "every running container has its memory and CPU limit and rotated logs, as the engine "
+                    f"applied them{'' if not unlimited else ': missing ' + repr(unlimited)}",
+                )
+            )
+            stats = subprocess.run(
+                ["docker", "stats", "--no-stream", "--format", "{{.Name}}  {{.MemUsage}}  {{.CPUPerc}}"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            print("memory in use / limit, CPU after the quick start:\n" + stats.stdout, end="", flush=True)
+            states = [state_of(c) for c in running]
             healthy = bool(states) and all(s == "ok" for _, s in states)
             results.append(
                 (
