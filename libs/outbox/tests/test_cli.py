@@ -315,3 +315,39 @@ async def test_tail_decodes_events(
 
     code, _, err = await outbox("tail", f"{topic}-missing")
     assert code == 2 and f"no topic {wire(topic + '-missing')!r}" in err
+
+
+async def test_topics_written_in_large_batches_are_read_to_their_true_end(bootstrap: str) -> None:
+    """A relay, or `dlq redrive --yes` writing its marks, puts hundreds of records in one batch. Tansu
+    answers ListOffsets(latest) with the first offset of the last batch + 1: a read stopping there lost the
+    rest of that batch (`dlq list` showed 14,000 of 20,000 dead letters; `tail -n` missed the newest)."""
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    dlq, n = wire(f"{group}.dlq"), 3000
+    await ensure_topics(bootstrap, [dlq])
+    producer = await start_producer(bootstrap, idempotent=False, linger_ms=200, max_batch_size=1 << 20)
+    try:
+        sent = [
+            await producer.send(
+                dlq,
+                value=json.dumps({"i": i}).encode(),
+                key=b"k",  # one partition: its every record in a few large batches
+                headers=[
+                    ("ce_id", str(uuid.uuid4()).encode()),
+                    ("ce_type", b"t.changed"),
+                    ("dlq_reason", b"boom"),
+                    ("dlq_original_offset", b"%d" % i),
+                ],
+            )
+            for i in range(n)
+        ]
+        offsets = [meta.offset for meta in await asyncio.gather(*sent)]
+    finally:
+        await producer.stop()
+    assert offsets == list(range(offsets[0], offsets[0] + n))
+
+    assert (await outbox_json("dlq", "list", "--group", group))["count"] == n
+    code, out, err = await outbox("tail", f"{group}.dlq", "-n", "3", "--json")
+    assert code == 0, err
+    assert [json.loads(x)["offset"] for x in out.splitlines()] == offsets[-3:]
+    code, out, err = await outbox("tail", f"{group}.dlq", "--from-beginning", "--json")
+    assert code == 0 and len(out.splitlines()) == n, err

@@ -105,8 +105,7 @@ async def tail(bootstrap: str, query: TailQuery, *, follow: bool = False) -> Asy
             yield decode(record)
         if not follow:
             return
-        # New records only: from the end read first, or past it where the read went (a broker under-reporting
-        # the end hands over the whole last batch), so nothing is shown twice.
+        # New records only: from where the read stopped (the end found first, or past it), nothing twice.
         positions = {tp: max(ends[tp], await reader.position(tp)) for tp in bounds}
         async for batch in reader.follow(bounds, positions):
             for record in sorted(batch, key=lambda r: (r.timestamp, r.partition, r.offset)):

@@ -1,9 +1,9 @@
 """Reading topics for operators (`outbox dlq`, `outbox tail`): never joins a group, never commits an offset.
 
-A read stops at the end offsets asked for before it started (ListOffsets), so an empty partition costs
-nothing and a full one costs its records, never a fixed wait. Some brokers (Tansu) answer ListOffsets(latest)
-with the first offset of the last batch + 1 (observe.py): the fetch returns that whole batch, so the records
-past the reported end arrive with it and are kept.
+A read stops at the end offsets found before it started, so an empty partition costs nothing and a full one
+costs its records, never a fixed wait. The end is the fetch highwater, as for consumer lag (lag.py), not
+ListOffsets(latest) alone: Tansu answers the latter with the first offset of the last batch + 1, and a read
+stopping there lost the rest of a batch a relay or `dlq redrive --yes` wrote (thousands of records).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class TopicReader:
             fetch_max_wait_ms=50,
             request_timeout_ms=request_timeout_ms,
         )
+        self.request_timeout_s = request_timeout_ms / 1000
 
     async def __aenter__(self) -> TopicReader:
         await self.consumer.start()  # the library's client closes itself when its start fails
@@ -78,8 +79,26 @@ class TopicReader:
         if not partitions:
             return {}
         starts = await self.consumer.beginning_offsets(partitions)
-        ends = await self.consumer.end_offsets(partitions)
-        return {tp: (int(starts[tp]), int(ends[tp])) for tp in partitions}
+        listed = await self.consumer.end_offsets(partitions)
+        ends = await self._highwaters({tp: int(listed[tp]) for tp in partitions if listed[tp] > starts[tp]})
+        return {tp: (int(starts[tp]), max(int(listed[tp]), ends.get(tp, 0))) for tp in partitions}
+
+    async def _highwaters(self, listed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The fetch highwater of each partition that ListOffsets says holds records (one that says it holds
+        none holds none: its last batch + 1 would be past 0), read with a fetch from its last listed record."""
+        if not listed:
+            return {}
+        self.consumer.assign(sorted(listed, key=lambda tp: (tp.topic, tp.partition)))
+        for tp, end in listed.items():
+            self.consumer.seek(tp, end - 1)
+        deadline = time.monotonic() + self.request_timeout_s
+        while any(self.consumer.highwater(tp) is None for tp in listed):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the broker gave no highwater within {self.request_timeout_s:.0f}s")
+            await self.consumer.getmany(timeout_ms=50, max_records=1)
+        found = {tp: int(self.consumer.highwater(tp) or 0) for tp in listed}
+        self.consumer.unsubscribe()  # the read assigns and seeks afresh
+        return found
 
     async def read(
         self,
