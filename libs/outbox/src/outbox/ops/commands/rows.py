@@ -175,6 +175,9 @@ def _render_replay(result: dict[str, Any]) -> None:
     )
 
 
+TABLE_ROWS = 100  # rows of a table for people (--json has them all)
+
+
 def _render_redrive(result: dict[str, Any]) -> None:
     late = result.get("out_of_order") or []
     if late:
@@ -190,9 +193,11 @@ def _render_redrive(result: dict[str, Any]) -> None:
                     r["pruned_through"],
                     "yes" if r["newer_version_pruned"] else "",
                 )
-                for r in late
+                for r in late[:TABLE_ROWS]
             ],
         )
+        if len(late) > TABLE_ROWS:
+            line(f"… {len(late) - TABLE_ROWS} more out of order (--json: all)")
     for row in result.get("cannot_reorder") or []:
         line(f"cannot reorder row {row['id']}: {row['reason']}")
     if "would_redrive" in result:
