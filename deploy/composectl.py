@@ -44,6 +44,9 @@ import kafka_acls
 import yaml
 from credentials import generate, secret_findings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for scripts/debian.py
+from scripts import debian
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "compose.yml"
@@ -98,15 +101,8 @@ def compose_command() -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    if os.geteuid() == 0 and shutil.which("apt-get"):  # as tests/e2e/docker/up.sh installs docker.io
-        log("installing Debian's docker-compose")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "docker-compose"]
-        if subprocess.run(install, capture_output=True, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env)
-            subprocess.run(install, capture_output=True, env=env)
-        if shutil.which("docker-compose"):
-            return ["docker-compose"]
+    if debian.install("docker-compose") and shutil.which("docker-compose"):  # as up.sh installs docker.io
+        return ["docker-compose"]
     sys.exit(
         "[compose] neither `docker compose` nor `docker-compose` found (Debian: apt-get install docker-compose)"
     )

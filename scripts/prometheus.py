@@ -17,17 +17,20 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import NoReturn
 
+try:  # imported as scripts.<name> (tests, with the repository on sys.path)
+    from scripts import debian
+except ImportError:  # run as `python scripts/<name>.py`: this folder is on sys.path
+    import debian  # type: ignore[no-redef]
+
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
 DEPLOY = ROOT / "deploy" / "prometheus"
 RULES = DEPLOY / "alerts.yml"
-POLICY = Path("/usr/sbin/policy-rc.d")
 
 APIS = {"auth": ("AUTH_PORT", 8001), "console": ("CONSOLE_PORT", 8002), "indexer": ("INDEXER_PORT", 8003)}
 RELAYS = {
@@ -90,31 +93,7 @@ HOW_TO_INSTALL = (
 
 def install() -> bool:
     """Debian's package when root with apt-get; its system service is neither started nor left enabled."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return False
-    print("[prometheus] installing Debian's prometheus (not as a system service)", flush=True)
-    added_policy = not POLICY.exists()
-    if added_policy:  # keep the package's post-install from starting Prometheus on 0.0.0.0:9090
-        POLICY.write_text("#!/bin/sh\nexit 101\n")
-        POLICY.chmod(0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        argv = ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]
-        if subprocess.run(argv, stdout=subprocess.DEVNULL, env=env).returncode != 0:
-            if subprocess.run(["apt-get", "update"], stdout=subprocess.DEVNULL, env=env).returncode != 0:
-                return False
-            if subprocess.run(argv, stdout=subprocess.DEVNULL, env=env).returncode != 0:
-                return False
-    finally:
-        if added_policy:
-            POLICY.unlink()
-    if shutil.which("systemctl"):  # where systemd runs: the package enabled its unit; ours is `make run`'s
-        subprocess.run(
-            ["systemctl", "disable", "--now", "prometheus"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    return binary("prometheus") is not None
+    return debian.install("prometheus", service="prometheus") and binary("prometheus") is not None
 
 
 def ensure_binary(name: str = "prometheus") -> str:

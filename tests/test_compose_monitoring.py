@@ -10,7 +10,6 @@ job. Whether those metrics really exist is tests/e2e/test_dashboard_metrics.py's
 from __future__ import annotations
 
 import functools
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 import yaml
 
 from deploy import kafka_acls
-from scripts import prometheus
+from scripts import debian, prometheus
 from tests import dashboard_queries as dq
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -29,7 +28,6 @@ PROMETHEUS = DEPLOY / "prometheus"
 ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 GRAFANA = DEPLOY / "grafana"
 JOBS = {"api", "relay", "consumer"}  # what deploy/prometheus/alerts.yml selects on
-POLICY = Path("/usr/sbin/policy-rc.d")
 
 
 @functools.cache  # no test changes what it returns
@@ -58,20 +56,8 @@ def promtool() -> str:
 
 def amtool() -> str | None:
     """amtool, from Debian's prometheus-alertmanager (installed when root, its service never started)."""
-    found = shutil.which("amtool")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    added = not POLICY.exists()
-    if added:  # keep the package's post-install from starting Alertmanager
-        POLICY.write_text("#!/bin/sh\nexit 101\n")
-        POLICY.chmod(0o755)
-    try:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        argv = ["apt-get", "install", "-y", "--no-install-recommends", "prometheus-alertmanager"]
-        subprocess.run(argv, capture_output=True, env=env, timeout=300)
-    finally:
-        if added:
-            POLICY.unlink()
+    if shutil.which("amtool") is None:
+        debian.install("prometheus-alertmanager", service="prometheus-alertmanager")
     return shutil.which("amtool")
 
 
