@@ -147,7 +147,10 @@ def render(report: dict[str, Any]) -> str:
         )
     if not report["rows"] and report["matched"] != "nothing":
         lines.append("  no outbox row (published and pruned after the retention, or written elsewhere)")
-    for r in report["rows"]:
+    for r in _first_and_last(report["rows"], "row(s)"):
+        if isinstance(r, str):
+            lines.append(f"  {r}")
+            continue
         line = f"  #{r['id']} {r['topic']} {r['event_type']} v{r['aggregate_version']}: {r['reason']}"
         if r["last_error"] and r["state"] != "published":
             line += f"  error: {r['last_error']}"
@@ -182,9 +185,22 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  group {s['group']} {s['topic']}: {where}")
             if "event" in s:
                 lines.append(f"    this event: {s['event']}")
-            for p in s["parked"]:
+            for p in _first_and_last(s["parked"], "parked event(s)"):
                 lines.append(
-                    f"    parked v{p['version']} since {p['parked_at']}, waits for v{p['prev_version']}"
+                    f"    {p}"
+                    if isinstance(p, str)
+                    else f"    parked v{p['version']} since {p['parked_at']}, waits for v{p['prev_version']}"
                 )
     lines.append(f"next: {report['next']}")
     return "\n".join(lines)
+
+
+SHOWN_FIRST, SHOWN_LAST = 10, 5  # of a long list, for people (--json has every entry)
+
+
+def _first_and_last(items: list[dict[str, Any]], what: str) -> list[dict[str, Any] | str]:
+    """An aggregate stuck behind a dead row can hold thousands of rows: the first and last few, and a count."""
+    if len(items) <= SHOWN_FIRST + SHOWN_LAST + 1:
+        return list(items)
+    hidden = len(items) - SHOWN_FIRST - SHOWN_LAST
+    return [*items[:SHOWN_FIRST], f"… {hidden} more {what} (--json: all)", *items[-SHOWN_LAST:]]
