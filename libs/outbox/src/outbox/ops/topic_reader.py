@@ -84,8 +84,8 @@ class TopicReader:
         return {tp: (int(starts[tp]), max(int(listed[tp]), ends.get(tp, 0))) for tp in partitions}
 
     async def _highwaters(self, listed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """The fetch highwater of each partition that ListOffsets says holds records (one that says it holds
-        none holds none: its last batch + 1 would be past 0), read with a fetch from its last listed record."""
+        """The fetch highwater of each partition ListOffsets says holds records, from one fetch at its last
+        listed record. A partition it calls empty is empty: a non-empty one's last batch + 1 is past its start."""
         if not listed:
             return {}
         self.consumer.assign(sorted(listed, key=lambda tp: (tp.topic, tp.partition)))
