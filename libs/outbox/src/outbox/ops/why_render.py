@@ -6,6 +6,7 @@ against real databases and stays beside the others.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -147,14 +148,7 @@ def render(report: dict[str, Any]) -> str:
         )
     if not report["rows"] and report["matched"] != "nothing":
         lines.append("  no outbox row (published and pruned after the retention, or written elsewhere)")
-    for r in _first_and_last(report["rows"], "row(s)"):
-        if isinstance(r, str):
-            lines.append(f"  {r}")
-            continue
-        line = f"  #{r['id']} {r['topic']} {r['event_type']} v{r['aggregate_version']}: {r['reason']}"
-        if r["last_error"] and r["state"] != "published":
-            line += f"  error: {r['last_error']}"
-        lines.append(line)
+    lines += _first_and_last(report["rows"], "row(s)", "  ", _row_line)
     held = report["held_by"]
     if held:
         lines.append(
@@ -185,12 +179,7 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  group {s['group']} {s['topic']}: {where}")
             if "event" in s:
                 lines.append(f"    this event: {s['event']}")
-            for p in _first_and_last(s["parked"], "parked event(s)"):
-                lines.append(
-                    f"    {p}"
-                    if isinstance(p, str)
-                    else f"    parked v{p['version']} since {p['parked_at']}, waits for v{p['prev_version']}"
-                )
+            lines += _first_and_last(s["parked"], "parked event(s)", "    ", _parked_line)
     lines.append(f"next: {report['next']}")
     return "\n".join(lines)
 
@@ -198,9 +187,24 @@ def render(report: dict[str, Any]) -> str:
 SHOWN_FIRST, SHOWN_LAST = 10, 5  # of a long list, for people (--json has every entry)
 
 
-def _first_and_last(items: list[dict[str, Any]], what: str) -> list[dict[str, Any] | str]:
+def _row_line(r: dict[str, Any]) -> str:
+    line = f"#{r['id']} {r['topic']} {r['event_type']} v{r['aggregate_version']}: {r['reason']}"
+    return line + (f"  error: {r['last_error']}" if r["last_error"] and r["state"] != "published" else "")
+
+
+def _parked_line(p: dict[str, Any]) -> str:
+    return f"parked v{p['version']} since {p['parked_at']}, waits for v{p['prev_version']}"
+
+
+def _first_and_last(
+    items: list[dict[str, Any]], what: str, indent: str, line_of: Callable[[dict[str, Any]], str]
+) -> list[str]:
     """An aggregate stuck behind a dead row can hold thousands of rows: the first and last few, and a count."""
     if len(items) <= SHOWN_FIRST + SHOWN_LAST + 1:
-        return list(items)
+        return [indent + line_of(item) for item in items]
     hidden = len(items) - SHOWN_FIRST - SHOWN_LAST
-    return [*items[:SHOWN_FIRST], f"… {hidden} more {what} (--json: all)", *items[-SHOWN_LAST:]]
+    return [
+        *(indent + line_of(item) for item in items[:SHOWN_FIRST]),
+        f"{indent}… {hidden} more {what} (--json: all)",
+        *(indent + line_of(item) for item in items[-SHOWN_LAST:]),
+    ]

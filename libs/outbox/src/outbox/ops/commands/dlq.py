@@ -7,7 +7,16 @@ import asyncio
 import json
 from typing import Any
 
-from outbox.ops.commands.output import add_json_flag, line, print_json, short, table, warn, when
+from outbox.ops.commands.output import (
+    TABLE_ROWS,
+    add_json_flag,
+    line,
+    print_json,
+    short,
+    table,
+    warn,
+    when,
+)
 
 ID_LIST = 10  # ids named on the line after a redrive, ack or purge (all of them with --json)
 HELP = "list, show, redrive, acknowledge or purge a consumer group's dead letters (<group>.dlq)"
@@ -43,8 +52,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     dlq.add_argument(
         "--limit",
         type=int,
-        default=100,
-        help="list and dry runs: show at most N entries in the table (default 100)",
+        default=TABLE_ROWS,
+        help=f"list and dry runs: show at most N entries in the table (default {TABLE_ROWS})",
     )
     add_json_flag(dlq)
 
@@ -80,7 +89,7 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> None:
         letters = result["dead_letters"]
         counts = "  ".join(f"{s} {n}" for s, n in result["states"].items() if n)
         line(f"{topic}: {result['count']} shown" + (f"  ({counts})" if counts else "  (empty)"))
-        _limited_table(letters, args.limit)
+        _summary_table(letters, args.limit)
         return
     if action == "show":
         for d in result["dead_letters"]:
@@ -105,7 +114,7 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> None:
         return
     would = result.get(f"would_{action}")
     if would is not None:
-        _limited_table(would, args.limit)
+        _summary_table(would, args.limit)
         line(f"dry run: {len(would)} dead letter(s) would be {_past(action)}; add --yes to do it")
         return
     done = result.get("redriven" if action == "redrive" else _past(action), 0)
@@ -129,15 +138,9 @@ def _past(action: str) -> str:
     return {"redrive": "redriven", "ack": "acked", "purge": "purged"}[action]
 
 
-def _limited_table(letters: list[dict[str, Any]], limit: int) -> None:
-    """At most `limit` rows (a 20,000-row table took rich 14 s to lay out), then how many more."""
-    if letters:
-        _summary_table(letters[:limit])
-    if len(letters) > limit:
-        line(f"… {len(letters) - limit} more (--limit, or --json for all)")
-
-
-def _summary_table(letters: list[dict[str, Any]]) -> None:
+def _summary_table(letters: list[dict[str, Any]], limit: int) -> None:
+    if not letters:
+        return
     table(
         None,
         ["id", "state", "type", "subject", "original", "tries", "dead-lettered", "reason"],
@@ -154,4 +157,6 @@ def _summary_table(letters: list[dict[str, Any]]) -> None:
             )
             for d in letters
         ],
+        limit=limit,
+        more="more (--limit, or --json for all)",
     )

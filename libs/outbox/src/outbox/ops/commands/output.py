@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -37,16 +37,30 @@ def print_json_line(document: Any) -> None:
     print(json.dumps(document, default=str, ensure_ascii=False), flush=True)
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A table on stdout; None cells print empty."""
+TABLE_ROWS = 100  # rows of a table for people unless told otherwise (--json has them all)
+
+
+def table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    limit: int | None = None,
+    more: str = "more (--json: all)",
+) -> None:
+    """A table on stdout; None cells print empty. `limit`: at most that many rows, then a line `… N <more>`
+    (rich took 14 s to lay out 20,000 rows)."""
     from rich.table import Table
 
     grid = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     for column in columns:
         grid.add_column(column, overflow="fold")
-    for row in rows:
+    shown = rows if limit is None else rows[:limit]
+    for row in shown:
         grid.add_row(*("" if cell is None else str(cell) for cell in row))
     _stdout().print(grid)
+    if len(rows) > len(shown):
+        line(f"… {len(rows) - len(shown)} {more}")
 
 
 def line(text: str = "") -> None:

@@ -7,7 +7,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from outbox.ops.commands.output import add_json_flag, line, print_json, short, table, warn, when
+from outbox.ops.commands.output import TABLE_ROWS, add_json_flag, line, print_json, short, table, warn, when
 from outbox.ops.errors import OperatorError
 from outbox.ops.when import ACCEPTED, parse_when
 
@@ -175,9 +175,6 @@ def _render_replay(result: dict[str, Any]) -> None:
     )
 
 
-TABLE_ROWS = 100  # rows of a table for people (--json has them all)
-
-
 def _render_redrive(result: dict[str, Any]) -> None:
     late = result.get("out_of_order") or []
     if late:
@@ -193,11 +190,11 @@ def _render_redrive(result: dict[str, Any]) -> None:
                     r["pruned_through"],
                     "yes" if r["newer_version_pruned"] else "",
                 )
-                for r in late[:TABLE_ROWS]
+                for r in late
             ],
+            limit=TABLE_ROWS,
+            more="more out of order (--json: all)",
         )
-        if len(late) > TABLE_ROWS:
-            line(f"… {len(late) - TABLE_ROWS} more out of order (--json: all)")
     for row in result.get("cannot_reorder") or []:
         line(f"cannot reorder row {row['id']}: {row['reason']}")
     if "would_redrive" in result:
